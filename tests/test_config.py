@@ -1,0 +1,44 @@
+import argparse
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from nbutils import config
+from nbutils.errors import UserError
+
+
+@dataclasses.dataclass
+class Example:
+    segment_seconds: float = config.option(30.0, "Segment length in seconds.")
+    limit: int | None = config.option(None, "Process only N tracks.")
+    prompts: list[str] = config.option([], "Prompts, repeatable.")
+    verbose: bool = config.option(False, "Say more.")
+    out: Path = config.option(Path("out"), "Output folder.")
+
+
+def test_unknown_key_names_it_and_suggests():
+    with pytest.raises(UserError, match="'segment_second'.*Did you mean 'segment_seconds'"):
+        config.from_dict(Example, {"segment_second": 10})
+
+
+def test_cli_options_parse_into_dataclass():
+    parser = argparse.ArgumentParser()
+    config.add_arguments(parser, Example)
+    ns = parser.parse_args(["--segment-seconds", "10", "--prompts", "a", "--prompts", "b", "--verbose"])
+    cfg = config.from_args(Example, ns)
+    assert cfg == Example(segment_seconds=10.0, prompts=["a", "b"], verbose=True)
+    assert config.from_args(Example, parser.parse_args([])) == Example()
+
+
+def test_hash_depends_only_on_chosen_keys():
+    a, b = Example(limit=1), Example(limit=2)
+    assert config.config_hash(a, ["segment_seconds"]) == config.config_hash(b, ["segment_seconds"])
+    assert config.config_hash(a) != config.config_hash(b)
+    assert config.differences(config.to_dict(a), config.to_dict(b), ["limit"]) == ["limit: 1 -> 2"]
+
+
+def test_list_defaults_are_not_shared():
+    a, b = Example(), Example()
+    a.prompts.append("x")
+    assert b.prompts == []

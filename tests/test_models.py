@@ -1,0 +1,88 @@
+import json
+
+import pytest
+import torch
+
+from nbutils import models
+from nbutils.errors import UserError
+
+
+def test_tiny_is_deterministic_and_small():
+    a, _ = models.build_tiny("tiny")
+    b, _ = models.build_tiny("tiny")
+    for (name, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(pa, pb), name
+    assert sum(p.numel() for p in a.parameters()) < 1_000_000
+
+
+def test_tiny_has_real_musicgen_shape(tiny):
+    model, _ = tiny
+    spec = models.spec_of(model)
+    assert (spec.sample_rate, spec.frame_rate, spec.hop_length, spec.num_codebooks) == (32000, 50, 640, 4)
+    assert spec.pad_token_id == model.config.decoder.pad_token_id
+    assert hasattr(model, "enc_to_dec_proj"), "text width != decoder width, as in musicgen-small"
+
+
+def test_tiny_tokenizer_is_offline_and_knows_music_words(tiny):
+    _, processor = tiny
+    ids = processor.tokenizer("calm jazz piano with drums").input_ids
+    assert processor.tokenizer.unk_token_id not in ids
+
+
+def test_tiny_forward_loss_and_generate(tiny):
+    model, processor = tiny
+    inputs = processor(text=["calm piano", "dark techno beat"], padding=True, return_tensors="pt")
+    labels = torch.randint(0, 64, (2, 12, 4))
+    out = model(**inputs, labels=labels)
+    assert torch.isfinite(out.loss)
+    torch.manual_seed(0)
+    audio = model.generate(**inputs, max_new_tokens=20 + 3)
+    assert audio.shape == (2, 1, 20 * 640)
+
+
+def test_codec_encodes_at_50_hz():
+    codec, spec = models.load_codec("tiny")
+    codes = codec.encode(torch.zeros(1, 1, 32000)).audio_codes
+    assert codes.shape == (1, 1, spec.num_codebooks, 50)
+
+
+def test_decoder_start_fix_copies_from_generation_config(tiny_dir):
+    config = json.loads((tiny_dir / "config.json").read_text())
+    config["decoder"].pop("decoder_start_token_id", None)  # as on the Hub
+    (tiny_dir / "config.json").write_text(json.dumps(config))
+    model, processor = models.load_musicgen(str(tiny_dir))
+    assert model.config.decoder.decoder_start_token_id == 64
+    inputs = processor(text=["calm piano"], return_tensors="pt")
+    assert torch.isfinite(model(**inputs, labels=torch.randint(0, 64, (1, 8, 4))).loss)
+
+
+def test_local_dir_loads_same_weights(tiny_dir, tiny):
+    loaded, _ = models.load_musicgen(str(tiny_dir))
+    reference, _ = tiny
+    for name, tensor in reference.state_dict().items():
+        assert torch.equal(tensor, loaded.state_dict()[name]), name
+
+
+def test_local_codec_matches_tiny(tiny_dir):
+    codec, spec = models.load_codec(str(tiny_dir))
+    ref, ref_spec = models.load_codec("tiny")
+    wav = torch.randn(1, 1, 6400)
+    assert spec == ref_spec
+    assert torch.equal(codec.encode(wav).audio_codes, ref.encode(wav).audio_codes)
+
+
+@pytest.mark.parametrize("name", ["/no/such/folder", "./missing-model"])
+def test_missing_local_folder_is_a_clear_error(name):
+    with pytest.raises(UserError, match="does not exist"):
+        models.load_musicgen(name)
+
+
+def test_offline_hub_id_is_a_clear_error():
+    with pytest.raises(UserError, match="(?s)Could not load model 'facebook/musicgen-small'.*tiny"):
+        models.load_config("facebook/musicgen-small")
+
+
+def test_stereo_tiny_has_interleaved_codebooks():
+    model, _ = models.build_tiny("tiny-stereo")
+    spec = models.spec_of(model)
+    assert (spec.num_codebooks, spec.audio_channels) == (8, 2)

@@ -1,0 +1,60 @@
+import numpy as np
+import pytest
+
+from nbutils import shards
+from nbutils.errors import UserError
+
+
+def _write(tmp_path, name="batch_0001", segments=((0, 75), (0, 30))):
+    writer = shards.ShardWriter(tmp_path, name, {"model": "tiny", "sample_rate": 32000, "num_codebooks": 4})
+    rng = np.random.default_rng(0)
+    expected = []
+    for i, (start, frames) in enumerate(segments):
+        codes = rng.integers(0, 2048, size=(frames, 4))
+        writer.add(shards.Segment(path=f"t{i}.wav", start=start, frames=frames, track=f"{name}/t{i}.wav"), codes)
+        expected.append(codes)
+    return writer.commit(), expected
+
+
+def test_roundtrip_is_memory_mapped_and_exact(tmp_path):
+    index_path, expected = _write(tmp_path)
+    shard = shards.open_shard(index_path, verify=True)
+    assert isinstance(shard.codes, np.memmap) and shard.codes.dtype == np.int16
+    for i, codes in enumerate(expected):
+        assert np.array_equal(shard.segment_codes(i), codes)
+    assert shard.meta["frames"] == 105 and shard.segments[1].offset == 75
+
+
+def test_shard_without_index_does_not_exist(tmp_path):
+    index_path, _ = _write(tmp_path)
+    index_path.unlink()  # killed between the .npy and the .json
+    assert shards.list_shards(tmp_path) == []
+    with pytest.raises(UserError, match="No token shards"):
+        shards.open_all(tmp_path)
+
+
+def test_truncated_codes_are_detected(tmp_path):
+    index_path, _ = _write(tmp_path)
+    npy = index_path.with_suffix(".npy")
+    npy.write_bytes(npy.read_bytes()[:-10])
+    assert not shards.is_complete(index_path)
+    with pytest.raises(UserError, match="incomplete or corrupt"):
+        shards.open_shard(index_path)
+
+
+def test_flipped_byte_is_caught_by_checksum(tmp_path):
+    index_path, _ = _write(tmp_path)
+    npy = index_path.with_suffix(".npy")
+    data = bytearray(npy.read_bytes())
+    data[-1] ^= 0xFF
+    npy.write_bytes(bytes(data))
+    assert shards.is_complete(index_path) and not shards.is_complete(index_path, full=True)
+
+
+def test_mixed_models_are_refused(tmp_path):
+    a, _ = _write(tmp_path, "a")
+    writer = shards.ShardWriter(tmp_path, "b", {"model": "other", "sample_rate": 32000, "num_codebooks": 4})
+    writer.add(shards.Segment(path="x.wav", start=0, frames=2), np.zeros((2, 4)))
+    writer.commit()
+    with pytest.raises(UserError, match="disagree on model"):
+        shards.check_compatible(shards.open_all(tmp_path))
