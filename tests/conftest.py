@@ -44,6 +44,8 @@ os.environ.pop("HF_TOKEN", None)
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+# Subprocesses and notebook kernels must import this checkout's nbutils, not another one.
+os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
 
 
 @pytest.fixture(scope="session")
