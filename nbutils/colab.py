@@ -22,13 +22,19 @@ from nbutils.paths import PROJECT_FILE, Paths
 # The repository every badge and install line points at: change it here, and the notebook test
 # (tests/test_notebooks.py) will tell you which notebook cells still point elsewhere.
 REPO_SLUG = "musicgen-lora/musicgen-lora-colab"
-REPO_REF = "main"
+REPO_REF = "main"  # badges open the notebooks of this branch
+INSTALL_REF = "v0.1.0"  # notebooks pip-install this tag: a release, not whatever main is today
 DRIVE_MOUNT = Path("/content/drive")
 DEFAULT_PROJECT_ROOT = "/content/drive/MyDrive/musicgen-lora"
 SECRET_NAMES = ("WANDB_API_KEY", "HF_TOKEN")
 CONNECT_CELL = "2. Connect"
 
 _CURRENT: "Project | None" = None
+
+
+def install_url() -> str:
+    """The pip requirement the notebooks install: this repository at the pinned ``INSTALL_REF``."""
+    return f"git+https://github.com/{REPO_SLUG}@{INSTALL_REF}"
 
 
 def colab_url(relative_path: str) -> str:
