@@ -293,6 +293,19 @@ class Pipeline:
 _LOADED: Pipeline | None = None
 
 
+def release() -> None:
+    """Forget the loaded pipeline (frees its GPU memory once nothing else holds it)."""
+    global _LOADED
+    _LOADED = None
+    import gc
+
+    gc.collect()
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def pipeline(cfg: GenerateConfig) -> Pipeline:
     """The pipeline for ``cfg``'s model/adapter/device/dtype, loaded once and then reused."""
     global _LOADED
@@ -310,31 +323,40 @@ def pipeline(cfg: GenerateConfig) -> Pipeline:
 # ---------------------------------------------------------------------------------------------
 
 
-def _batches(items: list[str], size: int) -> list[list[str]]:
+def progress(total_seconds: float):
+    """A tqdm bar counting seconds of audio, so its rate is the real-time factor."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total_seconds, desc="Generating", unit="audio-s", bar_format=BAR_FORMAT, dynamic_ncols=True)
+
+
+def sample_batch(pipe: Pipeline, cfg: GenerateConfig, batch: list[str], *, variant: str, variation: int, bar=None) -> list[Clip]:
+    """One batch of prompts, one model, one variation (seeded with ``cfg.seed + variation``)."""
+    seed = cfg.seed + variation
+    audio, took, windows, prompt_s = pipe.generate(batch, cfg, variant=variant, seed=seed, bar=bar)
+    return [
+        Clip(prompt=p, variant=variant, variation=variation, seed=seed, audio=a, sample_rate=pipe.spec.sample_rate,
+             batch=batch, generation_seconds=took, windows=windows, prompt_seconds=prompt_s)
+        for p, a in zip(batch, audio)
+    ]
+
+
+def batches(items: list[str], size: int) -> list[list[str]]:
+    """``items`` in consecutive batches of ``size`` (the batching that seeds are tied to)."""
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 def sample_clips(pipe: Pipeline, cfg: GenerateConfig) -> list[Clip]:
     """Every prompt x variation x model of ``cfg`` as ``Clip``s (A/B pairs adjacent)."""
-    from tqdm.auto import tqdm
-
     if not cfg.prompts:
         raise UserError("No prompt given. Pass --prompt TEXT (repeat it for several) or fill PROMPTS in the notebook.")
     variants = cfg.variants(pipe.adapter is not None)
-    total = cfg.seconds * len(cfg.prompts) * cfg.variations * len(variants)
     clips: list[Clip] = []
-    with tqdm(total=total, desc="Generating", unit="audio-s", bar_format=BAR_FORMAT, dynamic_ncols=True) as bar:
+    with progress(cfg.seconds * len(cfg.prompts) * cfg.variations * len(variants)) as bar:
         for variation in range(cfg.variations):
-            seed = cfg.seed + variation
-            for batch in _batches(list(cfg.prompts), cfg.batch_size):
+            for batch in batches(list(cfg.prompts), cfg.batch_size):
                 for variant in variants:
-                    audio, took, windows, prompt_s = pipe.generate(batch, cfg, variant=variant, seed=seed, bar=bar)
-                    clips += [
-                        Clip(prompt=p, variant=variant, variation=variation, seed=seed, audio=a,
-                             sample_rate=pipe.spec.sample_rate, batch=batch, generation_seconds=took,
-                             windows=windows, prompt_seconds=prompt_s)
-                        for p, a in zip(batch, audio)
-                    ]
+                    clips += sample_batch(pipe, cfg, batch, variant=variant, variation=variation, bar=bar)
         bar.n = bar.total  # the per-step estimate lands within float rounding of the total
         bar.refresh()
     return _pair_order(clips)

@@ -51,13 +51,16 @@ def peft_model(model_name: str = "tiny", targets=OUR_TARGETS, *, strength: float
 
 
 def lora_state(wrapped) -> dict:
-    """The training-state dict format (latest.pt / state.pt) of a peft model."""
+    """The training-state dict format (latest.pt / state.pt) of a peft model, as nbutils.train
+    writes it (lora_config as nbutils.lora.config_dict: peft_type, floats, sorted targets...)."""
     from peft import get_peft_model_state_dict
 
     config = wrapped.peft_config["default"]
     lora_config = {
-        "r": config.r, "lora_alpha": config.lora_alpha, "lora_dropout": config.lora_dropout,
-        "target_modules": sorted(config.target_modules), "bias": config.bias,
+        "peft_type": "LORA", "r": int(config.r), "lora_alpha": float(config.lora_alpha),
+        "lora_dropout": float(config.lora_dropout), "target_modules": sorted(config.target_modules),
+        "bias": str(config.bias), "use_rslora": False, "use_dora": False,
+        "base_model_name_or_path": config.base_model_name_or_path,
     }
     return {
         "step": 0,
@@ -86,3 +89,52 @@ def make_run(run_dir: Path, model_name: str = "tiny", *, steps=(2, 4), val_track
         save_peft(wrapped, run_dir / "adapters" / name)
     (run_dir / "split.json").write_text(json.dumps({"train_tracks": list(train_tracks), "val_tracks": list(val_tracks)}))
     return run_dir
+
+
+ZIP_NAME = "archive_batch_0001.zip"
+STYLES = ("chords", "arpeggio")
+
+
+def make_tokens(tokens_dir: Path, zips_dir: Path | None = None, *, tracks_per_style: int = 2,
+                seconds: float = 2.0, segment_seconds: float = 1.0) -> dict:
+    """A ZIP of synthetic tracks and its token shard (tiny EnCodec codes), as tokenization writes
+    them: track ids ``<zip>/<path>``, descriptions per style, the ZIP named in the shard index.
+
+    Returns:
+        ``{"tracks": [...], "val_tracks": [...], "train_tracks": [...]}`` (one track per style held out).
+    """
+    import io
+    import zipfile
+
+    import soundfile as sf
+
+    from nbutils import models, shards, synth
+
+    codec, spec = models.load_codec("tiny")
+    writer = shards.ShardWriter(tokens_dir, Path(ZIP_NAME).stem, {
+        "model": "tiny", "sample_rate": spec.sample_rate, "num_codebooks": spec.num_codebooks, "zip": ZIP_NAME})
+    members, tracks = {}, []
+    for s, style in enumerate(STYLES):
+        for t in range(tracks_per_style):
+            path = f"music/{style}_{t}.wav"
+            wave = synth.track(style, seconds, seed=10 * s + t)
+            buffer = io.BytesIO()
+            sf.write(buffer, wave, spec.sample_rate, format="WAV")
+            members[path] = buffer.getvalue()
+            track = f"{ZIP_NAME}/{path}"
+            tracks.append(track)
+            step = int(segment_seconds * spec.sample_rate)
+            for start in range(0, len(wave) - step + 1, step):
+                with torch.no_grad():
+                    codes = codec.encode(torch.from_numpy(wave[start : start + step])[None, None]).audio_codes[0, 0]
+                writer.add(shards.Segment(path=path, start=start / spec.sample_rate, frames=codes.shape[-1],
+                                          description=synth.describe(style), source="metadata.jsonl", track=track),
+                           codes.T.numpy())
+    writer.commit()
+    if zips_dir is not None:
+        zips_dir.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(zips_dir / ZIP_NAME, "w") as archive:
+            for path, data in members.items():
+                archive.writestr(path, data)
+    val = [t for t in tracks if t.endswith("_0.wav")]
+    return {"tracks": tracks, "val_tracks": val, "train_tracks": [t for t in tracks if t not in val]}
