@@ -284,3 +284,27 @@ def test_notebook_executes_plain_cells_and_the_form_button(tmp_path):
     assert "FORM" in text and all(str(generated) in line for line in text.splitlines() if line.startswith("FORM"))
     audio_outputs = [o for c in executed.cells for o in c.get("outputs", []) if "text/html" in o.get("data", {})]
     assert any("<audio" in o["data"]["text/html"] for o in audio_outputs), "inline players are shown"
+
+
+def test_merged_adapter_matches_the_attached_one(strong_adapter, ab_pipe, tmp_path):
+    merged = generate.Pipeline("tiny", str(strong_adapter), merge=True)
+    inputs = merged.text_inputs(["calm piano"])
+    dec = torch.full((4, 3), 64)
+    with torch.no_grad():
+        with ab_pipe.using("lora"):
+            attached = ab_pipe.model(**inputs, decoder_input_ids=dec).logits
+        assert torch.allclose(merged.model(**inputs, decoder_input_ids=dec).logits, attached, atol=1e-4)
+    assert merged.describe()["merged"] is True
+    with pytest.raises(UserError, match="merged into the weights"):
+        generate.run(cfg(tmp_path, compare="base"), merged)
+    with pytest.raises(UserError, match="merge cannot be combined with compare=both"):
+        cfg(tmp_path, compare="both", merge=True)
+
+
+def test_device_and_dtype_choice():
+    assert generate.pick_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        assert generate.pick_dtype("auto", "cpu") == torch.float32
+    assert generate.pick_dtype("bfloat16", "cuda") == torch.bfloat16
+    with pytest.raises(UserError, match="Unknown dtype 'fp8'"):
+        generate.pick_dtype("fp8", "cpu")
