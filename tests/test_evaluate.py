@@ -144,7 +144,7 @@ def test_prompts_from_training_descriptions_or_a_file(data, tmp_path):
 
 def eval_config(data, out, **values) -> evaluate.EvalConfig:
     values = {"model": "tiny", "adapters": [str(data["run"])], "clap": "tiny", "tokens": str(data["tokens"]),
-              "out": str(out), "seconds": 1.0, "samples_per_prompt": 2, "seed": 3, **values}
+              "out": str(out), "seconds": 0.5, "samples_per_prompt": 2, "seed": 3, **values}
     return evaluate.EvalConfig(**values)
 
 
@@ -192,7 +192,7 @@ def test_rerun_resumes_and_other_settings_are_refused(data, tmp_path):
     evaluate.run(cfg)
     assert len(list(out.rglob("*.wav"))) == len(wavs) + 5, "only the torn unit (5 prompts) was redone"
     assert (out / "summary.csv").read_text() == summary, "resumed equals uninterrupted"
-    with pytest.raises(UserError, match=r"other settings \(seconds: 1.0 -> 2.0\).*delete this one"):
+    with pytest.raises(UserError, match=r"other settings \(seconds: 0.5 -> 2.0\).*delete this one"):
         evaluate.run(eval_config(data, out, samples_per_prompt=1, num_prompts=1, seconds=2.0))
 
 
