@@ -138,6 +138,8 @@ def prompt_sets(cfg: EvalConfig, all_shards: list[shards.Shard]) -> dict[str, li
     if not sets.get("style"):
         sets["style"] = training_descriptions(all_shards, cfg.num_prompts)
     sets.setdefault("generic", list(GENERIC_PROMPTS))
+    sets = {name: list(dict.fromkeys(prompts)) for name, prompts in sets.items()}  # each prompt once,
+    sets["generic"] = [p for p in sets["generic"] if p not in sets["style"]]  # in one set
     if not sets["style"]:
         raise UserError("No style prompts: the shards have no descriptions and no --prompts file was given.")
     return {name: sets[name] for name in PROMPT_SETS if sets.get(name)}
@@ -397,17 +399,16 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 
 def plot(summary: list[dict], path: Path, title: str) -> None:
     """Grouped bars per prompt set: CLAP text similarity, style similarity, Fréchet distance."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    # a bare Figure renders with Agg and leaves pyplot (and a notebook's inline backend) alone
+    from matplotlib.figure import Figure
 
     rows = [r for r in summary if r["model"] != REFERENCE]
     models = list(dict.fromkeys(r["model"] for r in rows))
     sets = list(dict.fromkeys(r["prompt_set"] for r in rows))
     panels = [("clap_text", "CLAP text–audio similarity ↑"), ("style_similarity", "style similarity to held-out ↑"),
               ("frechet", "Fréchet distance to held-out ↓")]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    fig = Figure(figsize=(15, 4.5))
+    axes = fig.subplots(1, 3)
     width = 0.8 / max(len(models), 1)
     for ax, (key, label) in zip(axes, panels):
         for m, model in enumerate(models):
@@ -420,7 +421,6 @@ def plot(summary: list[dict], path: Path, title: str) -> None:
     fig.tight_layout()
     with atomic.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
 
 
 def log_wandb(samples: list[dict], summary: list[dict], sample_rate: int) -> bool:

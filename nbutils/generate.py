@@ -83,7 +83,7 @@ class GenerateConfig:
                 raise UserError(f"Invalid generation setting: {message}.")
 
     @property
-    def sampling(self) -> sampling.Sampling:
+    def sampler(self) -> sampling.Sampling:
         return sampling.Sampling(self.guidance_scale, self.temperature, self.top_k, self.top_p)
 
     def variants(self, has_adapter: bool) -> tuple[str, ...]:
@@ -277,7 +277,7 @@ class Pipeline:
         with self.using(variant):
             torch.manual_seed(seed)  # also seeds CUDA
             codes, n_windows = sampling.sample_long(
-                self.model, inputs, prompt, frames, windows, cfg.sampling,
+                self.model, inputs, prompt, frames, windows, cfg.sampler,
                 features_at=features_at, bar=bar, frame_rate=self.spec.frame_rate,
             )
         keep = prompt.shape[-1] * self.spec.hop_length + samples
