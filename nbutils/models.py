@@ -5,7 +5,8 @@
 * a Hub id such as ``facebook/musicgen-small`` (``-medium``, ``-large``, ``-melody``, stereo
   variants) -- downloaded on Colab;
 * a local directory written by ``model.save_pretrained(d)`` and ``processor.save_pretrained(d)``;
-* ``tiny`` (also ``tiny-stereo``): a MusicGen with random weights built from a config in this
+* ``tiny`` (also ``tiny-stereo``, and ``tiny-melody``: a ``MusicgenMelodyForConditionalGeneration``
+  conditioned on chroma like ``facebook/musicgen-melody``): a MusicGen with random weights built from a config in this
   file -- offline, deterministic, a few hundred thousand parameters, with an offline tokenizer.
   It has the real architecture (T5 text encoder, EnCodec at 32 kHz / 50 Hz, 4 codebooks, a
   text-to-decoder projection like musicgen-small) so every code path runs on a CPU in seconds.
@@ -35,7 +36,7 @@ HUB_MODELS = (
     "facebook/musicgen-stereo-melody",
     "facebook/musicgen-stereo-melody-large",
 )
-TINY_MODELS = ("tiny", "tiny-stereo")
+TINY_MODELS = ("tiny", "tiny-stereo", "tiny-melody")
 
 # The tiny model mirrors the real one's shapes where they matter and shrinks everything else.
 TINY_SEED = 1234
@@ -106,9 +107,16 @@ def tiny_tokenizer():
     return T5Tokenizer(vocab=[("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + pieces, extra_ids=0)
 
 
-def tiny_config(stereo: bool = False):
-    """The config of the embedded tiny MusicGen (random weights; no download)."""
-    from transformers import EncodecConfig, MusicgenConfig, MusicgenDecoderConfig, T5Config
+def tiny_config(stereo: bool = False, melody: bool = False):
+    """The config of the embedded tiny MusicGen (random weights; no download).
+
+    ``melody=True`` gives the musicgen-melody architecture (12 chroma bins prepended to the text
+    states instead of cross-attention), otherwise the same sizes.
+    """
+    from transformers import (
+        EncodecConfig, MusicgenConfig, MusicgenDecoderConfig, MusicgenMelodyConfig,
+        MusicgenMelodyDecoderConfig, T5Config,
+    )
 
     text = T5Config(
         vocab_size=len(TINY_WORDS) + 100, d_model=TINY_TEXT_DIM, d_kv=8, d_ff=48,
@@ -121,28 +129,60 @@ def tiny_config(stereo: bool = False):
         num_lstm_layers=1, use_causal_conv=False, normalize=False, use_conv_shortcut=False,
     )
     codebooks = 8 if stereo else 4
-    decoder = MusicgenDecoderConfig(
+    decoder_class = MusicgenMelodyDecoderConfig if melody else MusicgenDecoderConfig
+    decoder = decoder_class(
         vocab_size=TINY_CODEBOOK_SIZE, hidden_size=TINY_DECODER_DIM, num_hidden_layers=2,
         num_attention_heads=4, ffn_dim=64, max_position_embeddings=2048, num_codebooks=codebooks,
         audio_channels=2 if stereo else 1, dropout=0.0,
         pad_token_id=TINY_CODEBOOK_SIZE, bos_token_id=TINY_CODEBOOK_SIZE,
         decoder_start_token_id=TINY_CODEBOOK_SIZE,
     )
+    if melody:
+        return MusicgenMelodyConfig(text_encoder=text, audio_encoder=codec, decoder=decoder)
     return MusicgenConfig(text_encoder=text, audio_encoder=codec, decoder=decoder)
+
+
+def _tiny_config_of(name: str):
+    return tiny_config(stereo=name == "tiny-stereo", melody=name == "tiny-melody")
+
+
+def _init_tiny_codebooks(codec) -> None:
+    """Give the tiny EnCodec's codebooks real entries, as EnCodec's k-means initialisation does.
+
+    transformers creates the codebooks as zero buffers (checkpoints fill them), so untouched
+    every frame would encode to code 0 and every code would decode to the same sound. Each
+    codebook instead takes distinct frames of the encoder's output on synthetic music (later
+    codebooks: of what the earlier ones leave), so codes follow the audio and decoding follows
+    the codes. Runs under the caller's fixed seed.
+    """
+    import torch
+
+    from nbutils import synth
+
+    wave = torch.cat([torch.from_numpy(synth.track(style, 1.0, seed=i)) for i, style in enumerate(synth.STYLES)])
+    with torch.no_grad():
+        residual = codec.encoder(wave[None, None])[0].T  # (frames, codebook_dim)
+        for layer in codec.quantizer.layers:
+            book = layer.codebook
+            entries = residual[torch.randperm(residual.shape[0])[: book.embed.shape[0]]]
+            book.embed.copy_(entries)
+            book.embed_avg.copy_(entries)
+            residual = residual - book.decode(book.quantize(residual))
 
 
 def build_tiny(name: str = "tiny"):
     """Build the tiny model and its processor; identical weights on every call and machine."""
     import torch
-    from transformers import EncodecFeatureExtractor, MusicgenForConditionalGeneration, MusicgenProcessor
+    from transformers import EncodecFeatureExtractor, MusicgenProcessor
 
     if not is_tiny(name):
         raise UserError(f"Unknown tiny model '{name}'. Use one of: {', '.join(TINY_MODELS)}.")
     quiet_transformers()
-    config = tiny_config(stereo=name == "tiny-stereo")
+    config = _tiny_config_of(name)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(TINY_SEED)
-        model = MusicgenForConditionalGeneration(config)
+        model = _model_class(config)(config)
+        _init_tiny_codebooks(model.audio_encoder)
     model.config._name_or_path = name
     gen = model.generation_config
     pad = TINY_CODEBOOK_SIZE
@@ -150,6 +190,7 @@ def build_tiny(name: str = "tiny"):
     # As the real checkpoints: sampling with top-k, guidance 3, a 30 s window (1500 frames).
     gen.do_sample, gen.top_k, gen.guidance_scale, gen.max_length = True, 250, 3.0, 1500
     model.eval()
+    # (tiny-melody too: MusicgenMelodyFeatureExtractor needs torchaudio; nbutils.melody makes the chroma)
     features = EncodecFeatureExtractor(feature_size=2 if name == "tiny-stereo" else 1, sampling_rate=32_000)
     processor = MusicgenProcessor(feature_extractor=features, tokenizer=tiny_tokenizer())
     return model, processor
@@ -204,7 +245,7 @@ def _load_error(name: str, err: Exception) -> UserError:
 def load_config(name: str):
     """The MusicGen config of ``name`` (cheap: no weights)."""
     if is_tiny(name):
-        return tiny_config(stereo=name == "tiny-stereo")
+        return _tiny_config_of(name)
     _check_local(name)
     from transformers import AutoConfig
 

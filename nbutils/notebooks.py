@@ -117,6 +117,35 @@ def _failure_message(nb, err: Exception) -> str:
     return f"{type(err).__name__}: {err}"
 
 
+SHELL_POLL_SECONDS = 0.5
+
+
+def _poll_shell_in_slices(client) -> None:
+    """Make the kernel client notice each cell's reply within half a second.
+
+    jupyter_client's async ``get_msg(timeout)`` can miss the wake-up for a reply that arrives
+    during heavy iopub traffic (widget comms, audio players) and then return only when the
+    whole timeout has passed (jupyter/nbclient#312): a cell that ran in one second appeared
+    to take the full per-cell timeout. Polling in short slices re-checks the socket instead.
+    """
+    from queue import Empty
+
+    channel = client.kc.shell_channel
+    original = channel.get_msg
+
+    async def get_msg(timeout: float | None = None):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = SHELL_POLL_SECONDS if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                return await original(timeout=min(SHELL_POLL_SECONDS, left))
+            except Empty:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+
+    channel.get_msg = get_msg
+
+
 def execute(
     path: str | os.PathLike,
     output: str | os.PathLike | None = None,
@@ -150,6 +179,7 @@ def execute(
         nb, timeout=timeout, kernel_name="python3", allow_errors=False,
         resources={"metadata": {"path": str(cwd or path.parent)}},
     )
+    client.on_notebook_start = lambda **_: _poll_shell_in_slices(client)
     started = time.monotonic()
     try:
         client.execute()

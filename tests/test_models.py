@@ -86,3 +86,24 @@ def test_stereo_tiny_has_interleaved_codebooks():
     model, _ = models.build_tiny("tiny-stereo")
     spec = models.spec_of(model)
     assert (spec.num_codebooks, spec.audio_channels) == (8, 2)
+
+
+def test_tiny_codec_codes_follow_the_audio_and_decoding_follows_the_codes():
+    """transformers builds EnCodec codebooks as zeros; the tiny model fills them (k-means style)."""
+    from nbutils import synth
+
+    codec, _ = models.load_codec("tiny")
+    with torch.no_grad():
+        codes = {s: codec.encode(torch.from_numpy(synth.track(s, 1.0, seed=3))[None, None]).audio_codes[0, 0]
+                 for s in ("arpeggio", "percussion")}
+        assert all(len(set(c[k].tolist())) > 5 for c in codes.values() for k in range(4))
+        assert not torch.equal(codes["arpeggio"], codes["percussion"])
+        audio = {s: codec.decode(c[None, None], [None]).audio_values for s, c in codes.items()}
+    assert not torch.equal(audio["arpeggio"], audio["percussion"])
+
+
+def test_tiny_melody_builds_offline():
+    model, processor = models.load_musicgen("tiny-melody")
+    assert model.config.model_type == "musicgen_melody"
+    assert models.spec_of(model).num_codebooks == 4
+    assert processor.tokenizer("calm piano").input_ids

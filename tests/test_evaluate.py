@@ -1,0 +1,250 @@
+"""Evaluation: metric math, held-out reference, tables and plot, determinism, resume, CLI, notebook."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pytest
+import soundfile as sf
+from _generate_helpers import make_run, make_tokens, one_thread  # noqa: F401
+from conftest import last_json, run_cli
+
+from nbutils import colab, evaluate, generate, metrics, notebooks, shards
+from nbutils.errors import UserError
+
+# ---------------------------------------------------------------------------------------------
+# Metric math on constructed embeddings
+# ---------------------------------------------------------------------------------------------
+
+
+def test_cosine_identical_orthogonal_opposite():
+    a = np.array([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0], [1.0, 1.0, 0.0]])
+    assert metrics.cosine(a, a * 3) == pytest.approx([1, 1, 1])
+    assert metrics.cosine(a[0], a[1]) == pytest.approx(0)
+    assert metrics.cosine(a[2], -a[2]) == pytest.approx(-1)
+    assert metrics.cosine(a[2], a[0]) == pytest.approx(np.sqrt(0.5))
+    assert metrics.centroid(np.array([[1.0, 0.0], [0.0, 5.0]])) == pytest.approx([np.sqrt(0.5)] * 2)
+
+
+def test_frechet_distance_known_values():
+    x = np.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]])  # mean 0, covariance (2/3) I
+    assert metrics.frechet_distance(x, x) == pytest.approx(0, abs=1e-12)
+    shift = np.array([3.0, -4.0])
+    assert metrics.frechet_distance(x, x + shift) == pytest.approx(25.0)  # only the means differ
+    # same mean, covariance x4: sum over dims of (sqrt(2/3) - sqrt(8/3))^2 = 4/3
+    assert metrics.frechet_distance(x, 2 * x) == pytest.approx(4 / 3)
+    # one dimension: (m1 - m2)^2 + (s1 - s2)^2
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(1, 2, (50, 1)), rng.normal(-1, 0.5, (80, 1))
+    expected = (a.mean() - b.mean()) ** 2 + (a.std(ddof=1) - b.std(ddof=1)) ** 2
+    assert metrics.frechet_distance(a, b) == pytest.approx(expected)
+    # symmetric, and fine with fewer items than dimensions (singular covariances)
+    p, q = rng.normal(size=(5, 16)), rng.normal(size=(7, 16)) + 0.5
+    assert metrics.frechet_distance(p, q) == pytest.approx(metrics.frechet_distance(q, p))
+    assert metrics.frechet_distance(p, q) > 0
+    with pytest.raises(ValueError, match="at least 2 items"):
+        metrics.frechet_distance(x[:1], x)
+
+
+def test_frechet_of_rotated_isotropic_sets_is_the_mean_shift():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(400, 3))
+    x = (x - x.mean(0)) @ np.linalg.inv(np.linalg.cholesky(np.cov(x, rowvar=False))).T  # covariance exactly I
+    rotation, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    mu = np.array([0.5, 0.0, -1.0])
+    assert metrics.frechet_distance(x, x @ rotation + mu) == pytest.approx(mu @ mu, abs=1e-9)
+
+
+def test_score_rows_on_constructed_embeddings():
+    """Clips equal to their prompt's text embedding score 1; the reference centroid decides style."""
+    text = {"style a": np.array([1.0, 0, 0]), "generic b": np.array([0, 1.0, 0])}
+    sets = {"style": ["style a"], "generic": ["generic b"]}
+    samples = [
+        {"model": "base", "prompt": "style a", "path": "", "seed": 0},
+        {"model": "base", "prompt": "generic b", "path": "", "seed": 0},
+        {"model": "lora", "prompt": "style a", "path": "", "seed": 0},
+        {"model": "lora", "prompt": "generic b", "path": "", "seed": 0},
+    ]
+    audio = np.array([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0], [0, 0, 1.0]])
+    reference = np.array([[0, 0, 1.0], [0, 0, 1.0]])
+    per_prompt, summary = evaluate.score(samples, sets, text, audio, reference)
+    row = {(r["model"], r["prompt_set"]): r for r in summary}
+    assert row["base", "style"]["clap_text"] == pytest.approx(1.0) and row["base", "style"]["style_similarity"] == pytest.approx(0)
+    assert row["lora", "style"]["clap_text"] == pytest.approx(0) and row["lora", "style"]["style_similarity"] == pytest.approx(1)
+    assert row["lora", "generic"]["clap_text_vs_base"] == pytest.approx(-1.0), "forgetting shows on the generic set"
+    assert row["held-out", "reference"]["style_similarity"] == pytest.approx(1.0)
+    assert len(per_prompt) == 4 and all(r["samples"] == 1 for r in per_prompt)
+    assert row["base", "style"]["frechet"] is None, "one clip is not a distribution"
+
+
+# ---------------------------------------------------------------------------------------------
+# The held-out reference
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Project-like folders: token shards, source ZIPs and a training run with its split."""
+    root = tmp_path_factory.mktemp("evaldata")
+    split = make_tokens(root / "tokens", root / "zips")
+    run = make_run(root / "runs" / "lora", val_tracks=split["val_tracks"], train_tracks=split["train_tracks"])
+    return {"root": root, "tokens": root / "tokens", "zips": root / "zips", "run": run, **split}
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return generate.Pipeline("tiny")
+
+
+def test_reference_is_the_runs_validation_tracks_from_source_or_decoded(data, pipe):
+    opened = shards.open_all(data["tokens"])
+    cfg = evaluate.EvalConfig(model="tiny", tokens=str(data["tokens"]), zips=str(data["zips"]), max_reference=32)
+    from_source = evaluate.reference_audio(cfg, pipe, opened, data["run"])
+    assert set(from_source.tracks) == set(data["val_tracks"]) and from_source.origins == ["source"] * 4
+    assert "split.json" in from_source.selection
+    first = opened[0].segments[[s.track for s in opened[0].segments].index(from_source.tracks[0])]
+    import io
+    import zipfile
+
+    with zipfile.ZipFile(data["zips"] / opened[0].meta["zip"]) as archive:
+        wave, rate = sf.read(io.BytesIO(archive.read(first.path)), dtype="float32")
+    start = int(first.start * rate)
+    assert np.allclose(from_source.audio[0][:, 0], wave[start : start + 32_000], atol=1e-6)
+
+    decoded = evaluate.reference_audio(evaluate.EvalConfig(model="tiny", max_reference=3), pipe, opened, data["run"])
+    assert decoded.origins == ["decoded"] * 3 and len(decoded.audio) == 3, "evenly spread, at most max_reference"
+    assert all(a.shape == (50 * 640, 1) for a in decoded.audio)
+    # without a run (no split.json) the sample is fixed: the same tracks every time
+    again = evaluate.held_out_segments(opened, None, 32)
+    assert evaluate.held_out_segments(opened, None, 32)[0] == again[0]
+    assert "fixed sample of 1 of 4 tracks" in again[1]
+
+
+def test_prompts_from_training_descriptions_or_a_file(data, tmp_path):
+    opened = shards.open_all(data["tokens"])
+    sets = evaluate.prompt_sets(evaluate.EvalConfig(num_prompts=5), opened)
+    assert sets["style"] == ["bright synth arpeggio melody, upbeat", "calm piano chords, slow, minor and major"]
+    assert sets["generic"] == list(evaluate.GENERIC_PROMPTS)
+    file = tmp_path / "prompts.txt"
+    file.write_text("# my style\nlofi piano\n\nwarm tape hiss beat\n")
+    assert evaluate.prompt_sets(evaluate.EvalConfig(prompts=str(file)), [])["style"] == ["lofi piano", "warm tape hiss beat"]
+    both = tmp_path / "prompts.json"
+    both.write_text(json.dumps({"style": ["lofi piano"], "generic": ["opera aria"]}))
+    assert evaluate.prompt_sets(evaluate.EvalConfig(prompts=str(both)), []) == {"style": ["lofi piano"], "generic": ["opera aria"]}
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end
+# ---------------------------------------------------------------------------------------------
+
+
+def eval_config(data, out, **values) -> evaluate.EvalConfig:
+    values = {"model": "tiny", "adapters": [str(data["run"])], "clap": "tiny", "tokens": str(data["tokens"]),
+              "out": str(out), "seconds": 0.5, "samples_per_prompt": 2, "seed": 3, **values}
+    return evaluate.EvalConfig(**values)
+
+
+def read_csv(path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_tables_and_plot_written_and_deterministic(data, tmp_path):
+    first = evaluate.run(eval_config(data, tmp_path / "a"))
+    files = {k: Path(v) for k, v in first["files"].items()}
+    assert files["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = read_csv(files["summary_csv"])
+    assert [(r["model"], r["prompt_set"]) for r in summary] == [
+        ("base", "style"), ("base", "generic"), ("lora-best", "style"), ("lora-best", "generic"), ("held-out", "reference")]
+    for row in summary[:4]:
+        n = 2 * (2 if row["prompt_set"] == "style" else 4)
+        assert int(row["samples"]) == n and int(row["frechet_n_generated"]) == n
+        assert int(row["frechet_n_reference"]) == 4, "the sample size is stated next to the distance"
+        assert -1 <= float(row["clap_text"]) <= 1 and -1 <= float(row["style_similarity"]) <= 1
+        assert float(row["frechet"]) >= 0
+    per_prompt = read_csv(files["per_prompt_csv"])
+    assert len(per_prompt) == 2 * 6 and {r["samples"] for r in per_prompt} == {"2"}
+    results = json.loads(files["json"].read_text())
+    assert results["reference"] == {"selection": f"validation tracks of {data['run'] / 'split.json'}", "segments": 4,
+                                    "decoded": 4, "from_source": 0}
+    assert set(results["forgetting_generic_clap_text"]) == {"lora-best"}
+    wavs = sorted((tmp_path / "a" / "samples").rglob("*.wav"))
+    assert len(wavs) == 2 * 6 * 2
+
+    second = evaluate.run(eval_config(data, tmp_path / "b"))
+    assert Path(second["files"]["summary_csv"]).read_text() == files["summary_csv"].read_text()
+    assert Path(second["files"]["per_prompt_csv"]).read_text() == files["per_prompt_csv"].read_text()
+
+
+def test_rerun_resumes_and_other_settings_are_refused(data, tmp_path):
+    out = tmp_path / "eval"
+    cfg = eval_config(data, out, samples_per_prompt=1, prompts="", num_prompts=1)
+    evaluate.run(cfg)
+    wavs = sorted(p.name for p in out.rglob("*.wav"))
+    ledger = (out / "samples" / "index.jsonl").read_text().splitlines()
+    summary = (out / "summary.csv").read_text()
+    # kill-like damage: the last ledger line is torn; that unit is generated again, the rest reused
+    (out / "samples" / "index.jsonl").write_text("\n".join(ledger[:-1]) + "\n" + ledger[-1][:20])
+    evaluate.run(cfg)
+    assert len(list(out.rglob("*.wav"))) == len(wavs) + 5, "only the torn unit (5 prompts) was redone"
+    assert (out / "summary.csv").read_text() == summary, "resumed equals uninterrupted"
+    with pytest.raises(UserError, match=r"other settings \(seconds: 0.5 -> 2.0\).*delete this one"):
+        evaluate.run(eval_config(data, out, samples_per_prompt=1, num_prompts=1, seconds=2.0))
+
+
+def test_checkpoints_are_compared_too(data, tmp_path):
+    results = evaluate.run(eval_config(data, tmp_path / "ck", checkpoints=True, samples_per_prompt=1, num_prompts=1,
+                                       prompts=""))
+    models = list(dict.fromkeys(r["model"] for r in results["summary"]))
+    assert models == ["base", "lora-best", "step-000002", "step-000004", "held-out"]
+
+
+def test_wandb_table_with_audio_when_a_run_is_active(data, tmp_path):
+    import wandb
+
+    run = wandb.init(project="nbutils-test", mode="offline", dir=str(tmp_path))
+    try:
+        results = evaluate.run(eval_config(data, tmp_path / "wb", samples_per_prompt=1, num_prompts=1))
+        assert results["wandb"] is True
+        assert run.summary["eval/samples"]["_type"] == "table-file"
+        assert "eval/lora-best/generic/clap_text" in run.summary.keys()
+    finally:
+        wandb.finish()
+    assert evaluate.log_wandb([], [], 32_000) is False, "no run: nothing logged"
+
+
+def test_cli_contract(data, tmp_path):
+    out = tmp_path / "cli"
+    proc = run_cli("evaluate", "--model", "tiny", "--adapter", str(data["run"] / "adapters" / "final"), "--out", str(out),
+                   "--clap", "tiny", "--tokens", str(data["tokens"]), "--seconds", "0.5", "--samples-per-prompt", "1",
+                   "--num-prompts", "1")
+    summary = last_json(proc.stdout)
+    for key in ("summary_csv", "per_prompt_csv", "json", "plot"):
+        assert Path(summary[key]).is_file()
+    assert {r["model"] for r in summary["summary"]} == {"base", "lora-final", "held-out"}
+    missing = run_cli("evaluate", "--model", "tiny", "--out", str(out / "x"), "--clap", "tiny", check=False)
+    assert missing.returncode == 2 and "No adapter to evaluate" in missing.stderr
+
+
+@pytest.mark.slow
+def test_notebook_executes(tmp_path):
+    root = tmp_path / "project"
+    project = colab.create_project(root, model="tiny")
+    split = make_tokens(project.paths.tokens, project.paths.zips)
+    make_run(project.paths.run("lora"), val_tracks=split["val_tracks"], train_tracks=split["train_tracks"])
+    params = {"PROJECT_ROOT": str(root), "MODEL": "tiny", "CLAP": "tiny", "SECONDS": 0.5, "SAMPLES_PER_PROMPT": 1}
+    out = notebooks.execute(notebooks.notebook_path("04_evaluate"), tmp_path / "04.out.ipynb", params, cwd=tmp_path,
+                            timeout=300)
+    executed = nbformat.read(str(out), 4)
+    (folder,) = (root / "eval").glob("eval-*")  # one folder per settings: a re-run resumes there
+    results = json.loads((folder / "results.json").read_text())
+    assert results["reference"]["from_source"] == 4, "the project's ZIPs hold the source audio"
+    assert {r["model"] for r in results["summary"]} == {"base", "lora-best", "held-out"}
+    outputs = [o for c in executed.cells for o in c.get("outputs", [])]
+    assert any("image/png" in o.get("data", {}) for o in outputs), "the plot is shown"
+    tables = [o["data"]["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {})]
+    assert any("| lora-best | style |" in t for t in tables), "the summary table is shown"

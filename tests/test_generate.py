@@ -1,0 +1,310 @@
+"""Generation: exact durations (long-form too), seeds, A/B pairing, sidecars, names, CLI, notebook."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from _generate_helpers import make_run, one_thread, peft_model, save_peft  # noqa: F401
+from conftest import last_json, run_cli
+
+from nbutils import audio_io, colab, generate, notebooks, sampling, synth
+from nbutils.errors import UserError
+
+SR = 32_000
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return generate.Pipeline("tiny")
+
+
+@pytest.fixture(scope="module")
+def strong_adapter(tmp_path_factory) -> Path:
+    """A LoRA on the heads large enough that LoRA audio differs from base audio."""
+    folder = tmp_path_factory.mktemp("adapter") / "heads"
+    return save_peft(peft_model("tiny", [f"lm_heads.{i}" for i in range(4)], strength=3.0), folder)
+
+
+@pytest.fixture(scope="module")
+def ab_pipe(strong_adapter):
+    return generate.Pipeline("tiny", str(strong_adapter))
+
+
+def cfg(tmp_path, **values) -> generate.GenerateConfig:
+    values = {"model": "tiny", "prompts": ["calm piano"], "seconds": 0.5, "out": str(tmp_path / "out"), **values}
+    return generate.GenerateConfig(**values)
+
+
+def read(record) -> np.ndarray:
+    audio, rate = sf.read(record["path"], dtype="int16", always_2d=True)
+    assert rate == SR
+    return audio
+
+
+# ---------------------------------------------------------------------------------------------
+# Durations and long-form
+# ---------------------------------------------------------------------------------------------
+
+
+def test_window_plan_covers_the_request_exactly():
+    plan = sampling.Windows(window=50, context=20).plan(existing=0, total_new=127)
+    assert plan == [(0, 50), (20, 30), (20, 30), (20, 17)]
+    assert sum(new for _, new in plan) == 127
+    assert all(ctx + new <= 50 for ctx, new in plan)
+    # a continued audio prompt is the first window's context
+    assert sampling.Windows(window=50, context=20).plan(existing=35, total_new=10) == [(20, 10)]
+
+
+@pytest.mark.parametrize("seconds", [0.37, 2.53])
+def test_exact_durations_short_and_past_the_window(pipe, tmp_path, seconds):
+    """0.37 s is not a whole number of frames; 2.53 s spans four 1 s windows (0.4 s context)."""
+    config = cfg(tmp_path, seconds=seconds, window_seconds=1.0, context_seconds=0.4, prompts=["a", "b"])
+    records = generate.run(config, pipe)
+    expected = int(round(seconds * SR))
+    for record in records:
+        assert read(record).shape == (expected, 1)
+        assert record["samples"] == expected and record["seconds"] == pytest.approx(seconds)
+    assert records[0]["windows"] == (1 if seconds < 1 else 4)
+
+
+def test_sixty_seconds_with_the_models_own_window(pipe, tmp_path):
+    """The real default: 30 s windows, 10 s context; 61.3 s is not a multiple of anything."""
+    records = generate.run(cfg(tmp_path, seconds=61.3, guidance_scale=3.0), pipe)
+    assert read(records[0]).shape == (int(round(61.3 * SR)), 1)
+    assert records[0]["windows"] == 3  # 30 s, then 20 s + 20 s (+1.3 s) after 10 s of context each
+    assert pipe.window_seconds == 30.0
+
+
+def test_each_window_continues_the_codes_before_it(pipe):
+    """The last `context` frames of what exists become the next window's prompt, unchanged, and
+    the codes of all windows are kept in order (decoded once: joins are exact)."""
+    seen = []
+    real_generate = pipe.model.generate
+
+    def spy(**kwargs):
+        seen.append(kwargs.get("decoder_input_ids"))
+        return real_generate(**kwargs)
+
+    pipe.model.generate = spy
+    try:
+        prompt = torch.randint(0, 64, (1, 4, 7))
+        inputs = pipe.text_inputs(["calm piano"])
+        torch.manual_seed(0)
+        codes, n = sampling.sample_long(pipe.model, inputs, prompt, 60, sampling.Windows(window=25, context=10),
+                                        sampling.Sampling())
+    finally:
+        del pipe.model.generate
+    assert codes.shape == (1, 4, 67) and n == 4
+    assert torch.equal(codes[:, :, :7], prompt), "the continued prompt stays as it was"
+    starts = [7 - 7, 7 + 18 - 10, 7 + 18 + 15 - 10, 7 + 18 + 15 + 15 - 10]  # context start of each window
+    for ids, start in zip(seen, starts):
+        ctx = codes[:, :, start : start + ids.shape[-1]].reshape(4, -1)
+        assert torch.equal(ids, ctx)
+    assert [ids.shape[-1] for ids in seen] == [7, 10, 10, 10]
+
+
+def test_audio_prompt_is_continued(pipe, tmp_path):
+    prompt_file = tmp_path / "prompt.wav"
+    sf.write(prompt_file, synth.track("arpeggio", 0.9, seed=1), SR)
+    records = generate.run(cfg(tmp_path, audio_prompt=str(prompt_file), seconds=0.6, window_seconds=1.0,
+                               context_seconds=0.5), pipe)
+    prompt_frames = int(np.ceil(0.9 * SR / 640))
+    record = records[0]
+    assert record["prompt_seconds"] == pytest.approx(prompt_frames * 640 / SR)
+    assert read(record).shape[0] == prompt_frames * 640 + int(0.6 * SR)
+    assert record["windows"] == 2  # 1 s window minus 0.5 s context leaves 0.5 s per window
+
+
+def test_stereo_model_writes_stereo(tmp_path):
+    stereo = generate.Pipeline("tiny-stereo")
+    records = generate.run(cfg(tmp_path, model="tiny-stereo", seconds=0.3), stereo)
+    audio = read(records[0])
+    assert audio.shape == (int(0.3 * SR), 2)
+    assert records[0]["channels"] == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Seeds and A/B
+# ---------------------------------------------------------------------------------------------
+
+
+def test_same_seed_same_audio_on_cpu(pipe, tmp_path):
+    first = generate.run(cfg(tmp_path, seed=11, prompts=["calm piano", "dark techno"], variations=2), pipe)
+    again = generate.run(cfg(tmp_path, seed=11, prompts=["calm piano", "dark techno"], variations=2), pipe)
+    other = generate.run(cfg(tmp_path, seed=12, prompts=["calm piano", "dark techno"]), pipe)
+    for a, b in zip(first, again):
+        assert (a["prompt"], a["variation_seed"]) == (b["prompt"], b["variation_seed"])
+        assert np.array_equal(read(a), read(b))
+    assert [r["variation_seed"] for r in first] == [11, 11, 12, 12]
+    # seed 12 as the second variation of seed 11 equals seed 12 run on its own
+    assert np.array_equal(read(first[2]), read(other[0]))
+    assert not np.array_equal(read(first[0]), read(first[2])), "another seed gives other audio"
+
+
+def test_ab_pairs_base_and_lora_with_the_same_seed(ab_pipe, tmp_path):
+    both = generate.run(cfg(tmp_path, compare="both", seed=5, prompts=["calm piano", "dark techno"]), ab_pipe)
+    assert [(r["prompt"], r["variant"]) for r in both] == [
+        ("calm piano", "base"), ("calm piano", "lora"), ("dark techno", "base"), ("dark techno", "lora")]
+    for base, lora in (both[0:2], both[2:4]):
+        assert base["pair"] == Path(lora["path"]).name and lora["pair"] == Path(base["path"]).name
+        assert base["path"].replace("_base.wav", "") == lora["path"].replace("_lora.wav", "")
+        assert base["variation_seed"] == lora["variation_seed"] == 5
+        assert base["adapter"] is None and lora["adapter"]["kind"] == "peft"
+        assert not np.array_equal(read(base), read(lora)), "the LoRA changes the music"
+    # the base take of the pair is exactly what the base model alone makes with that seed
+    alone = generate.run(cfg(tmp_path, compare="base", seed=5, prompts=["calm piano", "dark techno"]), ab_pipe)
+    assert np.array_equal(read(alone[0]), read(both[0]))
+    lora_alone = generate.run(cfg(tmp_path, compare="lora", seed=5, prompts=["calm piano", "dark techno"]), ab_pipe)
+    assert np.array_equal(read(lora_alone[1]), read(both[3]))
+
+
+def test_sidecar_records_every_parameter(ab_pipe, tmp_path, strong_adapter):
+    config = cfg(tmp_path, compare="both", seed=3, seconds=0.4, temperature=0.9, top_k=50, top_p=0.95,
+                 guidance_scale=2.5, adapter=str(strong_adapter))
+    records = generate.run(config, ab_pipe)
+    lora = json.loads(Path(records[1]["sidecar"]).read_text())
+    assert lora["parameters"] == json.loads(json.dumps(generate.config.to_dict(config)))
+    assert lora["model"] == "tiny"
+    assert lora["adapter"]["location"] == str(strong_adapter) and lora["adapter"]["kind"] == "peft"
+    assert (lora["seed"], lora["variation"], lora["variation_seed"]) == (3, 0, 3)
+    assert (lora["sample_rate"], lora["channels"], lora["samples"]) == (SR, 1, int(0.4 * SR))
+    assert lora["file"] == Path(records[1]["path"]).name and lora["batch"] == ["calm piano"]
+    assert lora["generation_seconds"] > 0
+    assert lora["realtime_factor"] == pytest.approx(0.4 / lora["generation_seconds"], rel=0.01)
+    assert lora["pipeline"]["dtype"] == "float32" and lora["pipeline"]["device"] == "cpu"
+    assert {"torch", "transformers", "peft", "nbutils"} <= set(lora["versions"])
+    assert 0 < lora["gain"] <= 1 and lora["peak"] > 0
+
+
+def test_invalid_requests_say_what_to_do(pipe, tmp_path):
+    with pytest.raises(UserError, match="temperature must be positive"):
+        cfg(tmp_path, temperature=0)
+    with pytest.raises(UserError, match="needs a LoRA adapter"):
+        generate.run(cfg(tmp_path, compare="both"), pipe)
+    with pytest.raises(UserError, match="not a melody model"):
+        generate.run(cfg(tmp_path, melody=str(tmp_path)), pipe)
+    with pytest.raises(UserError, match="context_seconds .* must be shorter than the window"):
+        generate.run(cfg(tmp_path, window_seconds=1.0, context_seconds=1.0), pipe)
+    with pytest.raises(UserError, match="exceeds the model's window of 30 s"):
+        generate.run(cfg(tmp_path, window_seconds=31), pipe)
+    with pytest.raises(UserError, match="does not exist"):
+        generate.run(cfg(tmp_path, audio_prompt=str(tmp_path / "missing.wav")), pipe)
+
+
+# ---------------------------------------------------------------------------------------------
+# WAV writing
+# ---------------------------------------------------------------------------------------------
+
+
+def test_peak_safe_int16_scales_only_when_needed():
+    quiet = np.array([0.5, -0.25, 0.0, 1.0, -1.0])
+    pcm, gain, peak = audio_io.peak_safe_int16(quiet)
+    assert gain == 1.0 and peak == 1.0
+    assert pcm.tolist() == [16384, -8192, 0, 32767, -32767]  # rounded, not truncated
+    loud = np.array([2.0, -4.0, 1.0])
+    pcm, gain, peak = audio_io.peak_safe_int16(loud)
+    assert (gain, peak) == (0.25, 4.0)
+    assert pcm.tolist() == [16384, -32767, 8192]  # no clipping: the loudest sample is full scale
+
+
+def test_names_never_overwrite(tmp_path):
+    (tmp_path / "clip_base.wav").write_bytes(b"earlier result")
+    name = audio_io.reserve(tmp_path, "clip", ["_base.wav", "_base.json", "_lora.wav"])
+    assert name == "clip-2"
+    assert (tmp_path / "clip_base.wav").read_bytes() == b"earlier result"
+    assert audio_io.reserve(tmp_path, "clip", ["_base.wav"]) == "clip-3"
+    # a partly taken name is given back whole: no leftover reservation files
+    (tmp_path / "x_lora.wav").write_bytes(b"")
+    assert audio_io.reserve(tmp_path, "x", ["_base.wav", "_lora.wav"]) == "x-2"
+    assert not (tmp_path / "x_base.wav").exists()
+
+
+def test_two_runs_in_the_same_second_keep_both(pipe, tmp_path):
+    first = generate.run(cfg(tmp_path, seed=1), pipe)
+    second = generate.run(cfg(tmp_path, seed=1), pipe)
+    paths = {r["path"] for r in first + second}
+    assert len(paths) == 2 and all(Path(p).exists() for p in paths)
+    assert len(list((tmp_path / "out").glob("*.json"))) == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Interfaces
+# ---------------------------------------------------------------------------------------------
+
+
+def test_cli_contract(tmp_path):
+    out = tmp_path / "gen"
+    proc = run_cli("generate", "--model", "tiny", "--prompt", "calm piano", "--prompt", "dark techno beat",
+                   "--seconds", "0.4", "--out", str(out), "--seed", "7")
+    summary = last_json(proc.stdout)
+    assert summary["clips"] == 2 and len(summary["files"]) == 2
+    for wav, sidecar in zip(summary["files"], summary["sidecars"]):
+        info = sf.info(wav)
+        assert (info.samplerate, info.channels, info.frames, info.subtype) == (SR, 1, int(0.4 * SR), "PCM_16")
+        assert json.loads(Path(sidecar).read_text())["seed"] == 7
+    missing = run_cli("generate", "--model", "tiny", "--out", str(out), check=False)
+    assert missing.returncode == 2 and "Missing --prompt" in missing.stderr
+
+
+def _project_with_run(tmp_path) -> Path:
+    root = tmp_path / "project"
+    project = colab.create_project(root, model="tiny")
+    make_run(project.paths.run("lora"))
+    return root
+
+
+@pytest.mark.slow
+def test_notebook_executes_plain_cells_and_the_form_button(tmp_path):
+    root = _project_with_run(tmp_path)
+    nb = nbformat.read(str(notebooks.notebook_path("03_generate")), as_version=4)
+    # press the form's button the way a user would, then report what it saved
+    nb.cells.append(nbformat.v4.new_code_cell(
+        "form.seconds.value = 0.6\nform.seed.value = 9\nform.compare.value = 'base'\n"
+        "form.button.click()\nprint('FORM', [r['path'] for r in form.records])"))
+    copy = tmp_path / "03_generate.ipynb"
+    nbformat.write(nb, str(copy))
+    params = {"PROJECT_ROOT": str(root), "MODEL": "tiny", "PROMPTS": "calm piano | dark techno",
+              "SECONDS": 0.4, "COMPARE": "both", "SEED": 4}
+    executed = nbformat.read(str(notebooks.execute(copy, tmp_path / "out.ipynb", params, cwd=tmp_path, timeout=120)), 4)
+    text = notebooks.outputs_text(executed)
+    generated = root / "generated"
+    sidecars = [json.loads(p.read_text()) for p in sorted(generated.glob("*.json"))]
+    plain = [s for s in sidecars if s["seed"] == 4]
+    assert sorted((s["prompt"], s["variant"]) for s in plain) == [
+        ("calm piano", "base"), ("calm piano", "lora"), ("dark techno", "base"), ("dark techno", "lora")]
+    assert all(s["adapter_loaded"]["location"].endswith("adapters/best") for s in plain)
+    clicked = [s for s in sidecars if s["seed"] == 9]
+    assert [(s["variant"], s["samples"]) for s in clicked] == [("base", int(0.6 * SR)), ("base", int(0.6 * SR))]
+    assert "FORM" in text and all(str(generated) in line for line in text.splitlines() if line.startswith("FORM"))
+    audio_outputs = [o for c in executed.cells for o in c.get("outputs", []) if "text/html" in o.get("data", {})]
+    assert any("<audio" in o["data"]["text/html"] for o in audio_outputs), "inline players are shown"
+
+
+def test_merged_adapter_matches_the_attached_one(strong_adapter, ab_pipe, tmp_path):
+    merged = generate.Pipeline("tiny", str(strong_adapter), merge=True)
+    inputs = merged.text_inputs(["calm piano"])
+    dec = torch.full((4, 3), 64)
+    with torch.no_grad():
+        with ab_pipe.using("lora"):
+            attached = ab_pipe.model(**inputs, decoder_input_ids=dec).logits
+        assert torch.allclose(merged.model(**inputs, decoder_input_ids=dec).logits, attached, atol=1e-4)
+    assert merged.describe()["merged"] is True
+    with pytest.raises(UserError, match="merged into the weights"):
+        generate.run(cfg(tmp_path, compare="base"), merged)
+    with pytest.raises(UserError, match="merge cannot be combined with compare=both"):
+        cfg(tmp_path, compare="both", merge=True)
+
+
+def test_device_and_dtype_choice():
+    assert generate.pick_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        assert generate.pick_dtype("auto", "cpu") == torch.float32
+    assert generate.pick_dtype("bfloat16", "cuda") == torch.bfloat16
+    with pytest.raises(UserError, match="Unknown dtype 'fp8'"):
+        generate.pick_dtype("fp8", "cpu")
