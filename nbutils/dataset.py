@@ -278,15 +278,18 @@ class StepSampler:
             self._order, self._order_epoch = epoch_order(len(self.dataset), self.seed, epoch), epoch
         return self._order
 
-    def micro_batches(self, cursor: Cursor) -> list[list[Example]]:
-        """The examples of this rank's micro-batches for the step starting at ``cursor``."""
+    def indices(self, cursor: Cursor) -> list[list[int]]:
+        """Dataset indices of this rank's micro-batches for the step starting at ``cursor``."""
         order = self._order_of(cursor.epoch)
         batches = []
         for micro in range(self.grad_accum):
             first = cursor.position + (micro * self.world_size + self.rank) * self.batch_size
-            picks = [int(order[(first + b) % len(order)]) for b in range(self.batch_size)]
-            batches.append([self.dataset.example(i, cursor.epoch) for i in picks])
+            batches.append([int(order[(first + b) % len(order)]) for b in range(self.batch_size)])
         return batches
+
+    def micro_batches(self, cursor: Cursor) -> list[list[Example]]:
+        """The examples of this rank's micro-batches for the step starting at ``cursor``."""
+        return [[self.dataset.example(i, cursor.epoch) for i in batch] for batch in self.indices(cursor)]
 
     def advance(self, cursor: Cursor) -> Cursor:
         """The cursor after one optimizer step."""

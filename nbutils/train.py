@@ -766,6 +766,21 @@ def run(cfg: TrainConfig, *, log: Callable[[str], None] | None = None) -> dict[s
     return _summary(trainer, started)
 
 
+def notebook_config(project, run_name: str = "", **settings: Any) -> TrainConfig:
+    """Notebook 02's settings: the project's tokens, ``runs/<run_name>`` and model, plus ``settings``.
+
+    Args:
+        project: From ``colab.connect`` / ``colab.current``.
+        run_name: Folder under ``runs/``; a new name starts a new run, the same name resumes.
+        **settings: Any ``TrainConfig`` field (unknown names are refused with a suggestion).
+    """
+    from nbutils.paths import DEFAULT_RUN
+
+    base = {"tokens": str(project.paths.tokens), "out": str(project.paths.run(run_name or DEFAULT_RUN)),
+            "model": project.model}
+    return config.from_dict(TrainConfig, {**base, **settings}, what="training")
+
+
 # ---------------------------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------------------------
