@@ -137,7 +137,7 @@ def save(out: str | os.PathLike, state: dict[str, Any], write_adapter: Callable[
             write_adapter(tmp)
             torch.save(state, tmp / STATE)
             crash_point("checkpoint-dir", step)  # killed here: a stale temp folder, removed on resume
-        prune(out, keep)
+    prune(out, keep)  # only now: the new checkpoint is complete
     return latest
 
 
