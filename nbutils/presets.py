@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 EFFECTIVE_BATCH = 16  # crops per optimizer step on every GPU
-USABLE = 0.85  # share of VRAM we plan to use (fragmentation, CUDA context, spikes)
+USABLE = 0.75  # share of VRAM we plan to use: an estimate, so leave room (fragmentation, spikes)
 CONTEXT_GB = 1.5  # CUDA context + allocator slack
 TEXT_AND_CODEC = 0.17e9  # parameters of the T5-base text encoder + EnCodec 32 kHz
 GIB = 2**30
