@@ -39,13 +39,13 @@ CRASH_ENV = "NBUTILS_CRASH_AT"
 def crash_point(name: str, step: int) -> None:
     """Fault injection for the resume tests: ``NBUTILS_CRASH_AT=name:step`` stops the process here.
 
-    ``interrupt:N`` raises KeyboardInterrupt (Colab's stop button); any other name sends
-    SIGKILL to this process (a runtime that dies). Unset in normal use: one dict lookup.
+    Names starting with ``interrupt`` raise KeyboardInterrupt (Colab's stop button); any other
+    name sends SIGKILL to this process (a runtime that dies). Unset in normal use: one dict lookup.
     """
     wanted = os.environ.get(CRASH_ENV)
     if not wanted or wanted != f"{name}:{step}":
         return
-    if name == "interrupt":
+    if name.startswith("interrupt"):
         raise KeyboardInterrupt
     sys.stdout.flush()
     sys.stderr.flush()

@@ -237,7 +237,9 @@ class Trainer:
         self.resumed_from: int | None = None
         self.rng_after_step: dict[str, Any] = {}
         self.evaluated_at: int | None = None
+        self.saved_at: int | None = None
         self._pending_metrics: list[dict[str, Any]] = []
+        self._in_train_mode = False
 
     # -- setup -----------------------------------------------------------------------------
 
@@ -332,10 +334,13 @@ class Trainer:
         return self.accelerator.unwrap_model(self.model)
 
     def _train_mode(self) -> None:
+        if self._in_train_mode:
+            return  # switching walks every module: skip it when evaluation / samples did not run
         self.model.train()
         # The frozen encoders stay in eval mode (no dropout), as audiocraft runs its T5.
         self.base.text_encoder.eval()
         self.base.audio_encoder.eval()
+        self._in_train_mode = True
 
     # -- checkpoint state ------------------------------------------------------------------
 
@@ -389,7 +394,7 @@ class Trainer:
         scaler = self.accelerator.scaler
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
-        self.step = self.resumed_from = int(state["step"])
+        self.step = self.resumed_from = self.saved_at = int(state["step"])
         self.cursor = data.Cursor.from_dict(state["cursor"])
         self.best_val, self.best_step = state.get("best_val_loss"), state.get("best_step")
         self.last_val, self.last_train = state.get("val_loss"), state.get("train_loss")
@@ -405,6 +410,7 @@ class Trainer:
         model = self.unwrapped()
         checkpoint.save(self.out, self.state(), lambda folder: lora.write_adapter(model, folder, self.model_name),
                         self.cfg.keep_checkpoints)
+        self.saved_at = self.step
 
     # -- metrics ---------------------------------------------------------------------------
 
@@ -499,6 +505,7 @@ class Trainer:
         acc = self.accelerator
         model = self.unwrapped()
         model.eval()
+        self._in_train_mode = False
         sums = torch.zeros(self.spec.num_codebooks, device=self.device)
         counts = torch.zeros_like(sums)
         mine = list(range(acc.process_index, len(self.val_set), acc.num_processes))
@@ -557,6 +564,7 @@ class Trainer:
             return None
         model = self.unwrapped()
         model.eval()
+        self._in_train_mode = False
         frames = max(1, round(self.cfg.sample_seconds * self.spec.frame_rate))
         max_new = frames + L.delays(self.spec.num_codebooks, self.spec.audio_channels)[-1]
         seeds = [self.cfg.seed + i for i in range(len(self.prompts))]
@@ -637,15 +645,19 @@ def _begin(trainer: Trainer) -> None:
                     f"crops of {trainer.cfg.segment_seconds:g} s, {len(trainer.val_set)} validation crops, "
                     f"{trainer.total_steps} steps of {trainer.effective_batch} crops, "
                     f"{trainer.trainable:,} trainable of {trainer.total_params:,} parameters.")
-        return
-    state, path = found
-    notes = trainer.restore(state)
-    trainer.trim_metrics()
-    where = path.relative_to(trainer.out) if path.is_relative_to(trainer.out) else path
-    trainer.log(f"Resuming from step {trainer.step} ({where}, epoch {trainer.cursor.epoch}) "
-                f"of {trainer.total_steps}.")
-    for note in notes:
-        trainer.log(f"  changed setting {note}")
+    else:
+        state, path = found
+        notes = trainer.restore(state)
+        trainer.trim_metrics()
+        where = path.relative_to(trainer.out) if path.is_relative_to(trainer.out) else path
+        trainer.log(f"Resuming from step {trainer.step} ({where}, epoch {trainer.cursor.epoch}) "
+                    f"of {trainer.total_steps}.")
+        for note in notes:
+            trainer.log(f"  changed setting {note}")
+    s = trainer.settings
+    trainer.log(f"Batch {trainer.batch_size} x accumulation {trainer.grad_accum} x {trainer.accelerator.num_processes} "
+                f"process(es), {s['precision']}, gradient checkpointing {'on' if s['grad_checkpointing'] else 'off'}, "
+                f"on {trainer.device}.")
 
 
 def _progress(trainer: Trainer):
@@ -680,11 +692,14 @@ def _periodic(trainer: Trainer, row: dict[str, Any]) -> None:
 def _finish(trainer: Trainer) -> None:
     """Final evaluation, checkpoint, adapters (best, final), samples, artifacts, optional Hub push."""
     cfg = trainer.cfg
-    if trainer.evaluated_at != trainer.step:
+    fresh_eval = trainer.evaluated_at != trainer.step
+    if fresh_eval:
         _evaluate(trainer)
-    trainer.save()
+    if fresh_eval or trainer.saved_at != trainer.step:  # the checkpoint must hold the final best/val
+        trainer.save()
     if not trainer.main:
         return
+    checkpoint.crash_point("interrupt-finish", trainer.step)
     final = trainer.save_adapter("final")
     best = trainer.out / ADAPTERS_DIR / "best"
     if trainer.best_step is None:
@@ -701,6 +716,12 @@ def _finish(trainer: Trainer) -> None:
 
         url = hub.push(final, cfg.push_to_hub, private=cfg.hub_private)
         trainer.log(f"Adapter uploaded to {url}")
+
+
+def _final_written(trainer: Trainer) -> bool:
+    """Did a previous session finish this step completely (it may have died while writing adapters)?"""
+    facts = trainer.out / ADAPTERS_DIR / "final" / "training.json"
+    return facts.exists() and atomic.read_json(facts).get("step") == trainer.step
 
 
 def _out_of_memory(trainer: Trainer) -> UserError:
@@ -727,7 +748,7 @@ def run(cfg: TrainConfig, *, log: Callable[[str], None] | None = None) -> dict[s
         hub.check_token()  # before hours of training, not after
     trainer = Trainer(cfg, log=log)
     _begin(trainer)
-    if trainer.step >= trainer.total_steps:
+    if trainer.step >= trainer.total_steps and _final_written(trainer):
         trainer.log(f"Training is already at step {trainer.step} of {trainer.total_steps}: nothing to do. "
                     "Raise max_steps (or epochs) to train longer.")
         return _summary(trainer, started)

@@ -211,6 +211,20 @@ def test_changed_settings_are_refused_or_accepted(tmp_path, tiny_dir):
     assert "nothing to do" in messages[-1]
 
 
+def test_stop_while_finishing_writes_the_adapters_on_the_next_run(tmp_path, monkeypatch):
+    data, out = tokens(tmp_path), tmp_path / "run"
+    monkeypatch.setenv(checkpoint.CRASH_ENV, "interrupt-finish:2")
+    with pytest.raises(KeyboardInterrupt):
+        train.run(small_config(data, out, max_steps=2))
+    assert torch.load(out / "latest.pt", weights_only=True)["step"] == 2 and not (out / "adapters" / "final").exists()
+    monkeypatch.delenv(checkpoint.CRASH_ENV)
+    messages = []
+    assert train.run(small_config(data, out, max_steps=2), log=messages.append)["step"] == 2
+    assert json.loads((out / "adapters" / "final" / "training.json").read_text())["step"] == 2
+    assert not any("nothing to do" in m for m in messages)
+    assert "nothing to do" in [train.run(small_config(data, out, max_steps=2), log=messages.append), messages[-1]][1]
+
+
 def test_rotation_keeps_exactly_the_expected_step_folders(tmp_path):
     data, out = tokens(tmp_path), tmp_path / "run"
     train.run(small_config(data, out, max_steps=7, save_every=2, keep_checkpoints=2))
