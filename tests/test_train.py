@@ -279,6 +279,24 @@ def test_bad_inputs_say_what_to_do(tmp_path):
         small_config(data, tmp_path / "run", cfg_dropout=1.5)
 
 
+def test_learning_rate_schedule():
+    factors = [train.lr_factor(s, total=10, warmup=2, kind="cosine") for s in range(10)]
+    assert factors[:3] == [0.5, 1.0, 1.0] and factors[-1] == pytest.approx(0.0381, abs=1e-3)
+    assert all(a >= b for a, b in zip(factors[1:], factors[2:])), "cosine decays monotonically"
+    assert train.lr_factor(6, total=10, warmup=2, kind="linear") == pytest.approx(0.5)
+    assert train.lr_factor(9, total=10, warmup=2, kind="constant") == 1.0
+
+
+def test_stop_button_waits_for_the_optimizer_update():
+    import signal
+
+    with pytest.raises(KeyboardInterrupt):
+        with train.hold_interrupts():
+            os.kill(os.getpid(), signal.SIGINT)
+            finished = True  # the block runs to its end before the interrupt is raised
+    assert finished and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 # ---------------------------------------------------------------------------------------------
 # Several processes
 # ---------------------------------------------------------------------------------------------
