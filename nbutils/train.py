@@ -42,7 +42,6 @@ ADAPTERS_DIR = "adapters"
 SCHEDULERS = ("cosine", "linear", "constant")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 CHECKPOINTING = ("auto", "on", "off")
-SAMPLE_GUIDANCE = 3.0  # MusicGen's default classifier-free guidance scale
 
 
 @dataclasses.dataclass
@@ -315,7 +314,11 @@ class Trainer:
         lora_config = lora.make_config(cfg.lora_targets, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
         self.peft = lora.wrap(self.base, lora_config, self.model_name)
         if self.settings["grad_checkpointing"]:
-            self.base.decoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            decoder = self.base.decoder
+            if hasattr(decoder, "activation_checkpointing_enable"):  # transformers >= 5.x name
+                decoder.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                decoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.trainable, self.total_params = lora.check_only_lora_trainable(self.peft)
         self.lora_config = lora.config_dict(lora_config)
 
@@ -549,48 +552,22 @@ class Trainer:
     # -- samples ---------------------------------------------------------------------------
 
     def write_samples(self, kind: str) -> Path | None:
-        """Generate the fixed prompts with fixed seeds into ``samples/step-XXXXXX`` (main process).
+        """Samples of the fixed prompts and seeds into ``samples/step-XXXXXX`` (main process only).
 
-        ``kind`` is ``base`` (adapter disabled; done at step 0) or ``lora``. Runs in a forked RNG
-        so training randomness is untouched.
+        ``kind`` is ``base`` (adapter disabled; at step 0) or ``lora``; see ``nbutils.samples``.
         """
-        import numpy as np
-        import soundfile as sf
-        import torch
-
-        from nbutils import labels as L
+        from nbutils import samples
 
         if not self.main:
             return None
         model = self.unwrapped()
         model.eval()
         self._in_train_mode = False
-        frames = max(1, round(self.cfg.sample_seconds * self.spec.frame_rate))
-        max_new = frames + L.delays(self.spec.num_codebooks, self.spec.audio_channels)[-1]
-        seeds = [self.cfg.seed + i for i in range(len(self.prompts))]
-        folder = self.out / SAMPLES_DIR / checkpoint.step_name(self.step)
-        devices = [self.device] if self.device.type == "cuda" else []
-        adapter_off = model.disable_adapter() if kind == "base" else contextlib.nullcontext()
-        files = []
-        with atomic.atomic_dir(folder) as tmp, torch.random.fork_rng(devices=devices), adapter_off, torch.no_grad():
-            for i, (prompt, seed) in enumerate(zip(self.prompts, seeds)):
-                torch.manual_seed(seed)
-                inputs = self.processor(text=[prompt], padding=True, return_tensors="pt").to(self.device)
-                with self.accelerator.autocast():
-                    audio = model.generate(**inputs, max_new_tokens=max_new, do_sample=True,
-                                           guidance_scale=SAMPLE_GUIDANCE)
-                wav = audio[0].float().cpu().numpy().T.astype(np.float32)  # (samples, channels)
-                name = f"{kind}-{i}.wav"
-                sf.write(tmp / name, np.clip(wav, -1, 1), self.spec.sample_rate, subtype="PCM_16")
-                files.append(name)
-                tracking.log_audio(f"samples/{kind}/{i}", wav, self.spec.sample_rate, f"{prompt} (seed {seed})",
-                                   step=self.step)
-            atomic.write_json(tmp / "samples.json", {
-                "step": self.step, "kind": kind, "model": self.model_name, "prompts": self.prompts,
-                "seeds": seeds, "seconds": self.cfg.sample_seconds, "guidance_scale": SAMPLE_GUIDANCE,
-                "files": files,
-            })
-        return folder
+        return samples.write(
+            model, self.processor, self.spec, self.out / SAMPLES_DIR / checkpoint.step_name(self.step), kind=kind,
+            step=self.step, prompts=self.prompts, seeds=[self.cfg.seed + i for i in range(len(self.prompts))],
+            seconds=self.cfg.sample_seconds, autocast=self.accelerator.autocast, info={"model": self.model_name},
+        )
 
 
 # ---------------------------------------------------------------------------------------------
