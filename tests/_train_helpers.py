@@ -1,0 +1,204 @@
+"""Shared fixtures for the training tests: token shards of synthetic music, small configs, WandB reading.
+
+Shards are made the way the tokenize stage makes them: synthetic tracks (``nbutils.synth``)
+encoded with the tiny model's real EnCodec, split into segments, written with ``ShardWriter``.
+Encoding is done once per session and cached; each test copies the result into its own folder.
+"""
+
+from __future__ import annotations
+
+import functools
+import shutil
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nbutils import models, shards, synth
+
+STYLES = ("chords", "arpeggio", "percussion")
+TRACK_SECONDS = 3.0
+SEGMENT_SECONDS = 1.5  # the tokenizer splits tracks; two segments per track here
+
+
+@functools.lru_cache(maxsize=None)
+def encoded(style: str, seed: int, seconds: float = TRACK_SECONDS) -> np.ndarray:
+    """``(frames, K)`` int codes of a synthetic track, from the tiny model's EnCodec."""
+    import torch
+
+    codec, spec = _codec()
+    wave = synth.track(style, seconds, spec.sample_rate, seed=seed)
+    with torch.no_grad():
+        codes = codec.encode(torch.from_numpy(wave)[None, None]).audio_codes  # (1, 1, K, T)
+    return codes[0, 0].T.numpy().astype(np.int64)
+
+
+@functools.lru_cache(maxsize=1)
+def _codec():
+    codec, spec = models.load_codec("tiny")
+    if all(float(layer.codebook.embed.abs().sum()) == 0 for layer in codec.quantizer.layers):
+        _fill_codebooks(codec, spec)
+    return codec, spec
+
+
+def _fill_codebooks(codec, spec) -> None:
+    """Give a tiny EnCodec whose codebooks are all zero (every frame -> code 0) real codebooks.
+
+    transformers leaves EnCodec codebooks as zero buffers (checkpoints fill them). The fix for
+    ``models.build_tiny`` lives on another branch (generate: "tiny EnCodec gets real
+    codebooks"); until it is merged, the training tests fill them here the same way -- from
+    encoder frames of synthetic music, residual layer by residual layer -- and afterwards this
+    function is never called.
+    """
+    import torch
+
+    wave = np.concatenate([synth.track(s, 3.0, spec.sample_rate, seed=99) for s in STYLES])
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        residual = codec.encoder(torch.from_numpy(wave)[None, None])  # (1, D, T)
+        for layer in codec.quantizer.layers:
+            frames = residual[0].T
+            picks = torch.randperm(frames.shape[0], generator=generator)[: layer.codebook.embed.shape[0]]
+            layer.codebook.embed.copy_(frames[picks])
+            layer.codebook.embed_avg.copy_(frames[picks])
+            residual = residual - layer.decode(layer.encode(residual))
+
+
+def write_shards(tokens_dir: Path, *, batches: int = 2, tracks_per_batch: int = 3, model: str = "tiny",
+                 seed: int = 0, seconds: float = TRACK_SECONDS, segment_seconds: float = SEGMENT_SECONDS) -> list[str]:
+    """Write ``batches`` shards of ``tracks_per_batch`` tracks each; return the track ids."""
+    spec = _codec()[1]
+    tracks = []
+    per_segment = int(segment_seconds * spec.frame_rate)
+    for b in range(batches):
+        name = f"archive_batch_{b + 1:04d}"
+        writer = shards.ShardWriter(tokens_dir, name, {"model": model, "sample_rate": spec.sample_rate,
+                                                       "num_codebooks": spec.num_codebooks})
+        for t in range(tracks_per_batch):
+            style = STYLES[(b * tracks_per_batch + t) % len(STYLES)]
+            codes = encoded(style, seed + b * 100 + t, seconds)
+            path, track = f"{style}_{t}.wav", f"{name}/{style}_{t}.wav"
+            for start in range(0, len(codes), per_segment):
+                piece = codes[start : start + per_segment]
+                segment = shards.Segment(path=path, start=start / spec.frame_rate, frames=len(piece),
+                                         description=synth.describe(style), source="metadata.jsonl", track=track)
+                writer.add(segment, piece)
+            tracks.append(track)
+        writer.commit()
+    return tracks
+
+
+@functools.lru_cache(maxsize=None)
+def _cached_tokens(batches: int, tracks_per_batch: int) -> Path:
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="nbutils-train-tokens-"))
+    write_shards(folder, batches=batches, tracks_per_batch=tracks_per_batch)
+    return folder
+
+
+def tokens(tmp_path: Path, batches: int = 2, tracks_per_batch: int = 3) -> Path:
+    """A private copy of the standard test shards."""
+    target = tmp_path / "tokens"
+    shutil.copytree(_cached_tokens(batches, tracks_per_batch), target)
+    return target
+
+
+def small_config(tokens_dir: Path, out: Path, **overrides: Any):
+    """A TrainConfig that trains the tiny model in a second or two."""
+    from nbutils.train import TrainConfig
+
+    values = dict(
+        tokens=str(tokens_dir), out=str(out), model="tiny", segment_seconds=0.4, batch_size=2, grad_accum=2,
+        max_steps=6, save_every=2, keep_checkpoints=2, sample_every=0, wandb="disabled", warmup_steps=2,
+        lr=3e-3, val_fraction=0.34, precision="fp32", grad_checkpointing="off", lora_r=4, lora_alpha=8.0,
+        lora_dropout=0.1, log_every=1, sample_seconds=0.3,
+    )
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def cli_args(tokens_dir: Path, out: Path, *extra: str) -> list[str]:
+    """``train`` CLI arguments equivalent to ``small_config``."""
+    return [
+        "train", "--tokens", str(tokens_dir), "--out", str(out), "--model", "tiny", "--segment-seconds", "0.4",
+        "--batch-size", "2", "--grad-accum", "2", "--max-steps", "6", "--save-every", "2",
+        "--keep-checkpoints", "2", "--sample-every", "0", "--wandb", "disabled", "--warmup-steps", "2",
+        "--lr", "3e-3", "--val-fraction", "0.34", "--precision", "fp32", "--grad-checkpointing", "off",
+        "--lora-r", "4", "--lora-alpha", "8", "--lora-dropout", "0.1", "--log-every", "1", *extra,
+    ]
+
+
+def lora_weights(out: Path) -> dict:
+    import torch
+
+    return torch.load(Path(out) / "latest.pt", weights_only=True)["lora"]
+
+
+def losses_by_step(out: Path, key: str = "train/loss") -> dict[int, float]:
+    from nbutils.train import read_metrics
+
+    return {r["step"]: r[key] for r in read_metrics(out) if key in r}
+
+
+# ---------------------------------------------------------------------------------------------
+# WandB offline files: the .wandb transaction log, decoded with wandb's own protobuf schema
+# ---------------------------------------------------------------------------------------------
+
+_BLOCK = 32 * 1024  # LevelDB log format used by wandb's transaction log
+_FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
+
+
+def _records(path: Path):
+    data = Path(path).read_bytes()
+    assert data[:4] == b":W&B", f"{path} is not a wandb transaction log"
+    pos, pending = 7, b""
+    while pos + 7 <= len(data):
+        left = _BLOCK - pos % _BLOCK
+        if left < 7:
+            pos += left
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if kind == 0 and length == 0:
+            pos += left
+            continue
+        chunk = data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind == _FULL:
+            yield chunk
+        elif kind == _FIRST:
+            pending = chunk
+        elif kind == _MIDDLE:
+            pending += chunk
+        elif kind == _LAST:
+            yield pending + chunk
+            pending = b""
+
+
+def wandb_records(run_dir: Path) -> list:
+    """Every record of an offline run folder (``offline-run-*``), parsed."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    (log_file,) = list(Path(run_dir).glob("*.wandb"))
+    parsed = []
+    for raw in _records(log_file):
+        record = pb.Record()
+        record.ParseFromString(raw)
+        parsed.append(record)
+    return parsed
+
+
+def wandb_history(run_dir: Path) -> list[dict[str, Any]]:
+    """The logged history rows of an offline run: ``[{key: value, ...}, ...]`` (values JSON-decoded)."""
+    import json
+
+    rows = []
+    for record in wandb_records(run_dir):
+        if record.WhichOneof("record_type") == "history":
+            rows.append({(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in record.history.item})
+    return rows
+
+
+def offline_runs(out: Path) -> list[Path]:
+    return sorted((Path(out) / "wandb").glob("offline-run-*"))
