@@ -124,6 +124,7 @@ def execute(
     *,
     cwd: str | os.PathLike | None = None,
     timeout: int = 1800,
+    hooks: dict[str, Any] | None = None,
 ) -> Path:
     """Execute a notebook headlessly and save the executed copy (also when a cell fails).
 
@@ -133,6 +134,8 @@ def execute(
         parameters: Values to inject after the ``parameters`` cell (``{"MODEL": "tiny"}``).
         cwd: Working directory of the kernel.
         timeout: Per-cell timeout in seconds.
+        hooks: nbclient cell hooks for live progress, e.g. ``{"on_cell_start": f,
+            "on_cell_executed": g}`` (called with ``cell=`` and ``cell_index=``).
 
     Raises:
         UserError: naming the cell that failed and the executed notebook to open.
@@ -148,7 +151,7 @@ def execute(
         inject_parameters(nb, parameters)
     client = NotebookClient(
         nb, timeout=timeout, kernel_name="python3", allow_errors=False,
-        resources={"metadata": {"path": str(cwd or path.parent)}},
+        resources={"metadata": {"path": str(cwd or path.parent)}}, **(hooks or {}),
     )
     started = time.monotonic()
     try:
