@@ -8,6 +8,7 @@ in a kernel that imports the fake (PYTHONPATH), and its install cell runs for re
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -227,3 +228,199 @@ def test_colab_secret_without_notebook_access_falls_back_and_says_why(fake_colab
     out = capsys.readouterr().out
     assert "WANDB_API_KEY: in Colab's Secrets panel but this notebook has no access" in out
     assert SECRETS["HF_TOKEN"] not in out
+
+
+# ---------------------------------------------------------------------------------------------
+# Notebook 00, executed in a kernel that imports the fake google.colab
+# ---------------------------------------------------------------------------------------------
+
+ENV_HASHES = '''import hashlib, os  # appended by the test: proves the secrets reached the kernel's environment
+print("env-hashes", {n: hashlib.sha256(os.environ.get(n, "").encode()).hexdigest() for n in ("WANDB_API_KEY", "HF_TOKEN")})'''
+
+
+def _kernel_sees_fake_colab(monkeypatch, fake: FakeColab, home: Path) -> None:
+    for name, value in fake.env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(FAKE_COLAB), str(REPO)]))
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+
+
+@pytest.mark.slow
+def test_setup_notebook_on_colab(tmp_path, monkeypatch):
+    fake = FakeColab(tmp_path)
+    fake.set_secrets(SECRETS)
+    _kernel_sees_fake_colab(monkeypatch, fake, tmp_path / "home")
+    nb = nbformat.read(str(notebooks.notebook_path("00_setup")), as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell(ENV_HASHES))
+    source = tmp_path / "00_setup.ipynb"
+    nbformat.write(nb, str(source))
+
+    root = fake.mount / "MyDrive" / "musicgen-lora"
+    out = notebooks.execute(source, tmp_path / "executed.ipynb", cwd=tmp_path, parameters={
+        "PROJECT_ROOT": str(root), "MODEL": "tiny", "ASK_FOR_MISSING_SECRETS": True})
+    executed = nbformat.read(str(out), as_version=4)
+    text = notebooks.outputs_text(executed)
+
+    assert "already installed in this runtime: skipping the install" in text
+    assert fake.calls("drive.mount") == [
+        {"call": "drive.mount", "mountpoint": str(fake.mount), "force_remount": False}]
+    settings = json.loads((fake.storage / "musicgen-lora" / "project.json").read_text())
+    assert settings["model"] == "tiny" and settings["zip_dir"] == str(root / "zips")
+    assert f"Project on Google Drive: {root}" in text
+    assert [c["key"] for c in fake.calls("userdata.get")] == ["WANDB_API_KEY", "HF_TOKEN"]
+    assert "WANDB_API_KEY: found (Colab secrets)" in text and "HF_TOKEN: found (Colab secrets)" in text
+    hashes = {n: hashlib.sha256(v.encode()).hexdigest() for n, v in SECRETS.items()}
+    assert f"env-hashes {hashes}" in text
+    assert "No GPU in this runtime" in text  # the GPU cell on this CPU machine, then its preset
+    assert colab.colab_url("notebooks/01_tokenize.ipynb") in text
+    assert len(fake.calls("drive.flush_and_unmount")) == 1 and "Drive flushed and unmounted" in text
+
+    # secrets: in no output, in no file (notebook, project, HOME: no netrc), anywhere under tmp
+    assert not any(v in text for v in SECRETS.values())
+    assert not (tmp_path / "home" / ".netrc").exists()
+    leaks = [h for h in _files_containing(tmp_path, SECRETS.values()) if not h.startswith(str(fake.secrets_file))]
+    assert leaks == []
+
+
+def _cell(nb, title_prefix: str):
+    """A copy of the code cell whose title starts with ``title_prefix``."""
+    return copy.deepcopy(next(c for c in nb.cells if c.cell_type == "code" and c.source.startswith(title_prefix)))
+
+
+@pytest.mark.slow
+def test_setup_notebook_cells_say_which_cell_to_run(tmp_path, monkeypatch):
+    """Run-order guard: without the suite installed, or after a restart, each cell names the cell to run."""
+    from nbclient import NotebookClient
+
+    monkeypatch.delenv("PYTHONPATH")  # the kernel starts without nbutils, like a fresh runtime
+    setup = nbformat.read(str(notebooks.notebook_path("00_setup")), as_version=4)
+    nb = nbformat.v4.new_notebook(metadata=setup.metadata)
+    nb.cells = [
+        _cell(setup, "#@title 1."),
+        nbformat.v4.new_code_cell(f"PROJECT_ROOT = {str(tmp_path / 'project')!r}; MODEL = 'tiny'"),
+        _cell(setup, "#@title 3."),  # before the install
+        nbformat.v4.new_code_cell(f"import sys; sys.path.insert(0, {str(REPO)!r})  # as if cell 2 ran"),
+        _cell(setup, "#@title 5."),  # after a restart: the suite is there, the project is not
+        _cell(setup, "#@title 3."),
+        _cell(setup, "#@title 5."),
+    ]
+    NotebookClient(nb, timeout=300, kernel_name="python3", allow_errors=True,
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+
+    def shown(i):
+        return "".join(o.get("text", "") + o.get("evalue", "") for o in nb.cells[i].outputs)
+
+    assert nb.cells[2].outputs[0]["ename"] == "ModuleNotFoundError"
+    assert "run cell '2. Install the suite' first" in shown(2)
+    assert f"\u274c This runtime has no project yet" in shown(4) and f"'{colab.PROJECT_CELL}'" in shown(4)
+    assert "Project on a local folder" in shown(5)
+    assert "No GPU in this runtime" in shown(6)
+
+
+# ---------------------------------------------------------------------------------------------
+# The install cell, for real: pip in a fresh venv that sees this interpreter's torch and numpy
+# ---------------------------------------------------------------------------------------------
+
+
+def _install_cell() -> str:
+    nb = nbformat.read(str(notebooks.notebook_path("00_setup")), as_version=4)
+    return _cell(nb, "#@title 2.").source
+
+
+def _wheel(folder: Path, name: str, version: str, requires=(), files=None) -> Path:
+    """A minimal pure-Python wheel written by hand (no build step, no index)."""
+    dist = f"{name}-{version}.dist-info"
+    entries = dict(files or {})
+    entries[f"{dist}/METADATA"] = (f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+                                   + "".join(f"Requires-Dist: {r}\n" for r in requires))
+    entries[f"{dist}/WHEEL"] = "Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    entries[f"{dist}/RECORD"] = "".join(f"{p},,\n" for p in entries) + f"{dist}/RECORD,,\n"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as zf:
+        for member, text in entries.items():
+            zf.writestr(member, text)
+    return path
+
+
+class Venv:
+    """A new venv without nbutils; a .pth lets it import this interpreter's packages (torch, numpy, pip)."""
+
+    def __init__(self, tmp: Path):
+        import site
+
+        self.tmp = tmp
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp / "venv")], check=True)
+        self.python = tmp / "venv" / "bin" / "python"
+        purelib = self.run_python("import sysconfig; print(sysconfig.get_paths()['purelib'])").stdout.strip()
+        Path(purelib, "_shared.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+        self.env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        self.env.update({"TMPDIR": str(tmp), "PIP_NO_INDEX": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+                         "PIP_NO_BUILD_ISOLATION": "0",  # (sic) pip's spelling for "no build isolation"
+                         "PIP_FIND_LINKS": str(tmp / "wheels")})
+
+    def run_python(self, code: str, **kwargs) -> subprocess.CompletedProcess:
+        return subprocess.run([str(self.python), "-c", code], capture_output=True, text=True, cwd=self.tmp,
+                              env=getattr(self, "env", None), timeout=300, **kwargs)
+
+    def versions(self) -> dict:
+        code = ("import importlib.metadata as md, importlib.util as u, json; print(json.dumps({n: md.version(n) "
+                "for n in ('torch', 'numpy')} | {'nbutils': bool(u.find_spec('nbutils'))}))")
+        return json.loads(self.run_python(code).stdout)
+
+    def install_cell(self, requirement: str) -> subprocess.CompletedProcess:
+        source = _install_cell()
+        assert colab.install_url() in source
+        return self.run_python(source.replace(colab.install_url(), requirement))
+
+
+def _here_versions() -> dict:
+    import importlib.metadata as md
+
+    return {n: md.version(n) for n in ("torch", "numpy")}
+
+
+@pytest.mark.slow
+def test_install_cell_installs_the_suite_and_keeps_torch_and_numpy(tmp_path):
+    venv = Venv(tmp_path)
+    assert venv.versions() == {**_here_versions(), "nbutils": False}
+    package = tmp_path / "checkout"  # what pip gets from GitHub: the repository's files
+    package.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE", "nbutils"):
+        subprocess.run(["cp", "-r", str(REPO / name), str(package / name)], check=True)
+    proc = venv.install_cell(str(package))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"Installed {package}; kept torch/numpy: {_here_versions()}" in proc.stdout
+    assert "pip log (" in proc.stdout and (tmp_path / "nbutils-pip.log").exists()
+    assert venv.versions() == {**_here_versions(), "nbutils": True}
+    pins = (tmp_path / "nbutils-pins.txt").read_text()
+    assert pins == "".join(f"{n}=={v}\n" for n, v in _here_versions().items())
+
+
+@pytest.mark.slow
+def test_install_cell_refuses_to_downgrade_numpy_and_fails_loudly(tmp_path):
+    venv = Venv(tmp_path)
+    _wheel(tmp_path / "wheels", "numpy", "1.26.4")  # an old numpy pip could pick
+    needs_old = _wheel(tmp_path / "wheels", "needs_old_numpy", "1.0", requires=["numpy<2"])
+    # without the pins, pip would replace numpy: the pins are what stops it
+    dry = subprocess.run([str(venv.python), "-m", "pip", "install", "--dry-run", str(needs_old)],
+                         capture_output=True, text=True, env=venv.env, cwd=tmp_path)
+    assert "Would install needs_old_numpy-1.0 numpy-1.26.4" in dry.stdout, dry.stdout + dry.stderr
+
+    proc = venv.install_cell(str(needs_old))
+    assert proc.returncode != 0
+    assert "RuntimeError: Installing" in proc.stderr and "pip exit code 1" in proc.stderr
+    assert "numpy" in proc.stdout.split("pip log (", 1)[1]  # the log's tail shows the conflict
+    assert venv.versions() == {**_here_versions(), "nbutils": False}
+
+
+@pytest.mark.slow
+def test_install_cell_notices_a_changed_numpy(tmp_path):
+    # a package that smuggles in numpy metadata of another version: the check after pip sees it
+    sneaky = _wheel(tmp_path / "wheels", "sneaky", "1.0", files={
+        "nbutils/__init__.py": "", "numpy-0.1.egg-info": "Metadata-Version: 1.0\nName: numpy\nVersion: 0.1\n"})
+    proc = Venv(tmp_path).install_cell(str(sneaky))
+    assert proc.returncode != 0 and "torch/numpy changed: {'numpy': '0.1'}" in proc.stderr
+    assert "Disconnect and delete runtime" in proc.stderr
