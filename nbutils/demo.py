@@ -206,8 +206,10 @@ def execute_notebooks(paths: Paths, cfg: DemoConfig, names: tuple[str, ...]) -> 
     with _kernel_environment(), tqdm(total=total, desc="notebooks", unit="cell") as bar:
         for name in names:
             def start(cell, cell_index, name=name, **_):
-                title = (cell.source.splitlines() or [""])[0].removeprefix("#@title").strip()
-                bar.set_description(f"{name}: {title[:40] or 'parameters'}")
+                if cell.cell_type == "code":
+                    first = (cell.source.splitlines() or [""])[0]
+                    title = first.removeprefix("#@title").strip() if first.startswith("#@title") else "parameters"
+                    bar.set_description(f"{name}: {title[:40]}")
 
             started = time.monotonic()
             notebooks.execute(files[name], out_dir / f"{name}.ipynb", params[name], cwd=paths.root,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import ast
 import importlib.util
 import re
-from pathlib import Path
 
 import nbformat
 import pytest
@@ -19,7 +18,6 @@ import pytest
 from nbutils import colab
 from nbutils.notebooks import NOTEBOOK_DIR, NOTEBOOKS
 
-REPO = Path(__file__).resolve().parents[1]
 STAGE_OF = {"01_tokenize": "tokenize", "02_train": "train", "03_generate": "generate", "04_evaluate": "evaluate"}
 MAX_CODE_LINES = 15  # per cell, not counting the #@title line and comment-only lines
 BADGE_IMAGE = "https://colab.research.google.com/assets/colab-badge.svg"
@@ -164,16 +162,6 @@ def test_cells_after_setup_guard_the_run_order(notebook):
     assert connect.count("\n") == expected.count("\n"), f"{name}: Connect has extra lines"
     for cell in cells[2:]:
         assert "colab.current()" in cell.source, f"{name}: '{cell.source.splitlines()[0]}' lacks colab.current()"
-
-
-def test_readme_has_one_badge_per_notebook():
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    for name in NOTEBOOKS:
-        badge = f"[![Open In Colab]({BADGE_IMAGE})]({colab.colab_url(f'notebooks/{name}.ipynb')})"
-        assert badge in readme, f"README lacks the badge of {name}"
-    for slug in re.findall(r"colab\.research\.google\.com/github/([^/\s]+/[^/\s]+)/", readme):
-        assert slug == colab.REPO_SLUG
-    assert colab.install_url() in readme
 
 
 def test_all_notebooks_are_there():
