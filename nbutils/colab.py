@@ -418,6 +418,11 @@ def current(cell: str = CONNECT_CELL) -> Project:
             f"This runtime has no project yet (it was restarted or cells ran out of order). "
             f"Run the parameters cell and cell '{cell}' at the top of this notebook, then this cell again."
         )
+    if on_drive(_CURRENT.paths.root) and not drive_mounted():
+        raise UserError(
+            f"Google Drive is not mounted any more (flushed, or the connection dropped), so {_CURRENT.paths.root} "
+            f"is out of reach. Run cell '{cell}' again to remount it, then this cell."
+        )
     return _CURRENT
 
 

@@ -200,6 +200,8 @@ def test_drive_is_mounted_once_at_the_colab_mount_point_and_flushed(fake_colab, 
 
     assert colab.flush_drive() is True
     assert len(fake_colab.calls("drive.flush_and_unmount")) == 1 and not colab.drive_mounted()
+    with pytest.raises(UserError, match="Drive is not mounted any more.*'2. Connect' again"):
+        colab.current()  # a cell run after the flush: say how to get Drive back
     colab.connect(root, notebook="01_tokenize")  # the Connect cell after a flush mounts again
     assert len(fake_colab.calls("drive.mount")) == 2 and colab.current().model == "tiny"
 

@@ -98,6 +98,12 @@ def test_demo_parameters_must_exist_in_the_notebook(tmp_path, monkeypatch):
         demo.notebook_parameters("00_setup", setup, paths)
 
 
+def test_demo_outside_a_clone_says_to_clone(tmp_path, monkeypatch):
+    monkeypatch.setattr(notebooks, "NOTEBOOK_DIR", tmp_path / "site-packages" / "notebooks")
+    with pytest.raises(UserError, match="Run it from a clone: git clone https://github.com/"):
+        demo.execute_notebooks(Paths.at(tmp_path), demo.DemoConfig(out=tmp_path), ("00_setup",))
+
+
 def test_every_demo_parameter_exists_in_its_notebook(tmp_path):
     """The demo's per-notebook settings track the notebooks' parameters cells."""
     for name in notebooks.NOTEBOOKS:
