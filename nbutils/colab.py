@@ -334,7 +334,9 @@ def create_project(project_root: str | os.PathLike, **settings: Any) -> Project:
     """
     global _CURRENT
     show_errors_briefly()
-    mount_drive(project_root)
+    if not mount_drive(project_root) and in_colab():
+        print(f"Warning: PROJECT_ROOT {project_root} is on this runtime's own disk, which is deleted with the "
+              f"runtime. To keep your work, use a folder under {DRIVE_MOUNT / 'MyDrive'} (e.g. {DEFAULT_PROJECT_ROOT}).")
     paths = Paths.at(project_root)
     current = atomic.read_json(paths.project_file) if paths.project_file.exists() else {}
     current.update({k: v for k, v in settings.items() if v not in (None, "")})

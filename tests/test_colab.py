@@ -206,6 +206,12 @@ def test_drive_is_mounted_once_at_the_colab_mount_point_and_flushed(fake_colab, 
     assert len(fake_colab.calls("drive.mount")) == 2 and colab.current().model == "tiny"
 
 
+def test_a_project_on_the_runtime_disk_gets_a_warning(fake_colab, tmp_path, capsys):
+    colab.create_project(tmp_path / "content" / "musicgen-lora", model="tiny")
+    assert "deleted with the runtime" in capsys.readouterr().out
+    assert fake_colab.calls("drive.mount") == []
+
+
 def test_declined_drive_access_is_a_clear_error(fake_colab, monkeypatch):
     monkeypatch.setenv("FAKE_DRIVE_DECLINE", "1")
     with pytest.raises(UserError, match="allow access to your Drive"):
