@@ -40,7 +40,6 @@ SECRET_USES = {
 CONNECT_CELL = "2. Connect"  # in notebooks 01-04
 INSTALL_CELL = "2. Install the suite"  # in 00_setup
 PROJECT_CELL = "3. Mount Drive and create the project"  # in 00_setup
-PROJECT_SETTINGS = ("model", "zip_dir", "run_name", "wandb_project")
 
 _CURRENT: "Project | None" = None
 
@@ -329,8 +328,8 @@ def create_project(project_root: str | os.PathLike, **settings: Any) -> Project:
 
     Args:
         project_root: ``PROJECT_ROOT`` (on Drive in Colab, any local folder elsewhere).
-        **settings: ``model``, ``zip_dir`` (empty = ``PROJECT_ROOT/zips``), ``run_name``,
-            ``wandb_project``; other keys are stored as given.
+        **settings: ``model``, ``zip_dir`` (empty = ``PROJECT_ROOT/zips``), ``run_name`` (the
+            training run folder under ``runs/``, default ``lora``); other keys are stored as given.
     """
     global _CURRENT
     show_errors_briefly()
