@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ SECRET_USES = {
     "WANDB_API_KEY": "optional: with it training logs to WandB online, without it offline into the run folder",
     "HF_TOKEN": "optional: needed only to push adapters to the Hub or to download gated models",
 }
+LONG_CELL_SECONDS = 10 * 60  # a cell that ran this long was a "long job": offer to flush Drive after it
 CONNECT_CELL = "2. Connect"  # in notebooks 01-04
 INSTALL_CELL = "2. Install the suite"  # in 00_setup
 PROJECT_CELL = "3. Mount Drive and create the project"  # in 00_setup
@@ -115,6 +117,34 @@ def mount_drive(project_root: str | os.PathLike) -> bool:
             "to your Drive in the pop-up."
         )
     return True
+
+
+def _offer_flush_after_long_cells() -> None:
+    """In IPython: after a cell that ran ``LONG_CELL_SECONDS`` or more, offer ``flush_drive()``.
+
+    The end of a long tokenize or training job is when users close the tab, and Drive may still
+    be writing in the background. Unmounting is not done for them: later cells need the mount.
+    """
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is None or getattr(shell, "_nbutils_flush_offer", False):
+        return
+    started: list[float] = []
+
+    def pre_run_cell(*_: Any) -> None:
+        started[:] = [time.monotonic()]
+
+    def post_run_cell(*_: Any) -> None:
+        if started and time.monotonic() - started[0] >= LONG_CELL_SECONDS and in_colab() and drive_mounted():
+            print(f"That was a long job. Before you close this tab, run colab.flush_drive() (00_setup's last "
+                  f"cell shows it) so that Drive finishes writing; then run '{CONNECT_CELL}' to keep working.")
+
+    shell.events.register("pre_run_cell", pre_run_cell)
+    shell.events.register("post_run_cell", post_run_cell)
+    shell._nbutils_flush_offer = True
 
 
 def flush_drive() -> bool:
@@ -208,7 +238,7 @@ def secret(name: str, *, prompt: bool = False) -> str | None:
 
 
 def use_secrets(
-    names: tuple[str, ...] = SECRET_NAMES, *, prompt: bool = False, report: bool = True
+    names: tuple[str, ...] = SECRET_NAMES, *, prompt: bool = False, report: bool = False
 ) -> dict[str, str | None]:
     """Put the secrets into this process's environment, where wandb and huggingface_hub read them.
 
@@ -218,7 +248,8 @@ def use_secrets(
     Args:
         names: Environment variable names to fill.
         prompt: Ask with a hidden prompt for a secret found nowhere else (when someone can answer).
-        report: Print one line per secret: where it came from or what it is needed for.
+        report: Print one line per secret: where it came from or what it is needed for
+            (00_setup does; the Connect cell prints one short line itself).
 
     Returns:
         ``{name: source}`` with source None for secrets that were not found.
@@ -333,6 +364,7 @@ def create_project(project_root: str | os.PathLike, **settings: Any) -> Project:
     """
     global _CURRENT
     show_errors_briefly()
+    _offer_flush_after_long_cells()
     if not mount_drive(project_root) and in_colab():
         print(f"Warning: PROJECT_ROOT {project_root} is on this runtime's own disk, which is deleted with the "
               f"runtime. To keep your work, use a folder under {DRIVE_MOUNT / 'MyDrive'} (e.g. {DEFAULT_PROJECT_ROOT}).")
@@ -388,6 +420,7 @@ def connect(project_root: str | os.PathLike, *, notebook: str = "", **overrides:
     """
     global _CURRENT
     show_errors_briefly()
+    _offer_flush_after_long_cells()
     mount_drive(project_root)
     paths = Paths.at(project_root)
     if not paths.project_file.exists():

@@ -156,7 +156,9 @@ def test_drive_path_outside_colab_is_refused(local):
 
 def test_secrets_from_the_environment_outside_colab(local, monkeypatch, capsys):
     monkeypatch.setenv("WANDB_API_KEY", SECRETS["WANDB_API_KEY"])
-    found = colab.use_secrets()
+    assert colab.use_secrets() == {"WANDB_API_KEY": "environment", "HF_TOKEN": None}
+    assert capsys.readouterr().out == ""  # quiet unless asked to report
+    found = colab.use_secrets(report=True)
     assert found == {"WANDB_API_KEY": "environment", "HF_TOKEN": None}
     out = capsys.readouterr().out
     assert "WANDB_API_KEY: found (environment)" in out and "HF_TOKEN: not set" in out
@@ -173,11 +175,11 @@ def test_prompt_only_when_someone_can_answer(local, monkeypatch, capsys):
 
     monkeypatch.setattr("getpass.getpass", getpass)
     monkeypatch.setattr(colab, "_can_prompt", lambda: False)
-    assert colab.use_secrets(("HF_TOKEN",), prompt=True) == {"HF_TOKEN": None}
+    assert colab.use_secrets(("HF_TOKEN",), prompt=True, report=True) == {"HF_TOKEN": None}
     assert asked == []
 
     monkeypatch.setattr(colab, "_can_prompt", lambda: True)
-    assert colab.use_secrets(("HF_TOKEN",), prompt=True) == {"HF_TOKEN": "prompt"}
+    assert colab.use_secrets(("HF_TOKEN",), prompt=True, report=True) == {"HF_TOKEN": "prompt"}
     assert os.environ["HF_TOKEN"] == SECRETS["HF_TOKEN"] and "hidden" in asked[0]
     assert SECRETS["HF_TOKEN"] not in capsys.readouterr().out
 
@@ -221,7 +223,7 @@ def test_declined_drive_access_is_a_clear_error(fake_colab, monkeypatch):
 def test_colab_secrets_reach_the_environment_and_nothing_else(fake_colab, monkeypatch, capsys, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # where `wandb login` would write ~/.netrc
     fake_colab.set_secrets(SECRETS)
-    found = colab.use_secrets()
+    found = colab.use_secrets(report=True)
     assert found == {"WANDB_API_KEY": "Colab secrets", "HF_TOKEN": "Colab secrets"}
     assert [c["key"] for c in fake_colab.calls("userdata.get")] == ["WANDB_API_KEY", "HF_TOKEN"]
     assert {n: os.environ[n] for n in SECRETS} == SECRETS
@@ -235,7 +237,7 @@ def test_colab_secrets_reach_the_environment_and_nothing_else(fake_colab, monkey
 def test_colab_secret_without_notebook_access_falls_back_and_says_why(fake_colab, monkeypatch, capsys):
     fake_colab.set_secrets({"WANDB_API_KEY": {"denied": True}, "HF_TOKEN": {"denied": True}})
     monkeypatch.setenv("HF_TOKEN", SECRETS["HF_TOKEN"])
-    found = colab.use_secrets()
+    found = colab.use_secrets(report=True)
     assert found == {"WANDB_API_KEY": None, "HF_TOKEN": "environment"}
     out = capsys.readouterr().out
     assert "WANDB_API_KEY: in Colab's Secrets panel but this notebook has no access" in out
@@ -267,6 +269,10 @@ def test_setup_notebook_on_colab(tmp_path, monkeypatch):
     _kernel_sees_fake_colab(monkeypatch, fake, tmp_path / "home")
     nb = nbformat.read(str(notebooks.notebook_path("00_setup")), as_version=4)
     nb.cells.append(nbformat.v4.new_code_cell(ENV_HASHES))
+    flush_at = next(i for i, c in enumerate(nb.cells) if "colab.flush_drive()" in c.source and c.cell_type == "code")
+    nb.cells[flush_at:flush_at] = [  # a "long job" just before the flush cell: the flush is offered after it
+        nbformat.v4.new_code_cell("colab.LONG_CELL_SECONDS = 0.5"),
+        nbformat.v4.new_code_cell("import time; time.sleep(0.6); print('long job done')")]
     source = tmp_path / "00_setup.ipynb"
     nbformat.write(nb, str(source))
 
@@ -289,6 +295,9 @@ def test_setup_notebook_on_colab(tmp_path, monkeypatch):
     assert "No GPU in this runtime" in text  # the GPU cell on this CPU machine, then its preset
     assert colab.colab_url("notebooks/01_tokenize.ipynb") in text
     assert len(fake.calls("drive.flush_and_unmount")) == 1 and "Drive flushed and unmounted" in text
+    long_job = next(c for c in executed.cells if "long job done" in c.source)
+    assert "run colab.flush_drive()" in notebooks.outputs_text(nbformat.from_dict({"cells": [long_job]}))
+    assert text.count("run colab.flush_drive()") == 1  # offered after the long cell only
 
     # secrets: in no output, in no file (notebook, project, HOME: no netrc), anywhere under tmp
     assert not any(v in text for v in SECRETS.values())
