@@ -151,9 +151,11 @@ def execute(
         inject_parameters(nb, parameters)
     client = NotebookClient(
         nb, timeout=timeout, kernel_name="python3", allow_errors=False,
-        resources={"metadata": {"path": str(cwd or path.parent)}}, **(hooks or {}),
+        resources={"metadata": {"path": str(cwd or path.parent)}},
     )
     started = time.monotonic()
+    for name, hook in (hooks or {}).items():  # nbclient traits such as on_cell_start
+        setattr(client, name, hook)
     try:
         client.execute()
     except CellExecutionError as err:
