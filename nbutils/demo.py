@@ -40,7 +40,7 @@ STAGE_PARAMETERS: dict[str, dict[str, Any]] = {
                  "SAMPLE_EVERY": 6, "SAMPLE_SECONDS": 1.0, "WANDB": "offline"},
     "03_generate": {"PROMPTS": "calm piano chords, slow | dark percussion noise bursts, energetic beat",
                     "SECONDS": 2.0, "COMPARE": "both", "SEED": 1},
-    "04_evaluate": {},
+    "04_evaluate": {"CLAP": "tiny", "SECONDS": 1.0, "SAMPLES_PER_PROMPT": 1},
 }
 
 
@@ -234,16 +234,27 @@ def execute_notebooks(paths: Paths, cfg: DemoConfig, names: tuple[str, ...]) -> 
 
 
 def _found(root: Path, *patterns: str) -> list[str]:
-    files = {p for pattern in patterns for p in root.glob(pattern) if p.is_file()}
-    return sorted(str(p) for p in files if not any(part.startswith(".") for part in p.relative_to(root).parts))
+    """Files matching the patterns, in pattern order (sorted within one), without temporaries."""
+    found: dict[str, None] = {}
+    for pattern in patterns:
+        for p in sorted(root.glob(pattern)):
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts):
+                found[str(p)] = None
+    return list(found)
+
+
+def _is_table(path: str) -> bool:
+    """A CSV, or a JSON that is neither a WAV's sidecar nor a settings file."""
+    p = Path(path)
+    return p.suffix == ".csv" or not (p.with_suffix(".wav").exists() or "config" in p.stem)
 
 
 def results(paths: Paths) -> dict[str, list[str]]:
     """The demo's results by kind: audio, plots, tables, notebooks, adapters."""
     return {
-        "audio": _found(paths.root, "generated/**/*.wav", "eval/**/*.wav", "runs/*/samples/**/*.wav"),
+        "audio": _found(paths.root, "generated/**/*.wav", "runs/*/samples/**/*.wav", "eval/**/*.wav"),
         "plots": _found(paths.root, "eval/**/*.png", "runs/*/*.png"),
-        "tables": _found(paths.root, "eval/**/*.csv", "eval/**/*.json"),
+        "tables": [t for t in _found(paths.root, "eval/**/*.csv", "eval/**/*.json") if _is_table(t)],
         "notebooks": _found(paths.root, "notebooks/*.ipynb"),
         "adapters": sorted(str(p.parent) for p in paths.runs.glob("*/adapters/*/adapter_config.json")),
     }
