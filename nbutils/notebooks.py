@@ -153,6 +153,7 @@ def execute(
     *,
     cwd: str | os.PathLike | None = None,
     timeout: int = 1800,
+    hooks: dict[str, Any] | None = None,
 ) -> Path:
     """Execute a notebook headlessly and save the executed copy (also when a cell fails).
 
@@ -162,6 +163,8 @@ def execute(
         parameters: Values to inject after the ``parameters`` cell (``{"MODEL": "tiny"}``).
         cwd: Working directory of the kernel.
         timeout: Per-cell timeout in seconds.
+        hooks: nbclient cell hooks for live progress, e.g. ``{"on_cell_start": f,
+            "on_cell_executed": g}`` (called with ``cell=`` and ``cell_index=``).
 
     Raises:
         UserError: naming the cell that failed and the executed notebook to open.
@@ -181,6 +184,8 @@ def execute(
     )
     client.on_notebook_start = lambda **_: _poll_shell_in_slices(client)
     started = time.monotonic()
+    for name, hook in (hooks or {}).items():  # nbclient traits such as on_cell_start
+        setattr(client, name, hook)
     try:
         client.execute()
     except CellExecutionError as err:

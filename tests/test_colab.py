@@ -1,0 +1,449 @@
+"""The Colab layer, on a fake ``google.colab`` (tests/fake_colab) and on its local fallbacks.
+
+The fake package mounts "Drive" into a temporary folder, serves secrets from a JSON file and
+logs every call, so these tests check the Colab path itself: the mount point, the ``userdata``
+calls, the flush, and that secret values appear in no output and no file. Notebook 00 is executed
+in a kernel that imports the fake (PYTHONPATH), and its install cell runs for real in a fresh venv.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from nbutils import colab, notebooks
+from nbutils.errors import UserError
+
+FAKE_COLAB = Path(__file__).parent / "fake_colab"
+REPO = Path(__file__).resolve().parents[1]
+# 00_setup's GPU cell shows the training preset (nbutils.presets, from the training stage)
+needs_presets = pytest.mark.skipif(importlib.util.find_spec("nbutils.presets") is None,
+                                   reason="nbutils.presets (training stage) is not on this branch yet")
+SECRETS = {"WANDB_API_KEY": "wandb-key-0123-SECRET-abcdef", "HF_TOKEN": "hf_SECRET_token_4567"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Fixtures
+# ---------------------------------------------------------------------------------------------
+
+
+class FakeColab:
+    """Handle on the fake ``google.colab``: its call log, secrets file and Drive folders."""
+
+    def __init__(self, tmp: Path):
+        self.mount = tmp / "content" / "drive"
+        self.storage = tmp / "drive-storage"  # what MyDrive shows once mounted
+        self.log = tmp / "colab-calls.jsonl"
+        self.secrets_file = tmp / "colab-secrets.json"
+        self.set_secrets({})
+
+    def set_secrets(self, secrets: dict) -> None:
+        self.secrets_file.write_text(json.dumps(secrets))
+
+    def calls(self, name: str | None = None) -> list[dict]:
+        if not self.log.exists():
+            return []
+        records = [json.loads(line) for line in self.log.read_text().splitlines()]
+        return [r for r in records if name is None or r["call"] == name]
+
+    def env(self) -> dict[str, str]:
+        return {"FAKE_COLAB_LOG": str(self.log), "FAKE_COLAB_SECRETS": str(self.secrets_file),
+                "FAKE_DRIVE_STORAGE": str(self.storage), "NBUTILS_DRIVE_MOUNT": str(self.mount)}
+
+
+def _forget_fake_modules() -> None:
+    for name in [m for m in sys.modules if m == "google.colab" or m.startswith("google.colab.")]:
+        del sys.modules[name]
+
+
+@pytest.fixture
+def fake_colab(tmp_path, monkeypatch):
+    """This process sees the fake ``google.colab``; Drive mounts under ``tmp_path``."""
+    fake = FakeColab(tmp_path)
+    for name, value in fake.env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(colab, "DRIVE_MOUNT", fake.mount)
+    monkeypatch.setattr(colab, "_CURRENT", None)
+    monkeypatch.syspath_prepend(str(FAKE_COLAB))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    _forget_fake_modules()
+    assert colab.in_colab()
+    yield fake
+    _forget_fake_modules()
+
+
+@pytest.fixture
+def local(tmp_path, monkeypatch):
+    """No Colab at all: the local fallbacks."""
+    monkeypatch.setattr(colab, "DRIVE_MOUNT", tmp_path / "content" / "drive")
+    monkeypatch.setattr(colab, "_CURRENT", None)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    assert not colab.in_colab()
+    return tmp_path
+
+
+def _files_containing(root: Path, needles) -> list[str]:
+    hits = []
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and not path.is_symlink():
+            data = path.read_bytes()
+            hits += [f"{path}: {n[:6]}..." for n in needles if n.encode() in data]
+    return hits
+
+
+# ---------------------------------------------------------------------------------------------
+# Local fallbacks
+# ---------------------------------------------------------------------------------------------
+
+
+def test_local_project_keeps_settings_and_needs_no_colab(local):
+    root = local / "project"
+    project = colab.create_project(root, model="tiny", run_name="first")
+    assert colab.current() is project and not colab.drive_mounted()
+    assert {p.name for p in root.iterdir()} >= {"project.json", "zips", "tokens", "runs", "generated", "eval"}
+    settings = json.loads((root / "project.json").read_text())
+    assert settings == {"model": "tiny", "run_name": "first", "zip_dir": str(root / "zips")}
+
+    # re-running setup with empty values keeps earlier choices; a new value replaces its old one
+    colab.create_project(root, model="", run_name="second", zip_dir="")
+    settings = json.loads((root / "project.json").read_text())
+    assert settings["model"] == "tiny" and settings["run_name"] == "second"
+
+    text = colab.describe_project(colab.current())
+    assert str(root / "zips") in text and "runs/second" in text and "local folder" in text
+
+
+def test_connect_reads_the_project_and_overrides_only_this_runtime(local, capsys, monkeypatch):
+    root = local / "project"
+    colab.create_project(root, model="tiny", zip_dir=str(local / "elsewhere"))
+    monkeypatch.setattr(colab, "_CURRENT", None)
+    monkeypatch.setenv("HF_TOKEN", SECRETS["HF_TOKEN"])
+    project = colab.connect(root, notebook="02_train", model="tiny-stereo", zip_dir="")
+    assert project.model == "tiny-stereo" and project.paths.zips == local / "elsewhere"
+    assert colab.current() is project
+    assert json.loads((root / "project.json").read_text())["model"] == "tiny"  # file unchanged
+    out = capsys.readouterr().out
+    assert "02_train connected" in out and "HF_TOKEN set" in out and "WANDB_API_KEY not set" in out
+    assert SECRETS["HF_TOKEN"] not in out
+
+
+def test_missing_project_and_lost_runtime_say_which_cell_to_run(local):
+    with pytest.raises(UserError, match="Run notebook 00_setup first.*3. Mount Drive and create the project"):
+        colab.connect(local / "nothing-here", notebook="01_tokenize")
+    with pytest.raises(UserError, match="cell '2. Connect'"):
+        colab.current()
+    with pytest.raises(UserError, match="cell '3. Mount Drive and create the project'"):
+        colab.current(cell=colab.PROJECT_CELL)
+
+
+def test_drive_path_outside_colab_is_refused(local):
+    with pytest.raises(UserError, match="not a Colab runtime"):
+        colab.create_project(colab.DRIVE_MOUNT / "MyDrive" / "project", model="tiny")
+    assert not (local / "content").exists()
+
+
+def test_secrets_from_the_environment_outside_colab(local, monkeypatch, capsys):
+    monkeypatch.setenv("WANDB_API_KEY", SECRETS["WANDB_API_KEY"])
+    assert colab.use_secrets() == {"WANDB_API_KEY": "environment", "HF_TOKEN": None}
+    assert capsys.readouterr().out == ""  # quiet unless asked to report
+    found = colab.use_secrets(report=True)
+    assert found == {"WANDB_API_KEY": "environment", "HF_TOKEN": None}
+    out = capsys.readouterr().out
+    assert "WANDB_API_KEY: found (environment)" in out and "HF_TOKEN: not set" in out
+    assert SECRETS["WANDB_API_KEY"] not in out
+    assert colab.flush_drive() is False  # nothing mounted: a message, no error
+
+
+def test_prompt_only_when_someone_can_answer(local, monkeypatch, capsys):
+    asked = []
+
+    def getpass(prompt):
+        asked.append(prompt)
+        return SECRETS["HF_TOKEN"] + "  "
+
+    monkeypatch.setattr("getpass.getpass", getpass)
+    monkeypatch.setattr(colab, "_can_prompt", lambda: False)
+    assert colab.use_secrets(("HF_TOKEN",), prompt=True, report=True) == {"HF_TOKEN": None}
+    assert asked == []
+
+    monkeypatch.setattr(colab, "_can_prompt", lambda: True)
+    assert colab.use_secrets(("HF_TOKEN",), prompt=True, report=True) == {"HF_TOKEN": "prompt"}
+    assert os.environ["HF_TOKEN"] == SECRETS["HF_TOKEN"] and "hidden" in asked[0]
+    assert SECRETS["HF_TOKEN"] not in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------
+# The Colab path, in this process
+# ---------------------------------------------------------------------------------------------
+
+
+def test_drive_is_mounted_once_at_the_colab_mount_point_and_flushed(fake_colab, monkeypatch):
+    root = fake_colab.mount / "MyDrive" / "musicgen-lora"
+    project = colab.create_project(root, model="tiny")
+    assert fake_colab.calls("drive.mount") == [
+        {"call": "drive.mount", "mountpoint": str(fake_colab.mount), "force_remount": False}]
+    assert (fake_colab.storage / "musicgen-lora" / "project.json").is_file()  # really "on Drive"
+    assert "Google Drive" in colab.describe_project(project)
+
+    colab.connect(root, notebook="01_tokenize")  # already mounted: no second mount
+    assert len(fake_colab.calls("drive.mount")) == 1
+
+    assert colab.flush_drive() is True
+    assert len(fake_colab.calls("drive.flush_and_unmount")) == 1 and not colab.drive_mounted()
+    with pytest.raises(UserError, match="Drive is not mounted any more.*'2. Connect' again"):
+        colab.current()  # a cell run after the flush: say how to get Drive back
+    colab.connect(root, notebook="01_tokenize")  # the Connect cell after a flush mounts again
+    assert len(fake_colab.calls("drive.mount")) == 2 and colab.current().model == "tiny"
+
+
+def test_a_project_on_the_runtime_disk_gets_a_warning(fake_colab, tmp_path, capsys):
+    colab.create_project(tmp_path / "content" / "musicgen-lora", model="tiny")
+    assert "deleted with the runtime" in capsys.readouterr().out
+    assert fake_colab.calls("drive.mount") == []
+
+
+def test_declined_drive_access_is_a_clear_error(fake_colab, monkeypatch):
+    monkeypatch.setenv("FAKE_DRIVE_DECLINE", "1")
+    with pytest.raises(UserError, match="allow access to your Drive"):
+        colab.create_project(fake_colab.mount / "MyDrive" / "p", model="tiny")
+
+
+def test_colab_secrets_reach_the_environment_and_nothing_else(fake_colab, monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # where `wandb login` would write ~/.netrc
+    fake_colab.set_secrets(SECRETS)
+    found = colab.use_secrets(report=True)
+    assert found == {"WANDB_API_KEY": "Colab secrets", "HF_TOKEN": "Colab secrets"}
+    assert [c["key"] for c in fake_colab.calls("userdata.get")] == ["WANDB_API_KEY", "HF_TOKEN"]
+    assert {n: os.environ[n] for n in SECRETS} == SECRETS
+    out = capsys.readouterr()
+    assert not any(v in out.out + out.err for v in SECRETS.values())
+    # the only file holding them is the fake's own store (Colab's Secrets panel)
+    assert _files_containing(tmp_path, SECRETS.values()) == [
+        f"{fake_colab.secrets_file}: {v[:6]}..." for v in SECRETS.values()]
+
+
+def test_colab_secret_without_notebook_access_falls_back_and_says_why(fake_colab, monkeypatch, capsys):
+    fake_colab.set_secrets({"WANDB_API_KEY": {"denied": True}, "HF_TOKEN": {"denied": True}})
+    monkeypatch.setenv("HF_TOKEN", SECRETS["HF_TOKEN"])
+    found = colab.use_secrets(report=True)
+    assert found == {"WANDB_API_KEY": None, "HF_TOKEN": "environment"}
+    out = capsys.readouterr().out
+    assert "WANDB_API_KEY: in Colab's Secrets panel but this notebook has no access" in out
+    assert SECRETS["HF_TOKEN"] not in out
+
+
+# ---------------------------------------------------------------------------------------------
+# Notebook 00, executed in a kernel that imports the fake google.colab
+# ---------------------------------------------------------------------------------------------
+
+ENV_HASHES = '''import hashlib, os  # appended by the test: proves the secrets reached the kernel's environment
+print("env-hashes", {n: hashlib.sha256(os.environ.get(n, "").encode()).hexdigest() for n in ("WANDB_API_KEY", "HF_TOKEN")})'''
+
+
+def _kernel_sees_fake_colab(monkeypatch, fake: FakeColab, home: Path) -> None:
+    for name, value in fake.env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(FAKE_COLAB), str(REPO)]))
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+
+
+@pytest.mark.slow
+@needs_presets
+def test_setup_notebook_on_colab(tmp_path, monkeypatch):
+    fake = FakeColab(tmp_path)
+    fake.set_secrets(SECRETS)
+    _kernel_sees_fake_colab(monkeypatch, fake, tmp_path / "home")
+    nb = nbformat.read(str(notebooks.notebook_path("00_setup")), as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell(ENV_HASHES))
+    flush_at = next(i for i, c in enumerate(nb.cells) if "colab.flush_drive()" in c.source and c.cell_type == "code")
+    nb.cells[flush_at:flush_at] = [  # a "long job" just before the flush cell: the flush is offered after it
+        nbformat.v4.new_code_cell("colab.LONG_CELL_SECONDS = 0.5"),
+        nbformat.v4.new_code_cell("import time; time.sleep(0.6); print('long job done')")]
+    source = tmp_path / "00_setup.ipynb"
+    nbformat.write(nb, str(source))
+
+    root = fake.mount / "MyDrive" / "musicgen-lora"
+    out = notebooks.execute(source, tmp_path / "executed.ipynb", cwd=tmp_path, parameters={
+        "PROJECT_ROOT": str(root), "MODEL": "tiny", "ASK_FOR_MISSING_SECRETS": True})
+    executed = nbformat.read(str(out), as_version=4)
+    text = notebooks.outputs_text(executed)
+
+    assert "already installed in this runtime: skipping the install" in text
+    assert fake.calls("drive.mount") == [
+        {"call": "drive.mount", "mountpoint": str(fake.mount), "force_remount": False}]
+    settings = json.loads((fake.storage / "musicgen-lora" / "project.json").read_text())
+    assert settings["model"] == "tiny" and settings["zip_dir"] == str(root / "zips")
+    assert f"Project on Google Drive: {root}" in text
+    assert [c["key"] for c in fake.calls("userdata.get")] == ["WANDB_API_KEY", "HF_TOKEN"]
+    assert "WANDB_API_KEY: found (Colab secrets)" in text and "HF_TOKEN: found (Colab secrets)" in text
+    hashes = {n: hashlib.sha256(v.encode()).hexdigest() for n, v in SECRETS.items()}
+    assert f"env-hashes {hashes}" in text
+    assert "No GPU in this runtime" in text  # the GPU cell on this CPU machine, then its preset
+    assert colab.colab_url("notebooks/01_tokenize.ipynb") in text
+    assert len(fake.calls("drive.flush_and_unmount")) == 1 and "Drive flushed and unmounted" in text
+    long_job = next(c for c in executed.cells if "long job done" in c.source)
+    assert "run colab.flush_drive()" in notebooks.outputs_text(nbformat.from_dict({"cells": [long_job]}))
+    assert text.count("run colab.flush_drive()") == 1  # offered after the long cell only
+
+    # secrets: in no output, in no file (notebook, project, HOME: no netrc), anywhere under tmp
+    assert not any(v in text for v in SECRETS.values())
+    assert not (tmp_path / "home" / ".netrc").exists()
+    leaks = [h for h in _files_containing(tmp_path, SECRETS.values()) if not h.startswith(str(fake.secrets_file))]
+    assert leaks == []
+
+
+def _cell(nb, title_prefix: str):
+    """A copy of the code cell whose title starts with ``title_prefix``."""
+    return copy.deepcopy(next(c for c in nb.cells if c.cell_type == "code" and c.source.startswith(title_prefix)))
+
+
+@pytest.mark.slow
+@needs_presets
+def test_setup_notebook_cells_say_which_cell_to_run(tmp_path, monkeypatch):
+    """Run-order guard: without the suite installed, or after a restart, each cell names the cell to run."""
+    from nbclient import NotebookClient
+
+    monkeypatch.delenv("PYTHONPATH")  # the kernel starts without nbutils, like a fresh runtime
+    setup = nbformat.read(str(notebooks.notebook_path("00_setup")), as_version=4)
+    nb = nbformat.v4.new_notebook(metadata=setup.metadata)
+    nb.cells = [
+        _cell(setup, "#@title 1."),
+        nbformat.v4.new_code_cell(f"PROJECT_ROOT = {str(tmp_path / 'project')!r}; MODEL = 'tiny'"),
+        _cell(setup, "#@title 3."),  # before the install
+        nbformat.v4.new_code_cell(f"import sys; sys.path.insert(0, {str(REPO)!r})  # as if cell 2 ran"),
+        _cell(setup, "#@title 5."),  # after a restart: the suite is there, the project is not
+        _cell(setup, "#@title 3."),
+        _cell(setup, "#@title 5."),
+    ]
+    NotebookClient(nb, timeout=300, kernel_name="python3", allow_errors=True,
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+
+    def shown(i):
+        return "".join(o.get("text", "") + o.get("evalue", "") for o in nb.cells[i].outputs)
+
+    assert nb.cells[2].outputs[0]["ename"] == "ModuleNotFoundError"
+    assert "run cell '2. Install the suite' first" in shown(2)
+    assert f"\u274c This runtime has no project yet" in shown(4) and f"'{colab.PROJECT_CELL}'" in shown(4)
+    assert "Project on a local folder" in shown(5)
+    assert "No GPU in this runtime" in shown(6)
+
+
+# ---------------------------------------------------------------------------------------------
+# The install cell, for real: pip in a fresh venv that sees this interpreter's torch and numpy
+# ---------------------------------------------------------------------------------------------
+
+
+def _install_cell() -> str:
+    nb = nbformat.read(str(notebooks.notebook_path("00_setup")), as_version=4)
+    return _cell(nb, "#@title 2.").source
+
+
+def _wheel(folder: Path, name: str, version: str, requires=(), files=None) -> Path:
+    """A minimal pure-Python wheel written by hand (no build step, no index)."""
+    dist = f"{name}-{version}.dist-info"
+    entries = dict(files or {})
+    entries[f"{dist}/METADATA"] = (f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+                                   + "".join(f"Requires-Dist: {r}\n" for r in requires))
+    entries[f"{dist}/WHEEL"] = "Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    entries[f"{dist}/RECORD"] = "".join(f"{p},,\n" for p in entries) + f"{dist}/RECORD,,\n"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as zf:
+        for member, text in entries.items():
+            zf.writestr(member, text)
+    return path
+
+
+class Venv:
+    """A new venv without nbutils; a .pth lets it import this interpreter's packages (torch, numpy, pip)."""
+
+    def __init__(self, tmp: Path):
+        import site
+
+        self.tmp = tmp
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp / "venv")], check=True)
+        self.python = tmp / "venv" / "bin" / "python"
+        purelib = self.run_python("import sysconfig; print(sysconfig.get_paths()['purelib'])").stdout.strip()
+        Path(purelib, "_shared.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+        self.env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        self.env.update({"TMPDIR": str(tmp), "PIP_NO_INDEX": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+                         "PIP_NO_BUILD_ISOLATION": "0",  # (sic) pip's spelling for "no build isolation"
+                         "PIP_FIND_LINKS": str(tmp / "wheels")})
+
+    def run_python(self, code: str, **kwargs) -> subprocess.CompletedProcess:
+        return subprocess.run([str(self.python), "-c", code], capture_output=True, text=True, cwd=self.tmp,
+                              env=getattr(self, "env", None), timeout=300, **kwargs)
+
+    def versions(self) -> dict:
+        code = ("import importlib.metadata as md, importlib.util as u, json; print(json.dumps({n: md.version(n) "
+                "for n in ('torch', 'numpy')} | {'nbutils': bool(u.find_spec('nbutils'))}))")
+        return json.loads(self.run_python(code).stdout)
+
+    def install_cell(self, requirement: str) -> subprocess.CompletedProcess:
+        source = _install_cell()
+        assert colab.install_url() in source
+        return self.run_python(source.replace(colab.install_url(), requirement))
+
+
+def _here_versions() -> dict:
+    import importlib.metadata as md
+
+    return {n: md.version(n) for n in ("torch", "numpy")}
+
+
+@pytest.mark.slow
+def test_install_cell_installs_the_suite_and_keeps_torch_and_numpy(tmp_path):
+    venv = Venv(tmp_path)
+    assert venv.versions() == {**_here_versions(), "nbutils": False}
+    package = tmp_path / "checkout"  # what pip gets from GitHub: the repository's files
+    package.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE", "nbutils"):
+        subprocess.run(["cp", "-r", str(REPO / name), str(package / name)], check=True)
+    proc = venv.install_cell(str(package))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"Installed {package}; kept torch/numpy: {_here_versions()}" in proc.stdout
+    assert "pip log (" in proc.stdout and (tmp_path / "nbutils-pip.log").exists()
+    assert venv.versions() == {**_here_versions(), "nbutils": True}
+    pins = (tmp_path / "nbutils-pins.txt").read_text()
+    assert pins == "".join(f"{n}=={v}\n" for n, v in _here_versions().items())
+
+
+@pytest.mark.slow
+def test_install_cell_refuses_to_downgrade_numpy_and_fails_loudly(tmp_path):
+    venv = Venv(tmp_path)
+    _wheel(tmp_path / "wheels", "numpy", "1.26.4")  # an old numpy pip could pick
+    needs_old = _wheel(tmp_path / "wheels", "needs_old_numpy", "1.0", requires=["numpy<2"])
+    # without the pins, pip would replace numpy: the pins are what stops it
+    dry = subprocess.run([str(venv.python), "-m", "pip", "install", "--dry-run", str(needs_old)],
+                         capture_output=True, text=True, env=venv.env, cwd=tmp_path)
+    assert "Would install needs_old_numpy-1.0 numpy-1.26.4" in dry.stdout, dry.stdout + dry.stderr
+
+    proc = venv.install_cell(str(needs_old))
+    assert proc.returncode != 0
+    assert "RuntimeError: Installing" in proc.stderr and "pip exit code 1" in proc.stderr
+    assert "numpy" in proc.stdout.split("pip log (", 1)[1]  # the log's tail shows the conflict
+    assert venv.versions() == {**_here_versions(), "nbutils": False}
+
+
+@pytest.mark.slow
+def test_install_cell_notices_a_changed_numpy(tmp_path):
+    # a package that smuggles in numpy metadata of another version: the check after pip sees it
+    sneaky = _wheel(tmp_path / "wheels", "sneaky", "1.0", files={
+        "nbutils/__init__.py": "", "numpy-0.1.egg-info": "Metadata-Version: 1.0\nName: numpy\nVersion: 0.1\n"})
+    proc = Venv(tmp_path).install_cell(str(sneaky))
+    assert proc.returncode != 0 and "torch/numpy changed: {'numpy': '0.1'}" in proc.stderr
+    assert "Disconnect and delete runtime" in proc.stderr

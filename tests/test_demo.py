@@ -1,0 +1,171 @@
+"""``python -m nbutils demo``: the synthetic dataset, and one real run that executes notebooks 00-04.
+
+The demo runs once per test session (``demo_run``); the tests below assert on what it left in
+its folder: the ZIP batches, the executed notebooks, and every stage's outputs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import os
+import zipfile
+from pathlib import Path
+
+import nbformat
+import pytest
+import soundfile as sf
+
+from conftest import last_json, run_cli
+from nbutils import demo, notebooks, synth
+from nbutils.errors import UserError
+from nbutils.paths import Paths
+
+STAGES = ("tokenize", "train", "generate", "evaluate")
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """Run ``python -m nbutils demo --out DIR`` once: (DIR, completed process, summary)."""
+    missing = [s for s in STAGES if importlib.util.find_spec(f"nbutils.{s}") is None]
+    if missing:
+        pytest.skip(f"the demo needs every stage; not on this branch yet: {', '.join(missing)}")
+    out = tmp_path_factory.mktemp("demo") / "demo_out"
+    proc = run_cli("demo", "--out", str(out), timeout=900)
+    return out, proc, last_json(proc.stdout)
+
+
+# ---------------------------------------------------------------------------------------------
+# The synthetic collection (no notebooks needed)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_dataset_is_zip_batches_of_three_styles_with_metadata(tmp_path):
+    cfg = demo.DemoConfig(out=tmp_path, zips=2, tracks_per_zip=4, track_seconds=3.0)
+    paths = Paths.at(tmp_path)
+    zips = demo.make_dataset(paths, cfg)
+    assert [z.name for z in zips] == ["archive_batch_0001.zip", "archive_batch_0002.zip"]
+    records = [json.loads(line) for line in (paths.zips / "metadata.jsonl").read_text().splitlines()]
+    assert len(records) == 8 and len({r["path"] for r in records}) == 8
+    assert {r["description"] for r in records} == {synth.describe(s) for s in synth.STYLES}
+    by_path = {r["path"]: r for r in records}
+    formats, rates = set(), set()
+    for zip_path in zips:
+        with zipfile.ZipFile(zip_path) as zf:
+            assert zf.testzip() is None and len(zf.namelist()) == 4
+            for member in zf.namelist():
+                record = by_path[member]  # metadata paths are relative to the ZIP root
+                with zf.open(member) as fh:
+                    audio, rate = sf.read(io.BytesIO(fh.read()))
+                assert rate == record["sample_rate"]
+                assert abs(len(audio) / rate - 3.0) < 0.1, member  # mp3 pads a little
+                assert 0.5 < abs(audio).max() <= 1.0
+                style = Path(member).stem.split("_")[0]
+                assert record["description"] == synth.describe(style)
+                formats.add(Path(member).suffix)
+                rates.add(rate)
+    assert formats == {".wav", ".flac", ".mp3"} and rates == set(demo.SAMPLE_RATES)
+
+
+def test_dataset_is_kept_on_rerun_and_another_demo_is_refused(tmp_path):
+    paths = Paths.at(tmp_path)
+    cfg = demo.DemoConfig(out=tmp_path, zips=1, tracks_per_zip=2, track_seconds=2.0)
+    (zip_path,) = demo.make_dataset(paths, cfg)
+    stamp = zip_path.stat().st_mtime_ns
+    demo.make_dataset(paths, cfg)
+    assert zip_path.stat().st_mtime_ns == stamp  # kept, not rewritten
+
+    other = demo.DemoConfig(out=tmp_path, zips=1, tracks_per_zip=3, track_seconds=2.0)
+    with pytest.raises(UserError, match=r"tracks_per_zip: 2 -> 3.*another --out folder"):
+        demo.make_dataset(paths, other)
+
+    # a run killed before the dataset was complete (no demo.json yet) writes it again
+    (tmp_path / demo.DEMO_FILE).unlink()
+    zip_path.unlink()
+    demo.make_dataset(paths, cfg)
+    assert zip_path.exists() and (tmp_path / demo.DEMO_FILE).exists()
+    assert not [p for p in paths.zips.iterdir() if ".tmp-" in p.name]
+
+
+def test_demo_parameters_must_exist_in_the_notebook(tmp_path, monkeypatch):
+    paths = Paths.at(tmp_path)
+    setup = notebooks.notebook_path("00_setup")
+    assert demo.notebook_parameters("00_setup", setup, paths) == {
+        "PROJECT_ROOT": str(tmp_path), "MODEL": "tiny", "ASK_FOR_MISSING_SECRETS": False}
+    monkeypatch.setitem(demo.STAGE_PARAMETERS, "00_setup", {"NO_SUCH_SETTING": 1})
+    with pytest.raises(UserError, match="NO_SUCH_SETTING in 00_setup.ipynb.*STAGE_PARAMETERS"):
+        demo.notebook_parameters("00_setup", setup, paths)
+
+
+def test_demo_outside_a_clone_says_to_clone(tmp_path, monkeypatch):
+    monkeypatch.setattr(notebooks, "NOTEBOOK_DIR", tmp_path / "site-packages" / "notebooks")
+    with pytest.raises(UserError, match="Run it from a clone: git clone https://github.com/"):
+        demo.execute_notebooks(Paths.at(tmp_path), demo.DemoConfig(out=tmp_path), ("00_setup",))
+
+
+def test_every_demo_parameter_exists_in_its_notebook(tmp_path):
+    """The demo's per-notebook settings track the notebooks' parameters cells."""
+    for name in notebooks.NOTEBOOKS:
+        path = notebooks.NOTEBOOK_DIR / f"{name}.ipynb"
+        if not path.exists():
+            continue  # checked by tests/test_notebooks.py::test_all_notebooks_are_there
+        demo.notebook_parameters(name, path, Paths.at(tmp_path))
+
+
+# ---------------------------------------------------------------------------------------------
+# The real run
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_demo_cli_ends_with_where_to_look(demo_run):
+    out, proc, summary = demo_run
+    assert summary["out"] == str(out)
+    assert list(summary["notebook_seconds"]) == list(notebooks.NOTEBOOKS)
+    for kind in ("audio", "plots", "tables", "notebooks", "adapters"):
+        assert summary[kind], f"the demo made no {kind}"
+        assert all(Path(p).exists() for p in summary[kind])
+    where = proc.stdout[proc.stdout.index("Done. Everything is in"):]
+    for kind in ("Audio", "Plots", "Tables", "LoRA adapters", "Executed notebooks"):
+        assert kind in where
+    assert summary["audio"][0] in where and summary["plots"][0] in where
+
+
+@pytest.mark.slow
+def test_demo_executed_every_notebook_with_the_tiny_model(demo_run):
+    out, _, _ = demo_run
+    for name in notebooks.NOTEBOOKS:
+        nb = nbformat.read(str(out / "notebooks" / f"{name}.ipynb"), as_version=4)
+        injected = next(c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", []))
+        assert f"PROJECT_ROOT = {str(out)!r}" in injected.source and "MODEL = 'tiny'" in injected.source
+        for cell in nb.cells:
+            if cell.cell_type != "code":
+                continue
+            assert cell.execution_count is not None, f"{name}: a cell did not run"
+            assert not [o for o in cell.outputs if o.output_type == "error"], f"{name}: {cell.source[:60]}"
+        assert "\u274c" not in notebooks.outputs_text(nb), name
+
+
+@pytest.mark.slow
+def test_demo_left_every_stage_output_in_the_project(demo_run):
+    import torch
+
+    from nbutils import shards
+
+    out, _, summary = demo_run
+    paths = Paths.at(out)
+    settings = json.loads(paths.project_file.read_text())
+    assert settings["model"] == "tiny"
+    assert sorted(p.stem for p in shards.list_shards(paths.tokens)) == ["archive_batch_0001", "archive_batch_0002"]
+    run = paths.run(settings.get("run_name", "lora"))
+    state = torch.load(run / "latest.pt", weights_only=True)
+    assert isinstance(state["step"], int) and state["step"] > 0
+    for which in ("best", "final"):
+        assert (run / "adapters" / which / "adapter_config.json").exists()
+    generated = [Path(p) for p in summary["audio"] if Path(p).is_relative_to(paths.generated)]
+    assert generated and all(sf.info(str(p)).samplerate == 32_000 for p in generated)
+    assert all(p.with_suffix(".json").exists() for p in generated)
+    assert any(Path(p).suffix == ".csv" for p in summary["tables"])
+    assert any(Path(p).is_relative_to(paths.eval) for p in summary["plots"])
+    assert os.path.getsize(summary["plots"][0]) > 1000

@@ -1,0 +1,104 @@
+"""The README is the product's front page: its badges, commands, options and preset table must be true.
+
+Regenerate the GPU preset table after changing nbutils/presets.py with
+``python tests/test_readme.py`` and paste it into README.md.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # also runnable as a script
+    sys.path.insert(0, str(REPO))
+
+from nbutils import cli, colab  # noqa: E402
+from nbutils.notebooks import NOTEBOOKS  # noqa: E402
+
+README = REPO / "README.md"
+BADGE_IMAGE = "https://colab.research.google.com/assets/colab-badge.svg"
+
+
+def _readme() -> str:
+    return README.read_text(encoding="utf-8")
+
+
+def preset_table() -> str:
+    """The README's GPU preset table, rendered from ``nbutils.presets``."""
+    from nbutils import presets
+
+    rows = presets.table()
+    sizes = list(dict.fromkeys(p.model for p in rows))
+    lines = ["| GPU | precision | " + " | ".join(f"musicgen-{s}" for s in sizes) + " |",
+             "|---|---|" + "---|" * len(sizes)]
+    for device in dict.fromkeys(p.device for p in rows):
+        mine = {p.model: p for p in rows if p.device == device}
+        cells = [f"{p.batch_size} × {p.grad_accum}{', checkpointing' if p.grad_checkpointing else ''} "
+                 f"(~{p.memory_gb:.0f} GB)" for p in (mine[s] for s in sizes)]
+        lines.append(f"| {device} | {mine[sizes[0]].precision} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def test_readme_has_one_badge_per_notebook_from_the_one_repository():
+    readme = _readme()
+    for name in NOTEBOOKS:
+        badge = f"[![Open In Colab]({BADGE_IMAGE})]({colab.colab_url(f'notebooks/{name}.ipynb')})"
+        assert badge in readme, f"README lacks the badge of {name}"
+    for slug in re.findall(r"colab\.research\.google\.com/github/([^/\s]+/[^/\s]+)/", readme):
+        assert slug == colab.REPO_SLUG
+    for slug in re.findall(r"github\.com/([\w.-]+/[\w.-]+?)(?:\.git)?[@/\"]", readme):
+        assert slug == colab.REPO_SLUG
+    assert colab.install_url() in readme
+
+
+def test_readme_commands_are_what_ci_runs():
+    readme, ci = _readme(), (REPO / ".ci" / "run").read_text()
+    assert "python -m nbutils demo --out demo_out" in readme
+    assert "\npython -m pytest -q\n" in ci and "python -m pytest -q" in readme
+    for line in ("pip install --quiet torch==2.13.0", "pip install --quiet -r requirements.txt",
+                 "pip install --quiet --no-deps -e ."):
+        assert line in ci and line.replace("--quiet ", "") in readme
+
+
+def _cli_lines(readme: str) -> list[list[str]]:
+    """Each ``python -m nbutils ...`` / ``accelerate launch ... -m nbutils ...`` command in the README."""
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", readme, re.S):
+        for command in block.replace("\\\n", " ").splitlines():
+            command = command.split("#")[0].strip()
+            if "-m nbutils" in command:
+                words = shlex.split(command)
+                commands.append(words[words.index("nbutils") + 1:])
+    return commands
+
+
+def test_every_cli_option_in_the_readme_exists():
+    commands = _cli_lines(_readme())
+    assert {c[0] for c in commands} == set(cli.COMMANDS), "document every command"
+    for words in commands:
+        module = cli.COMMANDS[words[0]][0]
+        if importlib.util.find_spec(module) is None:
+            continue  # that stage is not on this branch; the merged suite checks it
+        parser = cli.build_parser(words[0])
+        sub = parser._subparsers._group_actions[0].choices[words[0]]
+        known = {flag for action in sub._actions for flag in action.option_strings}
+        for word in words[1:]:
+            flag = word.strip("[]").split("=")[0]
+            if flag.startswith("--"):
+                assert flag in known, f"README: `{words[0]} {flag}` is not an option of that command"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("nbutils.presets") is None, reason="nbutils.presets not on this branch")
+def test_readme_preset_table_matches_the_presets():
+    assert preset_table() in _readme(), (
+        "README's GPU preset table is out of date: run `python tests/test_readme.py` and paste its output")
+
+
+if __name__ == "__main__":
+    print(preset_table())
