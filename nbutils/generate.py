@@ -473,7 +473,7 @@ def split_prompts(text: str) -> list[str]:
 
 def default_adapter(project) -> str:
     """The newest adapter of the project's training run (best, final, latest.pt), or '' if none."""
-    run_dir = project.paths.run(project.settings.get("run") or "lora")
+    run_dir = project.run_dir
     for candidate in (*(run_dir / sub for sub in adapters.RUN_ADAPTERS), run_dir / adapters.LATEST):
         if (candidate / adapters.PEFT_CONFIG).is_file() or candidate.is_file():
             return str(candidate)

@@ -770,12 +770,11 @@ def notebook_config(project, run_name: str = "", **settings: Any) -> TrainConfig
     Args:
         project: From ``colab.connect`` / ``colab.current``.
         run_name: Folder under ``runs/``; a new name starts a new run, the same name resumes.
+            Empty: the project's run (``project.run_dir``), which notebooks 03 and 04 read.
         **settings: Any ``TrainConfig`` field (unknown names are refused with a suggestion).
     """
-    from nbutils.paths import DEFAULT_RUN
-
-    base = {"tokens": str(project.paths.tokens), "out": str(project.paths.run(run_name or DEFAULT_RUN)),
-            "model": project.model}
+    out = project.paths.run(run_name) if run_name else project.run_dir
+    base = {"tokens": str(project.paths.tokens), "out": str(out), "model": project.model}
     return config.from_dict(TrainConfig, {**base, **settings}, what="training")
 
 
