@@ -228,12 +228,13 @@ def extract(zf: zipfile.ZipFile, entry: Entry, root: str | os.PathLike, *, max_b
             raise MemberError(f"corrupt in ZIP: {written} bytes instead of the declared {entry.size}")
         if crc != entry.info.CRC:
             raise MemberError("corrupt in ZIP: CRC-32 mismatch")
-    except MemberError:
-        dest.unlink(missing_ok=True)
+    except BaseException as err:
+        dest.unlink(missing_ok=True)  # never leave a partial file in scratch
+        if isinstance(err, (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError)):
+            raise MemberError(f"corrupt in ZIP ({type(err).__name__}: {err})") from err
+        # MemberError as is; an OSError (disk full, Drive I/O) is not the member's fault: it
+        # fails the ZIP, which is retried on the next run, instead of failing every file.
         raise
-    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError, OSError) as err:
-        dest.unlink(missing_ok=True)
-        raise MemberError(f"corrupt in ZIP ({type(err).__name__}: {err})") from err
     return dest
 
 
@@ -243,6 +244,6 @@ def read_text(zf: zipfile.ZipFile, entry: Entry, *, limit: int = TEXT_MEMBER_BYT
         raise MemberError(f"text file larger than {limit >> 20} MiB, not read")
     try:
         data = zf.read(entry.info)
-    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError, OSError) as err:
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as err:
         raise MemberError(f"corrupt in ZIP ({err})") from err
     return data.decode("utf-8-sig", errors="replace")

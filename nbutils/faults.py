@@ -8,8 +8,8 @@ dictionary lookup and nothing else.
 
 Points: ``mid-npy`` (half the shard's codes written to the temporary file), ``after-npy``
 (codes renamed into place, index not yet written), ``before-ledger`` (shard committed, ledger
-line not written), ``mid-ledger`` (half a ledger line written), ``after-track`` (a track's
-codes are encoded, the ZIP is not finished).
+line not written), ``mid-ledger`` (half a ledger line written). Kills at arbitrary moments
+need no hook: the tests send SIGKILL from outside.
 """
 
 from __future__ import annotations
