@@ -128,3 +128,13 @@ def test_text_members_are_read_with_a_size_limit(tmp_path):
         assert archive.read_text(zf, small) == "hello"
         with pytest.raises(archive.MemberError, match="larger than"):
             archive.read_text(zf, big, limit=1000)
+
+
+def test_stage_streams_from_source_when_local_disk_is_too_small(tmp_path, monkeypatch):
+    import collections
+
+    path = write_zip(tmp_path / "src" / "a.zip", [("a.wav", bytes(4096))])
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(archive.shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 100, 100))
+    assert archive.stage(path, tmp_path / "work") == path
+    assert not (tmp_path / "work" / "a.zip").exists()
