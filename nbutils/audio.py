@@ -103,7 +103,7 @@ def _open(path: Path):
         raise AudioError("empty file (0 bytes)")
     try:
         return sf.SoundFile(str(path))
-    except (sf.LibsndfileError, RuntimeError, TypeError) as err:
+    except (sf.LibsndfileError, RuntimeError) as err:
         detail = str(err).split(":", 1)[-1].strip() or type(err).__name__
         raise AudioError(f"unreadable audio ({detail})") from err
 

@@ -139,3 +139,25 @@ def test_frames_for_matches_the_codec_hop():
     assert [audio.frames_for(n) for n in (1, 640, 641, 960_000)] == [1, 1, 2, 1500]
     assert audio.FRAME_RATE == 50 and audio.N_SEGMENT == 960_000
     assert audio.peak_db(np.zeros(4)) == -math.inf
+
+
+def _raw_wav(sample_rate: int, channels: int, frames: int = 1000) -> bytes:
+    import struct
+
+    data = (np.ones(frames * channels) * 1000).astype("<i2").tobytes()
+    fmt = struct.pack("<IHHIIHH", 16, 1, channels, sample_rate, sample_rate * channels * 2, channels * 2, 16)
+    return b"RIFF" + struct.pack("<I", 36 + len(data)) + b"WAVEfmt " + fmt + b"data" + struct.pack("<I", len(data)) + data
+
+
+@pytest.mark.parametrize("sample_rate, channels, outcome", [
+    (0, 1, "unreadable"), (44_100, 0, "unreadable"), (1, 1, "kept"), (4_000_000, 1, "too short"),
+    (44_100, 300, "too short"),
+])
+def test_odd_headers_are_a_reason_never_a_crash(tmp_path, sample_rate, channels, outcome):
+    path = _write(tmp_path, "odd.wav", _raw_wav(sample_rate, channels))
+    try:
+        pieces, report = _segments(path)
+    except audio.AudioError as err:
+        assert outcome in str(err)
+    else:
+        assert (report.skipped or "kept").startswith(outcome)
