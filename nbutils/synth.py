@@ -19,7 +19,7 @@ def _freq(semitones_from_a4: float) -> float:
 
 def _envelope(n: int, sr: int, attack: float = 0.01, release: float = 0.05) -> np.ndarray:
     env = np.ones(n, dtype=np.float32)
-    # a note cut short by the end of the track may be shorter than its attack / release
+    # clamp to n: the last note of a track can be shorter than the attack or release
     a, r = min(n, max(1, int(attack * sr))), min(n, max(1, int(release * sr)))
     env[:a] = np.linspace(0, 1, a, dtype=np.float32)
     env[-r:] *= np.linspace(1, 0, r, dtype=np.float32)
