@@ -68,7 +68,7 @@ class TokenizeConfig:
                                "skipped (dBFS).")
     limit: int = option(0, "Test mode: process only N tracks, keep nothing as done, print throughput and the "
                         "ETA for all ZIPs (0: process everything).")
-    batch_size: int = option(0, "Segments per EnCodec batch (0: 16 on a GPU, 2 on a CPU).")
+    batch_size: int = option(0, "Segments per EnCodec batch (0: 16 on a GPU, 1 on a CPU).")
     workers: int = option(2, "Threads that extract, decode and resample the next files while the encoder works.")
     device: str = option("", "Device for the encoder: cuda, cpu, ... (empty: the GPU if there is one).")
     precision: str = option("auto", "auto (bf16/fp16 autocast on a GPU, float32 on a CPU), fp32, bf16 or fp16.")

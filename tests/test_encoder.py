@@ -13,19 +13,44 @@ def mono():
     return Encoder(codec, spec, device="cpu")
 
 
-def _alone(encoder, wave):
+def _direct(codec, waves):
+    """What transformers' EnCodec gives for this exact batch of mono segments, ``(B, frames, K)``."""
     with torch.inference_mode():
-        codes = encoder.codec.encode(torch.from_numpy(wave)[None]).audio_codes[0, 0]
-    return codes.numpy().T
+        return codec.encode(torch.from_numpy(np.stack(waves))).audio_codes[0].numpy().transpose(0, 2, 1)
 
 
-def test_padded_batch_keeps_exactly_each_segments_own_frames(mono):
-    lengths = [32_000, 20_001, 640, 47_999]
-    waves = [synth.track("chords", n / 32_000 + 0.01, 32_000, i)[None, :n] for i, n in enumerate(lengths)]
-    codes = mono.encode(waves)
-    for wave, got in zip(waves, codes):
-        assert got.shape == (audio.frames_for(wave.shape[-1]), 4) and got.dtype == np.int16
-        np.testing.assert_array_equal(got, _alone(mono, wave))  # padding changed nothing kept
+def test_tiny_codes_follow_the_audio(mono):
+    """Every code comparison in these tests means something only if codes depend on the audio."""
+    if not any(layer.codebook.embed.any() for layer in mono.codec.quantizer.layers):
+        pytest.xfail("the tiny EnCodec has all-zero codebooks (transformers' init): every frame is code 0 "
+                     "until models.build_tiny seeds them (_init_tiny_codebooks, generate branch)")
+    (codes,) = mono.encode([synth.track("chords", 3.0, 32_000, 1)[None]])
+    assert all(len(np.unique(codes[:, k])) > 4 for k in range(codes.shape[1]))
+
+
+def test_a_segments_codes_do_not_depend_on_its_batch_mates(mono):
+    """Same batch size and position, other companions: the same codes, bit for bit.
+
+    (Alone vs in a batch may round differently; the tiny model's random codec puts its frames
+    almost equidistant from many codebook entries, so such rounding flips codes there. Hence
+    no batch-vs-alone comparison with the tiny model.)
+    """
+    tracks = [synth.track(style, 1.0, 32_000, seed) for seed in (0, 1) for style in synth.STYLES]
+    for n in (32_000, 20_001, 640):  # whole, partial and single frames
+        first, other = [t[None, :n] for t in tracks[:3]], [t[None, :n] for t in tracks[3:]]
+        reference = mono.encode(first)
+        for pos in range(3):
+            mixed = list(other)
+            mixed[pos] = first[pos]
+            got = mono.encode(mixed)[pos]
+            assert got.shape == (audio.frames_for(n), 4) and got.dtype == np.int16
+            np.testing.assert_array_equal(got, reference[pos])
+        np.testing.assert_array_equal(np.stack(reference), _direct(mono.codec, first))
+
+
+def test_segments_of_different_lengths_never_share_a_batch(mono):
+    with pytest.raises(ValueError, match="same length"):
+        mono.encode([np.zeros((1, 6400), np.float32), np.zeros((1, 6000), np.float32)])
 
 
 def test_stereo_codebooks_are_left_right_interleaved():
@@ -35,21 +60,38 @@ def test_stereo_codebooks_are_left_right_interleaved():
     wave[1] = synth.track("percussion", 1.0, 32_000, 1)  # really different channels
     (codes,) = encoder.encode([wave])
     assert codes.shape == (50, 8)
-    np.testing.assert_array_equal(codes[:, 0::2], _alone(encoder, wave[:1]))
-    np.testing.assert_array_equal(codes[:, 1::2], _alone(encoder, wave[1:]))
+    left, right = _direct(codec, [wave[:1], wave[1:]])  # L and R as one batch of two mono signals
+    np.testing.assert_array_equal(codes[:, 0::2], left)  # L0, R0, L1, R1, ...
+    np.testing.assert_array_equal(codes[:, 1::2], right)
     with pytest.raises(ValueError, match="channels"):
         encoder.encode([wave[:1]])
 
 
-def test_batcher_keeps_full_and_short_segments_apart_and_returns_every_key(mono):
-    batcher = Batcher(mono, full_samples=6400, batch_size=2)
-    full, short = np.zeros((1, 6400), np.float32) + 0.1, np.zeros((1, 1000), np.float32) + 0.1
-    assert batcher.add("f1", full) == []
-    assert batcher.add("s1", short) == []  # a short one does not complete the full batch
-    assert [k for k, _ in batcher.add("f2", full)] == ["f1", "f2"]
-    done = dict(batcher.add("s2", short) + batcher.flush())
-    assert set(done) == {"s1", "s2"} and done["s1"].shape == (2, 4)
-    assert batcher.flush() == []
+class _Recording(Encoder):
+    """The real encoder, noting the segment lengths of every batch it is given."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.batches = []
+
+    def encode(self, audios):
+        self.batches.append([a.shape[-1] for a in audios])
+        return super().encode(audios)
+
+
+def test_batcher_forms_equal_length_batches_and_returns_every_key():
+    encoder = _Recording(*models.load_codec("tiny"), device="cpu")
+    batcher = Batcher(encoder, full_samples=6400, batch_size=3)
+    seg = {n: np.full((1, n), 0.1, np.float32) for n in (6400, 1000, 2000)}
+    done = []
+    for key, n in [("f1", 6400), ("a1", 1000), ("f2", 6400), ("b1", 2000), ("f3", 6400)]:
+        done += batcher.add(key, seg[n])
+    assert [k for k, _ in done] == ["f1", "f2", "f3"]  # a full batch; short ones still wait
+    done += batcher.add("a2", seg[1000])  # 3 short ones waiting: every bucket goes
+    done += batcher.add("f4", seg[6400]) + batcher.flush()
+    assert encoder.batches == [[6400] * 3, [1000, 1000], [2000], [6400]]
+    assert {k for k, _ in done} == {"f1", "f2", "f3", "f4", "a1", "a2", "b1"}
+    assert dict(done)["b1"].shape == (4, 4) and batcher.flush() == []
 
 
 def test_precision_choices():
