@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -184,11 +185,18 @@ def main() -> None:
         return peak_rss_child(args.rss_child)
     if args.quick:
         args.files, args.seconds, args.rss_seconds, args.rounds = 2, 5.0, 1.5, 1
+    work = Path(tempfile.mkdtemp(prefix="bench-tokenize-"))
+    try:
+        measure(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # generated ZIPs, shards, scratch: nothing to keep
+
+
+def measure(args: argparse.Namespace, work: Path) -> None:
     import torch
 
     from nbutils.encoder import CPU_BATCH
 
-    work = Path(tempfile.mkdtemp(prefix="bench-tokenize-"))
     zips = work / "ab"
     zip_path = make_zip(zips / "batch_0001.zip", args.files, args.seconds)
     codec = real_codec()
