@@ -88,8 +88,15 @@ def append_line(path: str | os.PathLike, line: str) -> None:
     """Append one line and fsync. A torn last line (killed mid-write) is skipped by readers."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(line.rstrip("\n") + "\n")
+    with open(path, "a+b") as fh:  # appends go to the end whatever the read position
+        end = fh.seek(0, os.SEEK_END)
+        torn = False
+        if end:
+            fh.seek(end - 1)
+            torn = fh.read(1) != b"\n"
+        # After a torn last line (no newline), start a fresh line: glued to the torn one, this
+        # record would be unreadable and skipped with it.
+        fh.write((("\n" if torn else "") + line.rstrip("\n") + "\n").encode("utf-8"))
         fh.flush()
         os.fsync(fh.fileno())
 

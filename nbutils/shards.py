@@ -23,7 +23,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from nbutils import atomic
+from nbutils import atomic, faults
 from nbutils.errors import UserError
 
 SHARD_FORMAT = "nbutils-shard/1"
@@ -99,6 +99,8 @@ class ShardWriter:
         with atomic.atomic_path(npy) as tmp:
             with open(tmp, "wb") as fh:
                 np.save(fh, codes)
+                faults.point("mid-npy", torn=fh)  # crash tests only (see nbutils.faults)
+        faults.point("after-npy")
         index = {
             "format": SHARD_FORMAT,
             **self.meta,

@@ -1,0 +1,227 @@
+"""Decode any wav / flac / ogg / mp3 into float32 at the model's rate, and cut it into segments.
+
+Files are read block by block and resampled with a streaming soxr resampler, so a one-hour
+track costs one segment of memory, not one hour. Every file ends in one of three states, and
+the caller is told which and why: its segments were kept; it was skipped (too short, silent);
+or it failed (``AudioError``: empty, unreadable, corrupt). Parts of a kept file that are not
+encoded (a short tail, a silent segment) are counted in its ``TrackReport``, never dropped
+silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+SAMPLE_RATE = 32_000  # Hz: MusicGen's EnCodec works at 32 kHz
+HOP_LENGTH = 640  # samples per code frame (EnCodec 32 kHz strides 8*5*4*4)
+FRAME_RATE = SAMPLE_RATE // HOP_LENGTH  # 50 code frames per second
+SEGMENT_SECONDS = 30.0  # MusicGen trains on 30 s windows
+N_SEGMENT = int(SEGMENT_SECONDS * SAMPLE_RATE)  # 960000 samples in a 30-second segment
+MIN_SECONDS = 1.0  # files shorter than this are skipped
+MIN_TAIL_SECONDS = 5.0  # a track's last partial segment is kept when at least this long
+SILENCE_DB = -60.0  # a segment whose peak is below this (dBFS) counts as silent
+READ_BLOCK_SECONDS = 10.0  # decode this much source audio per read (bounds memory per file)
+RESAMPLE_QUALITY = "HQ"  # soxr quality; librosa's default "soxr_hq" is the same
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff")
+
+
+class AudioError(Exception):
+    """A file that cannot be decoded; the message is the reason recorded for it."""
+
+
+@dataclasses.dataclass
+class Piece:
+    """One segment of a track at the target rate."""
+
+    start: int
+    """First sample of the segment in the track (at the target rate)."""
+    audio: np.ndarray
+    """float32, shape ``(channels, samples)``."""
+
+    @property
+    def samples(self) -> int:
+        return int(self.audio.shape[-1])
+
+
+@dataclasses.dataclass
+class TrackReport:
+    """What happened to one file, filled in while its segments are read."""
+
+    source_rate: int = 0
+    """Sample rate of the file (Hz)."""
+    source_channels: int = 0
+    seconds: float = 0.0
+    """Decoded duration."""
+    kept_seconds: float = 0.0
+    """Duration of the segments handed to the encoder."""
+    segments: int = 0
+    silent_segments: int = 0
+    silent_seconds: float = 0.0
+    tail_dropped_seconds: float = 0.0
+    """A last partial segment shorter than the tail minimum (not encoded, but counted)."""
+    skipped: str = ""
+    """Why the whole file was skipped (too short, silent); empty when segments were kept."""
+
+
+def is_audio_name(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in AUDIO_EXTENSIONS
+
+
+def frames_for(samples: int, hop_length: int = HOP_LENGTH) -> int:
+    """Code frames EnCodec produces for ``samples`` samples (it pads the last frame)."""
+    return math.ceil(samples / hop_length)
+
+
+def peak_db(audio: np.ndarray) -> float:
+    """Peak level in dBFS (-inf for digital silence)."""
+    peak = float(np.max(np.abs(audio))) if audio.size else 0.0
+    return 20 * math.log10(peak) if peak > 0 else -math.inf
+
+
+def convert_channels(block: np.ndarray, channels: int) -> np.ndarray:
+    """``(frames, c)`` to ``(frames, channels)``: mono is the mean; stereo keeps the first two
+    channels (L, R in WAV order) or duplicates a mono source."""
+    if channels == 1:
+        return block.mean(axis=1, keepdims=True, dtype=np.float32) if block.shape[1] > 1 else block
+    if block.shape[1] >= 2:
+        return block[:, :2]
+    return np.repeat(block, 2, axis=1)
+
+
+def _open(path: Path):
+    import soundfile as sf
+
+    size = path.stat().st_size
+    if size == 0:
+        raise AudioError("empty file (0 bytes)")
+    try:
+        return sf.SoundFile(str(path))
+    except (sf.LibsndfileError, RuntimeError) as err:
+        detail = str(err).split(":", 1)[-1].strip() or type(err).__name__
+        raise AudioError(f"unreadable audio ({detail})") from err
+
+
+def read_blocks(
+    path: str | os.PathLike,
+    report: TrackReport,
+    *,
+    sample_rate: int = SAMPLE_RATE,
+    channels: int = 1,
+    block_seconds: float = READ_BLOCK_SECONDS,
+) -> Iterator[np.ndarray]:
+    """Yield the file as float32 blocks ``(channels, samples)`` at ``sample_rate``.
+
+    Raises:
+        AudioError: empty, unreadable or corrupt file (the message is the reason).
+    """
+    import soundfile as sf
+    import soxr
+
+    with _open(Path(path)) as fh:
+        report.source_rate, report.source_channels = int(fh.samplerate), int(fh.channels)
+        width = 1 if channels == 1 else min(2, fh.channels)  # resample before duplicating mono
+        stream = None
+        if fh.samplerate != sample_rate:
+            stream = soxr.ResampleStream(fh.samplerate, sample_rate, width, dtype="float32",
+                                         quality=RESAMPLE_QUALITY)
+        block = max(1, int(block_seconds * fh.samplerate))
+        done = 0
+        while True:
+            try:
+                data = fh.read(block, dtype="float32", always_2d=True)
+            except (sf.LibsndfileError, RuntimeError) as err:
+                raise AudioError(f"corrupt audio after {done / fh.samplerate:.1f} s ({err})") from err
+            last = len(data) < block
+            done += len(data)
+            data = convert_channels(np.nan_to_num(data, copy=False), width)
+            if stream is not None:
+                data = stream.resample_chunk(data, last=last)
+            if channels == 2 and data.shape[1] == 1:
+                data = np.repeat(data, 2, axis=1)
+            if len(data):
+                yield np.ascontiguousarray(data.T)
+            if last:
+                return
+
+
+def iter_segments(
+    path: str | os.PathLike,
+    report: TrackReport,
+    *,
+    sample_rate: int = SAMPLE_RATE,
+    channels: int = 1,
+    segment_seconds: float = SEGMENT_SECONDS,
+    min_seconds: float = MIN_SECONDS,
+    min_tail_seconds: float = MIN_TAIL_SECONDS,
+    silence_db: float = SILENCE_DB,
+) -> Iterator[Piece]:
+    """Yield the non-silent segments of a file; ``report`` says what happened to the rest.
+
+    Segments are ``segment_seconds`` long. The last, shorter one is kept when it is at least
+    ``min_tail_seconds`` long, or when it is the whole track (tracks shorter than a segment
+    are kept from ``min_seconds`` on). Silent segments are counted, not yielded. When nothing
+    is kept, ``report.skipped`` says why.
+
+    Raises:
+        AudioError: the file is empty, unreadable or corrupt.
+    """
+    seg_len = int(round(segment_seconds * sample_rate))
+    buffer: list[np.ndarray] = []
+    buffered = 0
+    total = 0
+
+    def take(n: int) -> np.ndarray:
+        nonlocal buffer, buffered
+        joined = np.concatenate(buffer, axis=1) if len(buffer) > 1 else buffer[0]
+        head, rest = joined[:, :n], joined[:, n:]
+        buffer, buffered = ([rest] if rest.shape[1] else []), rest.shape[1]
+        return np.ascontiguousarray(head)
+
+    def keep(piece: Piece) -> bool:
+        if peak_db(piece.audio) < silence_db:
+            report.silent_segments += 1
+            report.silent_seconds += piece.samples / sample_rate
+            return False
+        report.segments += 1
+        report.kept_seconds += piece.samples / sample_rate
+        return True
+
+    for block in read_blocks(path, report, sample_rate=sample_rate, channels=channels):
+        buffer.append(block)
+        buffered += block.shape[1]
+        while buffered >= seg_len:
+            piece = Piece(start=total, audio=take(seg_len))
+            total += seg_len
+            if keep(piece):
+                yield piece
+    tail = buffered
+    report.seconds = (total + tail) / sample_rate
+    if total + tail == 0:
+        raise AudioError("no audio frames (the file holds only a header)")
+    if report.seconds < min_seconds:
+        report.skipped = f"too short ({report.seconds:.2f} s < {min_seconds:g} s)"
+        return
+    if tail:
+        if total == 0 or tail >= min_tail_seconds * sample_rate:
+            piece = Piece(start=total, audio=take(tail))
+            if keep(piece):
+                yield piece
+        else:
+            report.tail_dropped_seconds = tail / sample_rate
+    if report.segments == 0 and report.silent_segments:
+        report.skipped = f"silent (peak below {silence_db:g} dBFS)"
+
+
+def load(path: str | os.PathLike, *, sample_rate: int = SAMPLE_RATE, channels: int = 1) -> np.ndarray:
+    """The whole file as float32 ``(channels, samples)`` at ``sample_rate`` (for tools and tests)."""
+    blocks = list(read_blocks(path, TrackReport(), sample_rate=sample_rate, channels=channels))
+    if not blocks:
+        return np.zeros((channels, 0), np.float32)
+    return np.concatenate(blocks, axis=1)

@@ -1,0 +1,210 @@
+"""Find the text each track is trained with, and say where it came from.
+
+Sources, in order of precedence (the first one with a non-empty text wins):
+
+1. ``metadata.jsonl``: one ``{"path", "duration", "sample_rate", "description"}`` per line,
+   ``path`` relative to the ZIP root. Read from ``--metadata FILE``, else from beside the ZIPs
+   (where a path may also start with the ZIP's name, ``archive_batch_0001.zip/x.mp3``), else
+   from inside the ZIP;
+2. ``metadata.json``: a list of ``{"audio", "text"}`` (beside the ZIPs or inside one);
+3. an audiocraft-style sidecar ``<track>.json`` next to the audio (``description``, with
+   ``genre``, ``moods``, ``instrument``, ``bpm`` and ``key`` folded into the text);
+4. a ``<track>.txt`` next to the audio;
+5. ``--default-description`` (a trigger word, for example) for everything else.
+
+``Catalog.lookup`` also counts how many tracks got their text from each source, so a user whose
+``metadata.jsonl`` paths do not match the ZIP sees it in the summary instead of training on
+the default text by accident.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterable
+
+from nbutils.archive import normalize
+from nbutils.errors import UserError
+
+JSONL, JSON, SIDECAR, TXT, DEFAULT, NONE = "metadata.jsonl", "metadata.json", "sidecar", "txt", "default", "none"
+SOURCES = (JSONL, JSON, SIDECAR, TXT, DEFAULT, NONE)
+TEXT_KEYS = ("description", "text", "caption", "prompt")  # the first present is the main text
+FOLDED = (("genre", "Genre"), ("moods", "Moods"), ("instrument", "Instrument"), ("bpm", "{} bpm"), ("key", "Key"))
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(v).strip() for v in value if str(v).strip())
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value).strip() if value is not None else ""
+
+
+def fold(record: dict[str, Any]) -> str:
+    """One text from a record: its description plus genre / moods / instrument / bpm / key.
+
+    >>> fold({"description": "lofi beat", "genre": "hip hop", "moods": ["calm", "warm"], "bpm": 85.0})
+    'lofi beat. Genre: hip hop. Moods: calm, warm. 85 bpm'
+    """
+    main = next((_value(record[k]) for k in TEXT_KEYS if _value(record.get(k))), "")
+    parts = [main.rstrip(".")] if main else []
+    for key, label in FOLDED:
+        value = _value(record.get(key))
+        if value:
+            parts.append(label.format(value) if "{}" in label else f"{label}: {value}")
+    return ". ".join(parts)
+
+
+def parse_jsonl(text: str) -> tuple[dict[str, str], int]:
+    """``{path: text}`` from metadata.jsonl content, and the number of unusable lines."""
+    found, bad = {}, 0
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            path = record["path"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            bad += 1
+            continue
+        found[normalize(str(path))] = fold(record)
+    return found, bad
+
+
+def parse_json_list(text: str) -> tuple[dict[str, str], int]:
+    """``{path: text}`` from a metadata.json list of ``{"audio", "text"}``, and the bad items."""
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError:
+        return {}, 1
+    if isinstance(items, dict):  # {"data": [...]} / {"items": [...]} wrappers are common
+        items = next((v for v in items.values() if isinstance(v, list)), [])
+    found, bad = {}, 0
+    for item in items if isinstance(items, list) else []:
+        path = (item.get("audio") or item.get("path")) if isinstance(item, dict) else None
+        if not path:
+            bad += 1
+            continue
+        found[normalize(str(path))] = fold(item)
+    return found, bad
+
+
+def parse_sidecar(text: str) -> str:
+    """The folded text of an audiocraft-style sidecar ``.json`` ('' if unusable)."""
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError:
+        return ""
+    return fold(record) if isinstance(record, dict) else ""
+
+
+class Outside:
+    """The metadata files beside the ZIPs (or given with ``--metadata``), read once per run."""
+
+    def __init__(self, jsonl: dict[str, str] | None = None, json_list: dict[str, str] | None = None,
+                 files: Iterable[str] = (), bad_lines: int = 0):
+        self.jsonl = jsonl or {}
+        self.json_list = json_list or {}
+        self.files = list(files)
+        self.bad_lines = bad_lines
+
+    @classmethod
+    def load(cls, zips_dir: str | os.PathLike, metadata_file: str | os.PathLike | None = None) -> "Outside":
+        """Read ``metadata_file`` if given (``UserError`` if missing), else the files beside the ZIPs."""
+        if metadata_file:
+            path = Path(metadata_file)
+            if not path.is_file():
+                raise UserError(f"Metadata file {path} does not exist. Fix --metadata (or leave it empty to "
+                                "use metadata.jsonl beside the ZIPs).")
+            candidates = [path]
+        else:
+            candidates = [Path(zips_dir) / JSONL, Path(zips_dir) / JSON]
+        outside = cls()
+        for path in candidates:
+            if not path.is_file():
+                continue
+            text = path.read_text(encoding="utf-8-sig", errors="replace")
+            is_list = path.suffix == ".json" or text.lstrip().startswith("[")
+            found, bad = parse_json_list(text) if is_list else parse_jsonl(text)
+            (outside.json_list if is_list else outside.jsonl).update(found)
+            outside.files.append(str(path))
+            outside.bad_lines += bad
+        return outside
+
+    def __len__(self) -> int:
+        return len(self.jsonl) + len(self.json_list)
+
+
+def _strip_zip_prefix(table: dict[str, str], zip_name: str) -> dict[str, str]:
+    """Entries for this ZIP: paths as given, overridden by ``<zip name or stem>/path`` entries."""
+    stem = zip_name[:-4] if zip_name.lower().endswith(".zip") else zip_name
+    own = dict(table)
+    for prefix in (f"{stem}/", f"{zip_name}/"):
+        own.update({k[len(prefix):]: v for k, v in table.items() if k.startswith(prefix)})
+    return own
+
+
+class Catalog:
+    """Descriptions for the tracks of one ZIP, from every source, with per-source counts."""
+
+    def __init__(self, zip_name: str, outside: Outside, texts: dict[str, str], default: str = ""):
+        """Args:
+            zip_name: File name of the ZIP (``archive_batch_0001.zip``).
+            outside: Metadata beside the ZIPs / from ``--metadata``.
+            texts: ``{normalized path: content}`` of the ZIP's text members.
+            default: The text for tracks no source describes.
+        """
+        self.default = default.strip()
+        self.counts: Counter = Counter()
+        self.bad_lines = 0
+        inner_jsonl: dict[str, str] = {}
+        inner_json: dict[str, str] = {}
+        for path, content in texts.items():
+            base, folder = posixpath.basename(path), posixpath.dirname(path)
+            if base.lower() not in (JSONL, JSON):
+                continue
+            found, bad = (parse_jsonl if base.lower() == JSONL else parse_json_list)(content)
+            self.bad_lines += bad
+            target = inner_jsonl if base.lower() == JSONL else inner_json
+            # Paths are relative to the ZIP root; a metadata file in a subfolder may also use
+            # paths relative to its own folder.
+            for key, text in found.items():
+                target.setdefault(key, text)
+                if folder:
+                    target.setdefault(f"{folder}/{key}", text)
+        self.tables = [
+            (JSONL, _strip_zip_prefix(outside.jsonl, zip_name)),
+            (JSONL, inner_jsonl),
+            (JSON, _strip_zip_prefix(outside.json_list, zip_name)),
+            (JSON, inner_json),
+        ]
+        self.texts = texts
+
+    def _sidecar(self, path: str, suffix: str) -> str:
+        stem = posixpath.splitext(path)[0]
+        content = self.texts.get(stem + suffix)
+        if content is None:
+            return ""
+        return parse_sidecar(content) if suffix == ".json" else " ".join(content.split())
+
+    def find(self, path: str) -> tuple[str, str]:
+        """``(text, source)`` for the audio member at ``path`` (normalized), without counting."""
+        for source, table in self.tables:
+            text = table.get(path, "").strip()
+            if text:
+                return text, source
+        for source, suffix in ((SIDECAR, ".json"), (TXT, ".txt")):
+            text = self._sidecar(path, suffix)
+            if text:
+                return text, source
+        return (self.default, DEFAULT) if self.default else ("", NONE)
+
+    def lookup(self, path: str) -> tuple[str, str]:
+        """``find`` and count the source (call once per track)."""
+        text, source = self.find(path)
+        self.counts[source] += 1
+        return text, source
+

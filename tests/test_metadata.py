@@ -1,0 +1,92 @@
+import json
+import unicodedata
+
+import pytest
+
+from nbutils import metadata
+from nbutils.errors import UserError
+
+
+def _jsonl(*records):
+    return "\n".join(json.dumps(r) for r in records) + "\n"
+
+
+def test_fold_puts_audiocraft_fields_into_the_text():
+    record = {"description": "lofi beat.", "genre": "hip hop", "moods": ["calm", "warm"],
+              "instrument": "piano", "bpm": 85.0, "key": "A minor", "title": "ignored"}
+    assert metadata.fold(record) == "lofi beat. Genre: hip hop. Moods: calm, warm. Instrument: piano. 85 bpm. Key: A minor"
+    assert metadata.fold({"genre": "jazz"}) == "Genre: jazz"  # no description: the fields alone
+    assert metadata.fold({"text": "from text"}) == "from text"
+    assert metadata.fold({"description": " ", "moods": []}) == ""
+
+
+def test_each_source_and_the_precedence_between_them(tmp_path):
+    (tmp_path / "metadata.jsonl").write_text(_jsonl(
+        {"path": "all.wav", "description": "outside jsonl"},
+        {"path": "batch.zip/prefixed.wav", "description": "outside jsonl, with the zip name"},
+        {"path": "blank.wav", "description": ""},
+    ))
+    (tmp_path / "metadata.json").write_text(json.dumps([{"audio": "json.wav", "text": "outside json"}]))
+    outside = metadata.Outside.load(tmp_path)
+    texts = {
+        "metadata.jsonl": _jsonl({"path": "all.wav", "description": "inside jsonl (loses)"},
+                                 {"path": "inner.wav", "description": "inside jsonl"}),
+        "sub/metadata.json": json.dumps([{"audio": "rel.wav", "text": "relative to its folder"}]),
+        "all.json": json.dumps({"description": "sidecar (loses)"}),
+        "side.json": json.dumps({"description": "sidecar", "bpm": 90}),
+        "side.txt": "txt (loses)",
+        "t/note.txt": "  a\n txt   file ",
+        "blank.txt": "blank falls through to txt",
+        "bad.json": "{broken",
+        "bad.txt": "txt after a broken sidecar",
+    }
+    catalog = metadata.Catalog("batch.zip", outside, texts, default="trigger")
+    expect = {
+        "all.wav": ("outside jsonl", "metadata.jsonl"),
+        "prefixed.wav": ("outside jsonl, with the zip name", "metadata.jsonl"),
+        "inner.wav": ("inside jsonl", "metadata.jsonl"),
+        "json.wav": ("outside json", "metadata.json"),
+        "sub/rel.wav": ("relative to its folder", "metadata.json"),
+        "side.wav": ("sidecar. 90 bpm", "sidecar"),
+        "t/note.wav": ("a txt file", "txt"),
+        "blank.wav": ("blank falls through to txt", "txt"),
+        "bad.wav": ("txt after a broken sidecar", "txt"),
+        "other.wav": ("trigger", "default"),
+    }
+    for path, want in expect.items():
+        assert catalog.lookup(path) == want, path
+    assert catalog.counts == {"metadata.jsonl": 3, "metadata.json": 2, "sidecar": 1, "txt": 3, "default": 1}
+    assert metadata.Catalog("batch.zip", outside, {}, default="").find("x.wav") == ("", "none")
+
+
+def test_prefix_of_another_zip_does_not_leak(tmp_path):
+    (tmp_path / "metadata.jsonl").write_text(_jsonl({"path": "other_batch/x.wav", "description": "theirs"}))
+    catalog = metadata.Catalog("batch_0001.zip", metadata.Outside.load(tmp_path), {}, default="mine")
+    assert catalog.lookup("x.wav") == ("mine", "default")
+    catalog = metadata.Catalog("other_batch.zip", metadata.Outside.load(tmp_path), {}, default="mine")
+    assert catalog.lookup("x.wav") == ("theirs", "metadata.jsonl")
+
+
+def test_paths_match_across_unicode_forms_and_separators(tmp_path):
+    nfd = unicodedata.normalize("NFD", "Café/été.wav")
+    (tmp_path / "metadata.jsonl").write_text(_jsonl({"path": nfd, "description": "accents"},
+                                                    {"path": ".\\win\\a.wav", "description": "windows"}))
+    catalog = metadata.Catalog("b.zip", metadata.Outside.load(tmp_path), {})
+    assert catalog.lookup("Café/été.wav") == ("accents", "metadata.jsonl")
+    assert catalog.lookup("win/a.wav") == ("windows", "metadata.jsonl")
+
+
+def test_bad_lines_are_counted_not_fatal(tmp_path):
+    (tmp_path / "metadata.jsonl").write_text('{"path": "a.wav", "description": "ok"}\n{oops\n{"no_path": 1}\n\n')
+    outside = metadata.Outside.load(tmp_path)
+    assert outside.jsonl == {"a.wav": "ok"} and outside.bad_lines == 2
+
+
+def test_explicit_metadata_file_wins_and_must_exist(tmp_path):
+    (tmp_path / "metadata.jsonl").write_text(_jsonl({"path": "a.wav", "description": "beside"}))
+    mine = tmp_path / "mine.json"
+    mine.write_text(json.dumps({"items": [{"audio": "a.wav", "text": "explicit"}]}))
+    outside = metadata.Outside.load(tmp_path, mine)
+    assert metadata.Catalog("b.zip", outside, {}).lookup("a.wav") == ("explicit", "metadata.json")
+    with pytest.raises(UserError, match="does not exist"):
+        metadata.Outside.load(tmp_path, tmp_path / "missing.jsonl")

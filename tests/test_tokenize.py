@@ -1,0 +1,430 @@
+"""The tokenize stage end to end: real ZIPs, real decoding, the tiny model's real EnCodec."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REPO, last_json, run_cli
+from nbutils import audio, cli, ledger, models, shards, tokenize
+from nbutils.errors import UserError
+import _tokenize_helpers as h
+
+KEPT_SECONDS = {  # seconds of each ok track of the "everything" batch that end up in the shard
+    "chords_44k_stereo.wav": 3.0, "Folder A/arpeggio_48k_24bit.flac": 2.5, "mp3s/percussion_22k_stereo.mp3": 4.0,
+    "vorbis/chords_16k.ogg": 2.0, "float/arp_96k_float.wav": 1.5, "long/several_minutes_8k_u8.wav": h.LONG_SECONDS,
+    "Björk – Jóga/日本の歌.wav": 2.0, "nfd/Café del Mar.flac": 2.0, "a/song.wav": 2.0, "b/song.wav": 2.0,
+    "tail/thirty_two_seconds.wav": 30.0,  # its 2 s tail is below min_tail_seconds
+}
+CONTRACT_KEYS = {"zips_done", "zips_skipped", "zips_failed", "files_ok", "files_failed", "files_skipped",
+                 "segments", "audio_seconds", "frames"}
+
+
+def _run(zips, out, scratch, **kwargs):
+    cfg = tokenize.TokenizeConfig(zips=str(zips), out=str(out), model=kwargs.pop("model", "tiny"),
+                                  scratch=str(scratch), progress=False, **kwargs)
+    return tokenize.run(cfg)
+
+
+# ---------------------------------------------------------------------------------------------
+# The batch with everything in it (tokenized once for this module)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def everything(tmp_path_factory):
+    root = tmp_path_factory.mktemp("everything")
+    zips = root / "zips"
+    zips.mkdir()
+    h.everything_zip(zips)
+    h.truncate(h.small_zip(zips, "batch_truncated.zip"))
+    summary = _run(zips, root / "tokens", root / "scratch", default_description="trigger word")
+    return root, summary
+
+
+def test_counts_and_reasons(everything):
+    root, s = everything
+    expected = h.EVERYTHING
+    assert s["files_ok"] == sum(v == "ok" for v in expected.values()) == 11
+    assert s["files_failed"] == sum(v == "failed" for v in expected.values()) == 7
+    assert s["files_skipped"] == sum(v == "skipped" for v in expected.values()) == 2
+    assert s["entries_ignored"] == len(h.JUNK)
+    assert (s["zips_found"], s["zips_done"], s["zips_failed"], s["zips_skipped"]) == (2, 1, 1, 0)
+    reasons = {(f["zip"], f["path"]): f["reason"] for f in s["failures"]}
+    assert reasons[("batch_truncated.zip", "")].startswith("corrupt or truncated ZIP")
+    zip_reasons = {path: r for (z, path), r in reasons.items() if z == "batch_everything.zip"}
+    assert zip_reasons == {
+        "../evil.wav": "refused: '..' in the path (zip-slip)",
+        "/tmp/abs_evil.wav": "refused: absolute path (zip-slip)",
+        "broken.wav": "unreadable audio (Error in WAV file. No 'data' chunk marker.)",
+        "crc_bad.flac": "corrupt in ZIP (BadZipFile: Bad CRC-32 for file 'crc_bad.flac')",
+        "liar.wav": zip_reasons["liar.wav"],
+        "empty.wav": "empty file (0 bytes)",
+        "header_only.wav": "no audio frames (the file holds only a header)",
+    }
+    assert "more data than its declared" in zip_reasons["liar.wav"] and "zip-bomb" in zip_reasons["liar.wav"]
+    record = ledger.latest(root / "tokens")["batch_everything.zip"]
+    assert {f["path"]: f["reason"] for f in record["skipped"]} == {
+        "blip.wav": "too short (0.30 s < 1 s)", "silence.flac": "silent (peak below -60 dBFS)"}
+    # dropped audio is reported, not silent: the 32 s track's 2 s tail, the silent file
+    assert s["tail_seconds_dropped"] == pytest.approx(2.0, abs=0.01)
+    assert s["silent_segments"] == 1 and s["silent_seconds"] == pytest.approx(3.0, abs=0.01)
+    assert ledger.latest(root / "tokens")["batch_truncated.zip"]["status"] == "failed"
+
+
+def test_shard_index_codes_and_descriptions(everything):
+    root, s = everything
+    shard = shards.open_shard(root / "tokens" / "shards" / "batch_everything.json", verify=True)
+    assert isinstance(shard.codes, np.memmap) and shard.codes.shape == (s["frames"], 4)
+    meta = shard.meta
+    assert (meta["model"], meta["codec"], meta["sample_rate"], meta["frame_rate"]) == ("tiny", "tiny", 32000, 50)
+    assert (meta["num_codebooks"], meta["audio_channels"], meta["zip"]) == (4, 1, "batch_everything.zip")
+    assert meta["segment_seconds"] == 30.0 and meta["config_hash"]
+    ok = [p for p, v in h.EVERYTHING.items() if v == "ok"]
+    assert sorted({seg.path for seg in shard.segments}) == sorted(ok)  # unicode names repaired, NFC
+    by_track = {}
+    for seg in shard.segments:
+        assert seg.track == f"batch_everything.zip/{seg.path}"
+        by_track.setdefault(seg.path, []).append(seg)
+    long = by_track["long/several_minutes_8k_u8.wav"]
+    assert [seg.start for seg in long] == [0, 30, 60, 90, 120, 150, 180]
+    assert [seg.frames for seg in long] == [1500] * 6 + [1000]
+    assert [seg.frames for seg in by_track["tail/thirty_two_seconds.wav"]] == [1500]  # 2 s tail dropped
+    for path, seconds in KEPT_SECONDS.items():  # frames ~ duration x 50, within a frame per segment
+        segs = by_track[path]
+        assert abs(sum(seg.frames for seg in segs) - seconds * 50) <= len(segs), path
+    assert by_track["chords_44k_stereo.wav"][0].frames == 150  # 3 s
+    assert by_track["Folder A/arpeggio_48k_24bit.flac"][0].frames == 125  # 2.5 s
+    sources = {p: segs[0].source for p, segs in by_track.items()}
+    assert {p: sources[p] for p in h.DESCRIPTIONS} == h.DESCRIPTIONS
+    assert {sources[p] for p in ok if p not in h.DESCRIPTIONS} == {"default"}
+    assert by_track["vorbis/chords_16k.ogg"][0].description == "trigger word"
+    assert s["description_sources"] == {"metadata.jsonl": 2, "metadata.json": 1, "sidecar": 1, "txt": 1,
+                                        "default": 6}
+    # every segment holds what the codec gives for that segment (batch size 1, the CPU default)
+    from nbutils import archive
+    from nbutils.encoder import Encoder
+
+    encoder = Encoder(*models.load_codec("tiny"), device="cpu")
+    with archive.open_zip(root / "zips" / "batch_everything.zip") as zf:
+        members = {e.path: e.info for e in archive.scan(zf)}
+        for path in (p for p in KEPT_SECONDS if not p.startswith("long/")):
+            (root / "check").write_bytes(zf.read(members[path]))
+            pieces = list(audio.iter_segments(root / "check", audio.TrackReport()))
+            stored = [i for i, seg in enumerate(shard.segments) if seg.path == path]
+            assert len(pieces) == len(stored), path
+            for piece, i in zip(pieces, stored):
+                np.testing.assert_array_equal(shard.segment_codes(i), encoder.encode([piece.audio])[0], err_msg=path)
+    (root / "check").unlink()
+
+
+def test_nothing_outside_scratch_and_scratch_is_empty(everything):
+    root, _ = everything
+    assert list((root / "scratch").iterdir()) == []
+    written = h.files_under(root)
+    allowed = {"zips/", "tokens/shards/batch_everything.", "tokens/ledger.jsonl", "tokens/tokenize_config.json"}
+    assert all(any(f.startswith(a) for a in allowed) for f in written), written
+    assert not Path("/tmp/abs_evil.wav").exists() and not (root / "evil.wav").exists()
+
+
+def test_second_run_does_nothing_and_does_not_load_the_model(everything, monkeypatch):
+    root, _ = everything
+    before = h.snapshot(root / "tokens")
+    monkeypatch.setattr(models, "load_codec", lambda *a, **k: pytest.fail("the model was loaded"))
+    s = _run(root / "zips", root / "tokens", root / "scratch", default_description="trigger word")
+    assert (s["zips_done"], s["zips_skipped"], s["zips_failed"], s["zips_failed_before"]) == (0, 2, 0, 1)
+    assert s["files_ok"] == s["files_failed"] == s["segments"] == 0
+    assert h.snapshot(root / "tokens") == before
+
+
+def test_summary_table_lists_zips_and_reasons(everything):
+    root, _ = everything
+    text = tokenize.table(root / "tokens")
+    assert "batch_everything.zip" in text and "batch_truncated.zip" in text
+    assert "batch_truncated.zip: ZIP failed: corrupt or truncated ZIP" in text
+    assert "batch_everything.zip/empty.wav: failed: empty file (0 bytes)" in text
+    assert "batch_everything.zip/blip.wav: skipped: too short" in text
+    assert tokenize.table(root / "nothing-here").startswith("No ZIP tokenized yet")
+
+
+# ---------------------------------------------------------------------------------------------
+# Small batches: settings, test mode, retries, models
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """Three quick ZIPs (one with a unicode name), and an uninterrupted run of them as reference."""
+    root = tmp_path_factory.mktemp("small")
+    zips = root / "zips"
+    for i, name in enumerate(["batch_0001.zip", "batch_0002.zip", "Sommer – Mix.zip"]):
+        h.small_zip(zips, name, n=3, seconds=1.5, seed=10 * i)
+    (zips / "metadata.jsonl").write_text(json.dumps({"path": "batch_0001/track_00.wav", "description": "first"}))
+    reference = root / "reference"
+    summary = _run(zips, reference, root / "scratch")
+    assert summary["zips_done"] == 3
+    return zips, h.snapshot(reference), reference
+
+
+def test_limit_keeps_nothing_and_reports_throughput_and_eta(small, tmp_path, capsys):
+    zips, reference, _ = small
+    s = _run(zips, tmp_path / "tokens", tmp_path / "scratch", limit=4)
+    assert s["files_ok"] == 4 and s["zips_done"] == 0 and s["limit"] == 4
+    assert s["files_per_s"] > 0 and s["audio_seconds_per_s"] > 0
+    assert s["files_remaining"] == 9 and s["eta_seconds"] > 0
+    assert "ETA for all 9 audio files" in capsys.readouterr().out
+    assert not (tmp_path / "tokens").exists() and list((tmp_path / "scratch").iterdir()) == []
+    full = _run(zips, tmp_path / "tokens", tmp_path / "scratch")
+    assert full["zips_done"] == 3 and h.snapshot(tmp_path / "tokens") == reference
+
+
+def test_limit_in_a_folder_with_finished_zips_leaves_them_alone(small, tmp_path):
+    zips, reference, finished = small
+    shutil.copytree(finished, tmp_path / "tokens")
+    s = _run(zips, tmp_path / "tokens", tmp_path / "scratch", limit=2)
+    assert s["zips_skipped"] == 3 and s["files_ok"] == 0 and h.snapshot(tmp_path / "tokens") == reference
+
+
+def test_other_codec_settings_are_refused_with_what_differs(small, tmp_path):
+    zips, _, finished = small
+    shutil.copytree(finished, tmp_path / "tokens")
+    with pytest.raises(UserError) as err:
+        _run(zips, tmp_path / "tokens", tmp_path / "scratch", segment_seconds=10)
+    assert "segment_seconds: 30.0 -> 10.0" in str(err.value) and "--out" in str(err.value)
+    with pytest.raises(UserError, match="model: 'tiny' -> 'tiny-stereo'"):
+        _run(zips, tmp_path / "tokens", tmp_path / "scratch", model="tiny-stereo")
+    s = _run(zips, tmp_path / "tokens", tmp_path / "scratch", default_description="new text")
+    assert s["zips_done"] == 0 and "Description settings changed" in s["warnings"][0]
+    (tmp_path / "tokens" / tokenize.SETTINGS_FILE).unlink()  # the shards still say how they were made
+    with pytest.raises(UserError, match="segment_seconds"):
+        _run(zips, tmp_path / "tokens", tmp_path / "scratch", segment_seconds=10)
+
+
+def test_failed_zip_is_skipped_while_unchanged_then_retried(tmp_path):
+    zips = tmp_path / "zips"
+    h.small_zip(zips, "good.zip", n=2, seconds=1.2)
+    broken = h.truncate(h.small_zip(zips, "broken.zip", n=2, seconds=1.2))
+    first = _run(zips, tmp_path / "tokens", tmp_path / "scratch")
+    assert (first["zips_done"], first["zips_failed"]) == (1, 1)
+    again = _run(zips, tmp_path / "tokens", tmp_path / "scratch")
+    assert (again["zips_done"], again["zips_failed"], again["zips_skipped"]) == (0, 0, 2)
+    forced = _run(zips, tmp_path / "tokens", tmp_path / "scratch", retry_failed=True)
+    assert (forced["zips_done"], forced["zips_failed"]) == (0, 1)
+    h.small_zip(zips, "broken.zip", n=2, seconds=1.2)  # the user replaces it with a good copy
+    assert broken.stat().st_size != 0
+    fixed = _run(zips, tmp_path / "tokens", tmp_path / "scratch")
+    assert (fixed["zips_done"], fixed["zips_skipped"]) == (1, 1)
+
+
+def test_an_unreadable_zip_fails_for_now_and_is_retried(tmp_path):
+    zips = tmp_path / "zips"
+    h.small_zip(zips, "good.zip", n=1, seconds=1.2)
+    (zips / "odd.zip").mkdir()  # an I/O error, not a corrupt ZIP: worth another try next run
+    first = _run(zips, tmp_path / "tokens", tmp_path / "scratch")
+    assert (first["zips_done"], first["zips_failed"]) == (1, 1)
+    assert first["failures"][0]["reason"].startswith("could not read the ZIP (IsADirectoryError")
+    again = _run(zips, tmp_path / "tokens", tmp_path / "scratch")
+    assert (again["zips_failed"], again["zips_skipped"]) == (1, 1)
+    assert list((tmp_path / "scratch").iterdir()) == []
+
+
+def test_a_replaced_zip_is_encoded_again(tmp_path):
+    zips = tmp_path / "zips"
+    h.small_zip(zips, "a.zip", n=2, seconds=1.2)
+    _run(zips, tmp_path / "tokens", tmp_path / "scratch")
+    h.small_zip(zips, "a.zip", n=3, seconds=1.2)  # new content, same name
+    s = _run(zips, tmp_path / "tokens", tmp_path / "scratch")
+    assert s["zips_done"] == 1 and s["files_ok"] == 3
+    assert len(shards.open_shard(tmp_path / "tokens" / "shards" / "a.json").segments) == 3
+
+
+def test_stereo_model_interleaves_left_and_right(tmp_path):
+    zips = tmp_path / "zips"
+    left, right = h.synth.track("arpeggio", 2.0, 48_000, 1), h.synth.track("percussion", 2.0, 48_000, 2)
+    h.write_zip(zips / "st.zip", [("lr.flac", h.encode_audio(np.stack([left, right], 1), 48_000, "flac")),
+                                  ("mono.wav", h.tone(1.5, 32_000))])
+    s = _run(zips, tmp_path / "tokens", tmp_path / "scratch", model="tiny-stereo")
+    assert s["files_ok"] == 2
+    shard = shards.open_shard(tmp_path / "tokens" / "shards" / "st.json")
+    assert shard.meta["num_codebooks"] == 8 and shard.meta["audio_channels"] == 2
+    import torch
+
+    codec, _ = models.load_codec("tiny-stereo")
+    wav = tmp_path / "lr.flac"
+    wav.write_bytes(h.encode_audio(np.stack([left, right], 1), 48_000, "flac"))
+    decoded = torch.from_numpy(audio.load(wav, channels=2))
+    with torch.inference_mode():  # L and R as a batch of two mono signals, as transformers does
+        expected = codec.encode(decoded[:, None]).audio_codes[0].numpy()
+    codes = shard.segment_codes(0)
+    assert codes.shape == (100, 8)
+    np.testing.assert_array_equal(codes[:, 0::2], expected[0].T)
+    np.testing.assert_array_equal(codes[:, 1::2], expected[1].T)
+    assert (shard.segment_codes(1)[:, 0::2] == shard.segment_codes(1)[:, 1::2]).all()  # mono -> L = R
+
+
+def test_batches_end_to_end_map_each_segment_to_its_codes(tmp_path):
+    """batch_size 2 with equal-length tracks: the shard holds exactly the codes of those batches."""
+    from nbutils.encoder import Encoder
+
+    zips = tmp_path / "zips"
+    names = [f"t{i}.wav" for i in range(3)]
+    members = [(name, h.tone(2.0, 44_100, "wav", 1, style, i)) for i, (name, style) in enumerate(zip(names, h.synth.STYLES))]
+    h.write_zip(zips / "eq.zip", members)
+    _run(zips, tmp_path / "tokens", tmp_path / "scratch", batch_size=2)
+    shard = shards.open_shard(tmp_path / "tokens" / "shards" / "eq.json", verify=True)
+    assert [seg.path for seg in shard.segments] == names
+    waves = []
+    for name, data in members:
+        (tmp_path / name).write_bytes(data)
+        waves.append(audio.load(tmp_path / name))
+    encoder = Encoder(*models.load_codec("tiny"), device="cpu")
+    expected = encoder.encode(waves[:2]) + encoder.encode(waves[2:])  # the batches the run made
+    for i, codes in enumerate(expected):
+        np.testing.assert_array_equal(shard.segment_codes(i), codes)
+
+
+def test_local_save_pretrained_model_gives_the_same_codes(small, tiny_dir, tmp_path):
+    zips, reference, _ = small
+    _run(zips, tmp_path / "tokens", tmp_path / "scratch", model=str(tiny_dir))
+    shard = shards.open_shard(tmp_path / "tokens" / "shards" / "batch_0001.json")
+    assert shard.meta["codec"] == str(tiny_dir)
+    with open(tmp_path / "ref.npy", "wb") as fh:
+        fh.write(reference["batch_0001.npy"])
+    np.testing.assert_array_equal(shard.codes, np.load(tmp_path / "ref.npy"))
+
+
+def test_wandb_gets_per_zip_figures(small, tmp_path):
+    import wandb
+
+    zips, _, _ = small
+    run = wandb.init(mode="offline", dir=str(tmp_path), project="tokenize-test")
+    try:
+        _run(zips, tmp_path / "tokens", tmp_path / "scratch")
+        assert run.summary["tokenize/zips_processed"] == 3
+        assert run.summary["tokenize/files_ok"] == 3
+    finally:
+        run.finish()
+
+
+def test_missing_inputs_are_user_errors(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        _run(tmp_path / "nope", tmp_path / "tokens", tmp_path / "scratch")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="No .zip files"):
+        _run(tmp_path / "empty", tmp_path / "tokens", tmp_path / "scratch")
+    with pytest.raises(UserError, match="min_seconds"):
+        tokenize.TokenizeConfig(segment_seconds=5, min_seconds=6)
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line contract and crash safety (real processes, real SIGKILL)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_cli_contract_and_second_run(small, tmp_path, capsys):
+    zips, reference, _ = small
+    args = ("tokenize", "--zips", str(zips), "--out", str(tmp_path / "tokens"), "--model", "tiny",
+            "--scratch", str(tmp_path / "scratch"))
+    first = last_json(run_cli(*args).stdout)
+    assert CONTRACT_KEYS <= set(first) and first["zips_done"] == 3 and first["files_ok"] == 9
+    assert first["frames"] == sum(sh.meta["frames"] for sh in shards.open_all(tmp_path / "tokens"))
+    assert h.snapshot(tmp_path / "tokens") == reference
+    second = last_json(run_cli(*args).stdout)
+    assert (second["zips_done"], second["zips_skipped"], second["files_ok"]) == (0, 3, 0)
+    # a UserError exits with code 2 and one readable line, no traceback (in-process: same code path)
+    assert cli.main([*args, "--segment-seconds", "10"]) == 2
+    err = capsys.readouterr().err
+    assert "segment_seconds: 30.0 -> 10.0" in err and "Traceback" not in err
+
+
+def _spawn(zips, out, scratch, kill_at=None):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("NBUTILS_KILL_AT", None)
+    if kill_at:
+        env["NBUTILS_KILL_AT"] = kill_at
+    return subprocess.Popen(
+        [sys.executable, "-m", "nbutils", "tokenize", "--zips", str(zips), "--out", str(out), "--model", "tiny",
+         "--scratch", str(scratch), "--no-progress"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def _done_zips(zips, tokens):
+    """The ZIPs a run would skip as done (the run's own criterion)."""
+    config_hash = tokenize.settings_hash(tokenize.code_settings(tokenize.TokenizeConfig(model="tiny")))
+    latest = ledger.latest(tokens)
+    return sorted(p.name for p in zips.glob("*.zip") if ledger.is_done(latest.get(p.name), tokens, p, config_hash))
+
+
+def _finish_and_compare(zips, tokens, scratch, reference, expect_done):
+    s = _run(zips, tokens, scratch)
+    assert s["zips_done"] == expect_done and s["zips_failed"] == 0
+    assert h.snapshot(tokens) == reference  # same shards, byte for byte, and the same done set
+    assert not [p for p in (tokens / "shards").iterdir() if p.name.startswith(".")]  # no temp files left
+    assert list(scratch.iterdir()) == []  # the killed run's scratch is gone too
+
+
+@pytest.mark.parametrize("point, done_before_kill", [
+    ("mid-npy:2", 1), ("after-npy:2", 1), ("before-ledger:2", 1), ("mid-ledger:3", 2),
+])
+def test_sigkill_at_named_points_then_rerun_equals_uninterrupted(small, tmp_path, point, done_before_kill):
+    zips, reference, _ = small
+    tokens, scratch = tmp_path / "tokens", tmp_path / "scratch"
+    proc = _spawn(zips, tokens, scratch, kill_at=point)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == -signal.SIGKILL, err
+    assert _done_zips(zips, tokens) == sorted(p.name for p in zips.glob("*.zip"))[:done_before_kill]
+    assert list(scratch.iterdir())  # the kill left its scratch behind: the next run must clean it
+    _finish_and_compare(zips, tokens, scratch, reference, expect_done=3 - done_before_kill)
+
+
+def test_sigkill_at_an_arbitrary_moment_then_rerun_equals_uninterrupted(small, tmp_path):
+    """No hook: kill as soon as the first ZIP's ledger line appears, wherever the run is then."""
+    zips, reference, _ = small
+    tokens, scratch = tmp_path / "tokens", tmp_path / "scratch"
+    proc = _spawn(zips, tokens, scratch)
+    deadline = time.monotonic() + 120
+    while not ledger.path_of(tokens).exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    done = _done_zips(zips, tokens)
+    assert 1 <= len(done) < 3
+    _finish_and_compare(zips, tokens, scratch, reference, expect_done=3 - len(done))
+
+
+# ---------------------------------------------------------------------------------------------
+# Notebook 01, executed headlessly
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_notebook_01_runs_headlessly(small, tmp_path, monkeypatch):
+    import nbformat
+
+    from nbutils import colab, notebooks
+
+    zips, reference, _ = small
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))  # the kernel's local scratch
+    (tmp_path / "tmp").mkdir()
+    root = tmp_path / "project"
+    colab.create_project(root, model="tiny")
+    params = {"PROJECT_ROOT": str(root), "MODEL": "tiny", "ZIP_DIR": str(zips), "SEGMENT_SECONDS": 30,
+              "DEFAULT_DESCRIPTION": "", "TEST_TRACKS": 2}
+    path = notebooks.notebook_path("01_tokenize")
+    executed = notebooks.execute(path, tmp_path / "run1.ipynb", params, cwd=tmp_path)
+    text = notebooks.outputs_text(nbformat.read(str(executed), as_version=4))
+    assert "Test mode (2 tracks)" in text and "ETA for all 9 audio files" in text
+    assert "Done 3 ZIPs" in text and "batch_0002.zip" in text and "status" in text
+    assert h.snapshot(root / "tokens") == reference
+    again = _run(zips, root / "tokens", tmp_path / "scratch")  # what re-running cell 4 does
+    assert (again["zips_done"], again["zips_skipped"]) == (0, 3)
+    assert h.files_under(tmp_path / "tmp" / "nbutils-scratch") == []
