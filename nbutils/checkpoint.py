@@ -18,14 +18,12 @@ import os
 import random
 import re
 import shutil
-import signal
-import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from nbutils import atomic
+from nbutils import atomic, faults
 from nbutils.errors import UserError
 
 LATEST = "latest.pt"
@@ -33,23 +31,6 @@ CHECKPOINTS = "checkpoints"
 STATE = "state.pt"
 FORMAT = "nbutils-train/1"
 _STEP_DIR = re.compile(r"^step-(\d{6,})$")
-CRASH_ENV = "NBUTILS_CRASH_AT"
-
-
-def crash_point(name: str, step: int) -> None:
-    """Fault injection for the resume tests: ``NBUTILS_CRASH_AT=name:step`` stops the process here.
-
-    Names starting with ``interrupt`` raise KeyboardInterrupt (Colab's stop button); any other
-    name sends SIGKILL to this process (a runtime that dies). Unset in normal use: one dict lookup.
-    """
-    wanted = os.environ.get(CRASH_ENV)
-    if not wanted or wanted != f"{name}:{step}":
-        return
-    if name.startswith("interrupt"):
-        raise KeyboardInterrupt
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.kill(os.getpid(), signal.SIGKILL)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -131,12 +112,12 @@ def save(out: str | os.PathLike, state: dict[str, Any], write_adapter: Callable[
     latest = out / LATEST
     with atomic.atomic_path(latest) as tmp:
         torch.save(state, tmp)
-        crash_point("latest-written", step)  # killed here: the previous latest.pt is untouched
+        faults.point("latest-written", step=step)  # killed here: the previous latest.pt is untouched
     if keep > 0:
         with atomic.atomic_dir(step_dir(out, step)) as tmp:
             write_adapter(tmp)
             torch.save(state, tmp / STATE)
-            crash_point("checkpoint-dir", step)  # killed here: a stale temp folder, removed on resume
+            faults.point("checkpoint-dir", step=step)  # killed here: a stale temp folder, removed on resume
     prune(out, keep)  # only now: the new checkpoint is complete
     return latest
 

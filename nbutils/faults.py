@@ -1,4 +1,4 @@
-"""Fault injection for the crash tests: ``NBUTILS_KILL_AT=<point>[:<n>]`` SIGKILLs this process.
+"""Fault injection for the crash tests: ``NBUTILS_KILL_AT=<point>[:<n>]`` stops this process.
 
 The tests must prove that a run killed at any moment leaves nothing that reads as done. Some
 moments are too short to hit from outside (between writing a shard's ``.npy`` and its
@@ -6,10 +6,17 @@ moments are too short to hit from outside (between writing a shard's ``.npy`` an
 kills itself the ``n``-th time (default: first) it reaches that point. Unset, every call is a
 dictionary lookup and nothing else.
 
-Points: ``mid-npy`` (half the shard's codes written to the temporary file), ``after-npy``
-(codes renamed into place, index not yet written), ``before-ledger`` (shard committed, ledger
-line not written), ``mid-ledger`` (half a ledger line written). Kills at arbitrary moments
-need no hook: the tests send SIGKILL from outside.
+Tokenization points (``n`` = the n-th time the point is reached): ``mid-npy`` (half the
+shard's codes written to the temporary file), ``after-npy`` (codes renamed into place, index not
+yet written), ``before-ledger`` (shard committed, ledger line not written), ``mid-ledger`` (half
+a ledger line written).
+
+Training points (``n`` = the optimizer step): ``micro`` (inside a step, between micro-batches),
+``step`` (after a step, before its checkpoint), ``latest-written`` (latest.pt replaced, step
+folder not yet), ``checkpoint-dir`` (step folder half written). Points whose name starts with
+``interrupt`` raise ``KeyboardInterrupt`` instead (Colab's stop button) so the tests can check
+the save-on-stop path. Kills at arbitrary moments need no hook: the tests send SIGKILL from
+outside.
 """
 
 from __future__ import annotations
@@ -24,14 +31,22 @@ ENV = "NBUTILS_KILL_AT"
 _hits: Counter = Counter()
 
 
-def armed(point: str) -> bool:
-    """True when this call of ``point`` is the one ``NBUTILS_KILL_AT`` asks to die at."""
+def armed(point: str, step: int | None = None) -> bool:
+    """True when this call of ``point`` is the one ``NBUTILS_KILL_AT`` asks to stop at.
+
+    Args:
+        point: The point's name.
+        step: For points counted by training step: this call's step (matched against ``n``).
+            Without it, ``n`` counts the calls of ``point`` in this process.
+    """
     spec = os.environ.get(ENV)
     if not spec:
         return False
     name, _, nth = spec.partition(":")
     if name != point:
         return False
+    if step is not None:
+        return int(nth or 0) == step
     _hits[point] += 1
     return _hits[point] == int(nth or 1)
 
@@ -55,7 +70,9 @@ def kill(torn: BinaryIO | None = None, since: int = 0) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def point(name: str, torn: BinaryIO | None = None) -> None:
-    """Die here if ``NBUTILS_KILL_AT`` names this point (see the module docstring)."""
-    if armed(name):
+def point(name: str, torn: BinaryIO | None = None, *, step: int | None = None) -> None:
+    """Stop here if ``NBUTILS_KILL_AT`` names this point (see the module docstring)."""
+    if armed(name, step):
+        if name.startswith("interrupt"):
+            raise KeyboardInterrupt
         kill(torn)

@@ -10,7 +10,6 @@ injected as a new cell (tagged ``injected-parameters``) right after the cell tag
 from __future__ import annotations
 
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any, Iterable

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from nbutils import atomic, checkpoint, config, lora, models, tracking
+from nbutils import atomic, checkpoint, config, faults, lora, models, tracking
 from nbutils import dataset as data
 from nbutils.config import option
 from nbutils.errors import UserError
@@ -461,8 +461,8 @@ class Trainer:
                 loss, codebooks = L.mean_loss(*L.codebook_ce(logits, batch.labels, self.pad_id))
                 acc.backward(loss / len(micro))
             per_codebook += codebooks.detach() / len(micro)
-            checkpoint.crash_point("micro", self.step + 1)
-            checkpoint.crash_point("interrupt", self.step + 1)
+            faults.point("micro", step=self.step + 1)
+            faults.point("interrupt", step=self.step + 1)
         params = [p for p in self.model.parameters() if p.requires_grad]
         if self.cfg.max_grad_norm > 0:
             grad_norm = acc.clip_grad_norm_(params, self.cfg.max_grad_norm)
@@ -494,7 +494,7 @@ class Trainer:
         if torch.cuda.is_available():
             row["train/gpu_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
         self.last_train = row["train/loss"]
-        checkpoint.crash_point("step", self.step)
+        faults.point("step", step=self.step)
         return row
 
     def evaluate(self) -> dict[str, Any] | None:
@@ -676,7 +676,7 @@ def _finish(trainer: Trainer) -> None:
         trainer.save()
     if not trainer.main:
         return
-    checkpoint.crash_point("interrupt-finish", trainer.step)
+    faults.point("interrupt-finish", step=trainer.step)
     final = trainer.save_adapter("final")
     best = trainer.out / ADAPTERS_DIR / "best"
     if trainer.best_step is None:

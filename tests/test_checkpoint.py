@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from nbutils import atomic, checkpoint
+from nbutils import atomic, checkpoint, faults
 from nbutils.errors import UserError
 
 
@@ -96,7 +96,7 @@ def test_kill_while_writing_latest_keeps_the_previous_one(tmp_path):
     checkpoint.save(tmp_path, _state(2), _adapter, keep=2)
     pid = os.fork()
     if pid == 0:  # child: dies between writing the temporary file and renaming it
-        os.environ[checkpoint.CRASH_ENV] = "latest-written:4"
+        os.environ[faults.ENV] = "latest-written:4"
         checkpoint.save(tmp_path, _state(4), _adapter, keep=2)
         os._exit(0)
     _, status = os.waitpid(pid, 0)

@@ -337,7 +337,7 @@ def test_setup_notebook_cells_say_which_cell_to_run(tmp_path, monkeypatch):
 
     assert nb.cells[2].outputs[0]["ename"] == "ModuleNotFoundError"
     assert "run cell '2. Install the suite' first" in shown(2)
-    assert f"\u274c This runtime has no project yet" in shown(4) and f"'{colab.PROJECT_CELL}'" in shown(4)
+    assert "\u274c This runtime has no project yet" in shown(4) and f"'{colab.PROJECT_CELL}'" in shown(4)
     assert "Project on a local folder" in shown(5)
     assert "No GPU in this runtime" in shown(6)
 

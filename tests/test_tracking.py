@@ -6,7 +6,7 @@ import time
 import pytest
 import torch
 
-from nbutils import checkpoint, tracking, train
+from nbutils import faults, tracking, train
 
 from _train_helpers import offline_runs, small_config, tokens, wandb_history, wandb_records
 
@@ -36,12 +36,12 @@ def test_offline_run_has_the_metrics_samples_artifacts_and_resumes_the_same_run(
     monkeypatch.setenv("MY_SERVICE_PASSWORD", SECRET)
     data, out = tokens(tmp_path), tmp_path / "run"
     cfg = small_config(data, out, wandb="offline", max_steps=4, sample_every=2, sample_seconds=0.2)
-    monkeypatch.setenv(checkpoint.CRASH_ENV, "interrupt:3")
+    monkeypatch.setenv(faults.ENV, "interrupt:3")
     with pytest.raises(KeyboardInterrupt):
         train.run(cfg)
     run_id = torch.load(out / "latest.pt", weights_only=True)["wandb_run_id"]
     assert run_id
-    monkeypatch.delenv(checkpoint.CRASH_ENV)
+    monkeypatch.delenv(faults.ENV)
     summary = train.run(cfg)
     assert summary["wandb_run_id"] == run_id, "resuming continues the same WandB run"
     runs = offline_runs(out)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from nbutils import checkpoint, shards, train
+from nbutils import checkpoint, faults, shards, train
 from nbutils.errors import UserError
 
 from _train_helpers import cli_args, lora_weights, losses_by_step, small_config, tokens, write_shards
@@ -31,7 +31,7 @@ def _env(**extra):
 
 
 def _cli(*args, crash=None, timeout=300):
-    env = _env(**({checkpoint.CRASH_ENV: crash} if crash else {}))
+    env = _env(**({faults.ENV: crash} if crash else {}))
     return subprocess.run([sys.executable, "-m", "nbutils", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
@@ -134,12 +134,12 @@ def test_stop_button_saves_and_resume_is_exact(tmp_path, monkeypatch):
     train.run(small_config(data, reference, max_steps=8))
     out, messages = tmp_path / "stopped", []
     for stop_at, saved in ((2, 1), (6, 5)):  # KeyboardInterrupt in the middle of step 2, then of step 6
-        monkeypatch.setenv(checkpoint.CRASH_ENV, f"interrupt:{stop_at}")
+        monkeypatch.setenv(faults.ENV, f"interrupt:{stop_at}")
         with pytest.raises(KeyboardInterrupt):
             train.run(small_config(data, out, max_steps=8), log=messages.append)
         assert torch.load(out / "latest.pt", weights_only=True)["step"] == saved
         assert f"Saved step {saved}" in messages[-1]
-    monkeypatch.delenv(checkpoint.CRASH_ENV)
+    monkeypatch.delenv(faults.ENV)
     train.run(small_config(data, out, max_steps=8), log=messages.append)
     assert any("Resuming from step 5" in m for m in messages)
     assert _same_weights(lora_weights(reference), lora_weights(out))
@@ -213,11 +213,11 @@ def test_changed_settings_are_refused_or_accepted(tmp_path, tiny_dir):
 
 def test_stop_while_finishing_writes_the_adapters_on_the_next_run(tmp_path, monkeypatch):
     data, out = tokens(tmp_path), tmp_path / "run"
-    monkeypatch.setenv(checkpoint.CRASH_ENV, "interrupt-finish:2")
+    monkeypatch.setenv(faults.ENV, "interrupt-finish:2")
     with pytest.raises(KeyboardInterrupt):
         train.run(small_config(data, out, max_steps=2))
     assert torch.load(out / "latest.pt", weights_only=True)["step"] == 2 and not (out / "adapters" / "final").exists()
-    monkeypatch.delenv(checkpoint.CRASH_ENV)
+    monkeypatch.delenv(faults.ENV)
     messages = []
     assert train.run(small_config(data, out, max_steps=2), log=messages.append)["step"] == 2
     assert json.loads((out / "adapters" / "final" / "training.json").read_text())["step"] == 2
