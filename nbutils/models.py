@@ -129,11 +129,14 @@ def tiny_config(stereo: bool = False, melody: bool = False):
         num_lstm_layers=1, use_causal_conv=False, normalize=False, use_conv_shortcut=False,
     )
     codebooks = 8 if stereo else 4
+    # initializer_factor 0.2 (transformers' default: 0.02): with std-0.02 weights the width-32
+    # decoder's logits stay within +-0.1 whatever LoRA does, so the tiny model could not learn
+    # anything measurable; at 0.2 it memorises a few crops in a few dozen steps, as a real one does.
     decoder_class = MusicgenMelodyDecoderConfig if melody else MusicgenDecoderConfig
     decoder = decoder_class(
         vocab_size=TINY_CODEBOOK_SIZE, hidden_size=TINY_DECODER_DIM, num_hidden_layers=2,
         num_attention_heads=4, ffn_dim=64, max_position_embeddings=2048, num_codebooks=codebooks,
-        audio_channels=2 if stereo else 1, dropout=0.0,
+        audio_channels=2 if stereo else 1, dropout=0.0, initializer_factor=0.2,
         pad_token_id=TINY_CODEBOOK_SIZE, bos_token_id=TINY_CODEBOOK_SIZE,
         decoder_start_token_id=TINY_CODEBOOK_SIZE,
     )
@@ -159,12 +162,15 @@ def _init_tiny_codebooks(codec) -> None:
 
     from nbutils import synth
 
-    wave = torch.cat([torch.from_numpy(synth.track(style, 1.0, seed=i)) for i, style in enumerate(synth.STYLES)])
+    wave = torch.cat([torch.from_numpy(synth.track(style, 3.0, seed=i)) for i, style in enumerate(synth.STYLES)])
     with torch.no_grad():
         residual = codec.encoder(wave[None, None])[0].T  # (frames, codebook_dim)
         for layer in codec.quantizer.layers:
             book = layer.codebook
-            entries = residual[torch.randperm(residual.shape[0])[: book.embed.shape[0]]]
+            # distinct, non-zero frames only: a frame an earlier codebook matched exactly leaves a
+            # zero residual, and duplicate entries would be codes that can never be chosen
+            candidates = torch.unique(residual[residual.abs().amax(dim=1) > 0], dim=0)
+            entries = candidates[torch.randperm(candidates.shape[0])[: book.embed.shape[0]]]
             book.embed.copy_(entries)
             book.embed_avg.copy_(entries)
             residual = residual - book.decode(book.quantize(residual))

@@ -121,11 +121,11 @@ def test_loss_decreases_when_overfitting_a_tiny_dataset(tmp_path):
     summary = train.run(cfg)
     losses = [loss for _, loss in sorted(losses_by_step(tmp_path / "run").items())]
     assert len(losses) == 30 and summary["val_loss"] is None
-    # The random tiny model starts at chance (ln 64 = 4.159); its frozen random output heads cap
-    # how far LoRA alone can go, so we ask for a steady, clear decrease rather than a low value.
-    assert losses[0] == pytest.approx(4.159, abs=0.01)
-    assert losses[-1] < losses[0] - 0.06, f"no learning: {losses[0]:.3f} -> {losses[-1]:.3f}"
-    assert all(b <= a + 2e-3 for a, b in zip(losses, losses[1:])), losses
+    # The frozen random tiny model starts near chance (ln 64 = 4.16); LoRA alone must memorise
+    # the two crops: a drop of more than a nat in 30 steps, and no step going clearly backwards.
+    assert 4.0 < losses[0] < 5.5
+    assert losses[-1] < losses[0] - 1.0, f"no learning: {losses[0]:.3f} -> {losses[-1]:.3f}"
+    assert all(b <= a + 0.05 for a, b in zip(losses, losses[1:])), losses
 
 
 def test_stop_button_saves_and_resume_is_exact(tmp_path, monkeypatch):
