@@ -411,11 +411,16 @@ def plot(summary: list[dict], path: Path, title: str) -> None:
     axes = fig.subplots(1, 3)
     width = 0.8 / max(len(models), 1)
     for ax, (key, label) in zip(axes, panels):
+        missing = 0
         for m, model in enumerate(models):
             values = [next((r[key] for r in rows if r["model"] == model and r["prompt_set"] == s), None) for s in sets]
+            missing += sum(v is None for v in values)
             ax.bar(np.arange(len(sets)) + m * width, [v if v is not None else 0 for v in values], width, label=model)
         ax.set_xticks(np.arange(len(sets)) + width * (len(models) - 1) / 2, sets)
         ax.set_title(label)
+        if missing:  # an empty panel would read as "zero"; say why there is no bar
+            ax.text(0.5, 0.5, "n/a: needs at least 2 generated and 2 held-out clips" if key == "frechet"
+                    else "n/a for some bars", transform=ax.transAxes, ha="center", va="center", color="gray")
     axes[0].legend(fontsize="small")
     fig.suptitle(title, fontsize="medium")
     fig.tight_layout()

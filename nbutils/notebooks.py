@@ -180,6 +180,8 @@ def execute(
     client = NotebookClient(
         nb, timeout=timeout, kernel_name="python3", allow_errors=False,
         resources={"metadata": {"path": str(cwd or path.parent)}},
+        # the local kernel's "unencrypted TCP" warning would otherwise open every notebook's output
+        extra_arguments=["--IPKernelApp.log_level=ERROR"],
     )
     client.on_notebook_start = lambda **_: _poll_shell_in_slices(client)
     started = time.monotonic()
@@ -190,7 +192,7 @@ def execute(
     except CellExecutionError as err:
         output.parent.mkdir(parents=True, exist_ok=True)
         nbformat.write(nb, str(output))
-        raise UserError(f"{path.name}: {_failure_message(nb, err)}. Executed notebook: {output}") from err
+        raise UserError(f"{path.name}: {_failure_message(nb, err).rstrip('.')}. Executed notebook: {output}") from err
     finally:
         nb.metadata.setdefault("nbutils", {})["seconds"] = round(time.monotonic() - started, 1)
     output.parent.mkdir(parents=True, exist_ok=True)
