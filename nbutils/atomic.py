@@ -158,13 +158,8 @@ def recover_dir(path: str | os.PathLike) -> Path:
     return path
 
 
-def _writer_alive(name: str) -> bool:
-    try:
-        pid = int(name.rsplit(TMP_MARK, 1)[1].split("-", 1)[0])
-    except (IndexError, ValueError):
-        return False
-    if pid == os.getpid():
-        return False
+def pid_alive(pid: int) -> bool:
+    """True if a process with this id runs (another rank, another cell's process)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -172,6 +167,14 @@ def _writer_alive(name: str) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _writer_alive(name: str) -> bool:
+    try:
+        pid = int(name.rsplit(TMP_MARK, 1)[1].split("-", 1)[0])
+    except (IndexError, ValueError):
+        return False
+    return pid != os.getpid() and pid_alive(pid)
 
 
 def remove_stale_temps(folder: str | os.PathLike) -> int:

@@ -18,7 +18,7 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nbutils import archive, audio, faults, ledger, metadata, models, prefetch, shards
+from nbutils import archive, atomic, audio, faults, ledger, metadata, models, prefetch, shards
 
 if TYPE_CHECKING:
     from nbutils.tokenize import TokenizeConfig
@@ -161,18 +161,8 @@ def remove_stale_scratch(root: Path) -> None:
         return
     for folder in root.glob("tokenize-*"):
         pid = folder.name.split("-", 1)[1]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not atomic.pid_alive(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _encode_tracks(stage: Stage, zf: zipfile.ZipFile, tracks: list[_Track], members: Path,

@@ -6,21 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 import torch
-
-# The tiny model's tensors are so small that a second thread only adds contention on a shared
-# 2-core machine (40 ms instead of 4 ms per decoding step); restored after each test.
-
-
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # for CLI subprocesses and notebook kernels
-    yield
-    torch.set_num_threads(old)
-
 
 OUR_TARGETS = ["q_proj", "v_proj"]
 # What ylacombe/musicgen-dreamboothing adapts: projections, feed-forward, heads and code embeddings.

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from _generate_helpers import OTHER_TOOL_TARGETS, lora_state, make_run, one_thread, peft_model, save_peft  # noqa: F401
+from _generate_helpers import OTHER_TOOL_TARGETS, lora_state, make_run, peft_model, save_peft
 
 from nbutils import adapters, models
 from nbutils.errors import UserError

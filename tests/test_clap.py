@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _generate_helpers import one_thread  # noqa: F401
 
 from nbutils import clap, synth
 from nbutils.errors import UserError

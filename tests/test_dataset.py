@@ -13,13 +13,6 @@ from _train_helpers import tokens as make_tokens
 PAD = 64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 @pytest.fixture
 def opened(tmp_path):

@@ -10,7 +10,7 @@ import nbformat
 import numpy as np
 import pytest
 import soundfile as sf
-from _generate_helpers import make_run, make_tokens, one_thread  # noqa: F401
+from _generate_helpers import make_run, make_tokens
 from conftest import last_json, run_cli
 
 from nbutils import colab, evaluate, generate, metrics, notebooks, shards

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from _generate_helpers import make_run, one_thread, peft_model, save_peft  # noqa: F401
+from _generate_helpers import make_run, peft_model, save_peft
 from conftest import last_json, run_cli
 
 from nbutils import audio_io, colab, generate, notebooks, sampling, synth

@@ -3,20 +3,12 @@
 import json
 
 import pytest
-import torch
 
 from nbutils import hub, train
 from nbutils.errors import UserError
 
 from _train_helpers import small_config, tokens
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 class FakeHub:

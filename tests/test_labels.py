@@ -10,13 +10,6 @@ from nbutils import models
 PAD = 64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices: threads only add synchronisation cost
-    yield
-    torch.set_num_threads(previous)
-
 
 @pytest.fixture(scope="module")
 def stereo():

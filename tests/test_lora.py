@@ -12,13 +12,6 @@ from nbutils import lora, models
 from nbutils.errors import UserError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def _wrapped(preset="self-attention", r=4, alpha=8.0, dropout=0.0, name="tiny"):
     model, processor = models.load_musicgen(name)

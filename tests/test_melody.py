@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from _generate_helpers import one_thread  # noqa: F401
 
 from nbutils import generate, melody, models
 

@@ -1,19 +1,11 @@
 """GPU presets: detection, a fitting batch x accumulation per GPU and model size, measured timing."""
 
 import pytest
-import torch
 
 from nbutils import presets
 
 from _train_helpers import small_config, tokens
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.mark.parametrize("name, vram, expected", [

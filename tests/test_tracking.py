@@ -13,13 +13,6 @@ from _train_helpers import offline_runs, small_config, tokens, wandb_history, wa
 SECRET = "hf_SuperSecretTokenValue1234567890"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def _finished_records(run_dir, timeout=20.0):
     """Records of an offline run once wandb's writer has closed the file (it may lag finish())."""

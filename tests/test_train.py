@@ -18,13 +18,6 @@ from _train_helpers import cli_args, lora_weights, losses_by_step, small_config,
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # the tiny model is faster on one thread; subprocesses get OMP_NUM_THREADS=1
-    yield
-    torch.set_num_threads(previous)
-
 
 def _env(**extra):
     return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **extra}
