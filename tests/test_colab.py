@@ -306,6 +306,13 @@ def test_setup_notebook_on_colab(tmp_path, monkeypatch):
     assert leaks == []
 
 
+_HIDE_NBUTILS = """
+import os, sys  # forget an installed nbutils: its editable-install finder and any path entry holding it
+sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in getattr(f, "__module__", "")]
+sys.path[:] = [p for p in sys.path if not os.path.isdir(os.path.join(p or ".", "nbutils"))]
+"""
+
+
 def _cell(nb, title_prefix: str):
     """A copy of the code cell whose title starts with ``title_prefix``."""
     return copy.deepcopy(next(c for c in nb.cells if c.cell_type == "code" and c.source.startswith(title_prefix)))
@@ -317,14 +324,15 @@ def test_setup_notebook_cells_say_which_cell_to_run(tmp_path, monkeypatch):
     """Run-order guard: without the suite installed, or after a restart, each cell names the cell to run."""
     from nbclient import NotebookClient
 
-    monkeypatch.delenv("PYTHONPATH")  # the kernel starts without nbutils, like a fresh runtime
+    monkeypatch.delenv("PYTHONPATH")
     setup = nbformat.read(str(notebooks.notebook_path("00_setup")), as_version=4)
     nb = nbformat.v4.new_notebook(metadata=setup.metadata)
     nb.cells = [
+        nbformat.v4.new_code_cell(_HIDE_NBUTILS),  # a fresh runtime, even where nbutils is pip-installed (CI)
         _cell(setup, "#@title 1."),
         nbformat.v4.new_code_cell(f"PROJECT_ROOT = {str(tmp_path / 'project')!r}; MODEL = 'tiny'"),
         _cell(setup, "#@title 3."),  # before the install
-        nbformat.v4.new_code_cell(f"import sys; sys.path.insert(0, {str(REPO)!r})  # as if cell 2 ran"),
+        nbformat.v4.new_code_cell(f"sys.path.insert(0, {str(REPO)!r})  # as if cell 2 ran"),
         _cell(setup, "#@title 5."),  # after a restart: the suite is there, the project is not
         _cell(setup, "#@title 3."),
         _cell(setup, "#@title 5."),
@@ -335,11 +343,11 @@ def test_setup_notebook_cells_say_which_cell_to_run(tmp_path, monkeypatch):
     def shown(i):
         return "".join(o.get("text", "") + o.get("evalue", "") for o in nb.cells[i].outputs)
 
-    assert nb.cells[2].outputs[0]["ename"] == "ModuleNotFoundError"
-    assert "run cell '2. Install the suite' first" in shown(2)
-    assert "\u274c This runtime has no project yet" in shown(4) and f"'{colab.PROJECT_CELL}'" in shown(4)
-    assert "Project on a local folder" in shown(5)
-    assert "No GPU in this runtime" in shown(6)
+    assert nb.cells[3].outputs[0]["ename"] == "ModuleNotFoundError", nb.cells[3].outputs
+    assert "run cell '2. Install the suite' first" in shown(3)
+    assert "\u274c This runtime has no project yet" in shown(5) and f"'{colab.PROJECT_CELL}'" in shown(5)
+    assert "Project on a local folder" in shown(6)
+    assert "No GPU in this runtime" in shown(7)
 
 
 # ---------------------------------------------------------------------------------------------
