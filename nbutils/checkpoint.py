@@ -209,12 +209,27 @@ def check_resume(saved: dict[str, Any], current: dict[str, Any], meaningful: Ite
     Raises:
         UserError: listing every meaningful difference and how to start fresh instead.
     """
-    refused = [f"  {k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in meaningful if saved.get(k) != current.get(k)]
+    refused = ["  " + _change(k, saved.get(k), current.get(k)) for k in meaningful if saved.get(k) != current.get(k)]
     if refused:
         raise UserError(
             f"{out} holds a run with different settings, so it cannot be continued:\n" + "\n".join(refused)
             + f"\nTo keep training that run, change these back. To start a new run, use another output "
             f"folder (--out, or RUN_NAME in the notebook) or delete {out}."
         )
-    return [f"{k}: {saved.get(k)!r} -> {current.get(k)!r} (accepted)" for k in harmless
+    return [_change(k, saved.get(k), current.get(k)) + " (accepted)" for k in harmless
             if k in saved and saved.get(k) != current.get(k)]
+
+
+def _change(key: str, old: Any, new: Any, shown: int = 5) -> str:
+    """``key: old -> new``; for mappings (the data's shard table) which entries were added, changed, removed."""
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return f"{key}: {old!r} -> {new!r}"
+
+    def names(keys: list[str]) -> str:
+        more = f", ... ({len(keys) - shown} more)" if len(keys) > shown else ""
+        return ", ".join(keys[:shown]) + more
+
+    groups = (("added", sorted(new.keys() - old.keys())),
+              ("changed", sorted(k for k in old.keys() & new.keys() if old[k] != new[k])),
+              ("removed", sorted(old.keys() - new.keys())))
+    return f"{key}: " + "; ".join(f"{len(keys)} {what} ({names(keys)})" for what, keys in groups if keys)

@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -118,8 +119,15 @@ def open_shards(tokens_dir: str | Path, num_codebooks: int, sample_rate: int) ->
 
 
 def fingerprint(opened: Sequence[shards.Shard]) -> dict[str, str]:
-    """``{shard name: sha256}``: what "the same data" means when resuming."""
-    return {s.index_path.stem: str(s.meta.get("sha256")) for s in opened}
+    """``{shard name: codes sha256 + texts sha256}``: what "the same data" means when resuming.
+
+    The texts count too: a shard whose descriptions were fixed trains a different model.
+    """
+    def texts(shard: shards.Shard) -> str:
+        joined = "\n".join(f"{seg.track}\t{seg.start}\t{seg.description}" for seg in shard.segments)
+        return hashlib.sha256(joined.encode("utf-8")).hexdigest()[:16]
+
+    return {s.index_path.stem: f"{str(s.meta.get('sha256'))[:16]}:{texts(s)}" for s in opened}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -125,3 +125,31 @@ def test_sampler_covers_an_epoch_once_and_splits_ranks(opened):
 def test_mismatched_codebooks_are_refused(opened, tmp_path):
     with pytest.raises(UserError, match="8 at 32000 Hz"):
         data.open_shards(tmp_path / "tokens", num_codebooks=8, sample_rate=32000)
+
+
+def test_fingerprint_changes_with_codes_or_texts_only(tmp_path):
+    def shard(name, text, value=5):
+        writer = shards.ShardWriter(tmp_path / name, "b", {"model": "tiny", "sample_rate": 32000, "num_codebooks": 4})
+        writer.add(shards.Segment(path="x.wav", start=0, frames=7, description=text, track="b/x"),
+                   np.full((7, 4), value))
+        writer.commit()
+        return data.fingerprint(data.open_shards(tmp_path / name, 4, 32000))
+
+    same, again = shard("a", "calm piano"), shard("b", "calm piano")
+    assert same == again, "identical shards, identical fingerprint"
+    assert shard("c", "loud drums") != same, "a fixed description is different data"
+    assert shard("d", "calm piano", value=6) != same, "different codes are different data"
+
+
+def test_resume_refusal_summarises_a_large_data_change(tmp_path):
+    from nbutils import checkpoint
+
+    old = {f"archive_batch_{i:04d}": f"h{i}" for i in range(1, 140)}
+    new = {**{k: v for k, v in old.items() if k != "archive_batch_0003"}, "archive_batch_0007": "other",
+           **{f"archive_batch_{i:04d}": "new" for i in range(140, 150)}}
+    with pytest.raises(UserError) as err:
+        checkpoint.check_resume({"data": old}, {"data": new}, ["data"], [], tmp_path)
+    message = str(err.value)
+    assert "data: 10 added (archive_batch_0140, archive_batch_0141" in message and "(5 more)" in message
+    assert "1 changed (archive_batch_0007)" in message and "1 removed (archive_batch_0003)" in message
+    assert len(message) < 800, "a summary, not 139 hashes"
