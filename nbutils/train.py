@@ -270,6 +270,7 @@ class Trainer:
         opened = data.open_shards(cfg.tokens, self.spec.num_codebooks, self.spec.sample_rate)
         self.fingerprint = data.fingerprint(opened)
         self._warn_other_model(opened)
+        self._warn_unlabelled(opened)
         tracks = sorted({data.track_of(s, shard) for shard in opened for s in shard.segments})
         self.split = data.split_tracks(tracks, cfg.val_fraction, cfg.seed)
         self.crop_frames = max(1, round(cfg.segment_seconds * self.spec.frame_rate))
@@ -293,6 +294,14 @@ class Trainer:
         if recorded and self.model_name not in recorded and self.main:
             print(f"Note: the shards were tokenized with {', '.join(sorted(recorded))}; training {self.model_name}. "
                   "That is fine when both use the same codec (all facebook/musicgen-* mono models do).")
+
+    def _warn_unlabelled(self, opened) -> None:
+        segments = [s for shard in opened for s in shard.segments]
+        empty = [s for s in segments if not (s.description or "").strip()]
+        if empty:
+            self.log(f"Note: {len(empty)} of {len(segments)} segments ({len(empty) / len(segments):.0%}) have no "
+                  "description, so they train the model to ignore the prompt (like CFG dropout). To label them, "
+                  "re-tokenize into a new folder with metadata, sidecar .txt/.json files or --default-description.")
 
     def _sample_prompts(self, opened) -> list[str]:
         if self.cfg.sample_prompts:

@@ -351,3 +351,18 @@ def test_notebook_trains_resumes_and_shows_results(tmp_path, monkeypatch):
     executed = notebooks.execute(path, tmp_path / "run2.ipynb", {**parameters, "MAX_STEPS": 6}, cwd=tmp_path)
     text = notebooks.outputs_text(nbformat.read(str(executed), as_version=4))
     assert "Resuming from step 4" in text and "'step': 6" in text
+
+
+def test_unlabelled_segments_are_reported(tmp_path):
+    data = tokens(tmp_path)
+    index_path = shards.list_shards(data)[0]
+    index = json.loads(index_path.read_text())
+    for segment in index["segments"]:
+        segment["description"] = ""
+    index_path.write_text(json.dumps(index))
+    total = sum(len(shards.read_index(p)["segments"]) for p in shards.list_shards(data))
+    said = []
+    train.Trainer(small_config(data, tmp_path / "run"), log=said.append, quiet=True)
+    notes = [line for line in said if "have no description" in line]
+    assert len(notes) == 1 and notes[0].startswith(f"Note: {len(index['segments'])} of {total} segments")
+    assert "--default-description" in notes[0]
