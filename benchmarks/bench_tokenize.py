@@ -176,7 +176,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=4, help="tracks for (a) and (b)")
     parser.add_argument("--seconds", type=float, default=30.0, help="length of each track for (a) and (b)")
-    parser.add_argument("--rss-seconds", type=float, default=2.0, help="length of each track for (c)")
+    parser.add_argument("--rss-seconds", type=float, default=30.0,
+                        help="length of each track for (c); long enough that holding a ZIP's audio would show "
+                             "(200 x 30 s is 0.8 GB as float32 at 32 kHz)")
+    parser.add_argument("--only", choices=("ab", "c"), help="measure only (a)+(b) or only (c)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved repetitions; the best time counts")
     parser.add_argument("--quick", action="store_true", help="small inputs (smoke test of this script)")
     parser.add_argument("--rss-child", help=argparse.SUPPRESS)
@@ -193,6 +196,14 @@ def main() -> None:
 
 
 def measure(args: argparse.Namespace, work: Path) -> None:
+    if args.only != "c":
+        measure_speed(args, work)
+    if args.only != "ab":
+        measure_rss(args, work)
+    print(f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+
+
+def measure_speed(args: argparse.Namespace, work: Path) -> None:
     import torch
 
     from nbutils.encoder import CPU_BATCH
@@ -223,18 +234,20 @@ def measure(args: argparse.Namespace, work: Path) -> None:
     ratio_a, ratio_b = wall["encoder"] / wall["pipeline"], wall["naive"] / wall["pipeline"]
     cpu_a, cpu_b = cpu["encoder"] / cpu["pipeline"], cpu["naive"] / cpu["pipeline"]
 
-    small = make_zip(work / "rss10" / "batch.zip", 10, args.rss_seconds).parent
-    large = make_zip(work / "rss200" / "batch.zip", 200, args.rss_seconds).parent
-    rss_small, rss_large = peak_rss(small), peak_rss(large)
-    print(f"  peak RSS, 10 files: {rss_small['maxrss_mb']:.0f} MB; 200 files: {rss_large['maxrss_mb']:.0f} MB")
-
     print("\nResults (this run):")
     print(f"(a) pipeline / encoder-only throughput: {ratio_a:.2f}  (CPU time: {cpu_a:.2f}; target >= 0.9)")
     print(f"(b) pipeline vs naive loop:             {ratio_b:.2f}x (CPU time: {cpu_b:.2f}x; target >= 3)")
+
+
+def measure_rss(args: argparse.Namespace, work: Path) -> None:
+    small = make_zip(work / "rss10" / "batch.zip", 10, args.rss_seconds).parent
+    large = make_zip(work / "rss200" / "batch.zip", 200, args.rss_seconds).parent
+    rss_small, rss_large = peak_rss(small), peak_rss(large)
+    print(f"  peak RSS, 10 files: {rss_small['maxrss_mb']:.0f} MB ({rss_small['seconds']} s); "
+          f"200 files: {rss_large['maxrss_mb']:.0f} MB ({rss_large['seconds']} s), {args.rss_seconds:g} s tracks; "
+          f"all 200 decoded would be {200 * args.rss_seconds * SPEC.sample_rate * 4 / 2**20:.0f} MB")
     print(f"(c) peak RSS 200-file minus 10-file ZIP: {rss_large['maxrss_mb'] - rss_small['maxrss_mb']:+.0f} MB "
           f"(target <= 200 MB)")
-    print(f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
-
 
 if __name__ == "__main__":
     main()

@@ -262,6 +262,34 @@ def load_config(name: str):
         raise _load_error(name, err) from err
 
 
+def _codec_from_folder(name: str, config):
+    """The ``audio_encoder.*`` tensors of a local folder's safetensors as an EncodecModel; None if that fails.
+
+    Reads one tensor at a time, so tokenizing with a local musicgen-large copy costs the codec's
+    memory, not the 3.3B decoder's. None (the caller loads the whole model) when the folder has no
+    safetensors or names the tensors differently (another transformers version's layout).
+    """
+    folder = Path(name).expanduser()
+    files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+    if not files:
+        return None
+    from safetensors import safe_open
+    from transformers import EncodecModel
+
+    prefix = "audio_encoder."
+    state = {}
+    for file in files:
+        with safe_open(str(file), framework="pt") as handle:
+            for key in handle.keys():  # noqa: SIM118 - safe_open is not a dict
+                if key.startswith(prefix):
+                    state[key[len(prefix):]] = handle.get_tensor(key)
+    codec = EncodecModel(config.audio_encoder)
+    if set(state) != set(codec.state_dict()):
+        return None
+    codec.load_state_dict(state)
+    return codec
+
+
 def _model_class(config):
     if config.model_type == "musicgen_melody":
         from transformers import MusicgenMelodyForConditionalGeneration
@@ -338,7 +366,8 @@ def load_codec(name: str, *, device: str | None = None):
 
     For ``facebook/musicgen-*`` this loads ``facebook/encodec_32khz`` (240 MB) instead of the
     whole model (up to 13 GB for large): transformers' conversion built every MusicGen from that
-    codec. A local folder is loaded whole, since its codec may be the user's own.
+    codec. A local folder's own codec is read from its safetensors (only the ``audio_encoder.*``
+    tensors); only if they do not fit is the whole model loaded.
 
     Returns:
         ``(codec, spec)`` where ``codec`` is a transformers ``EncodecModel`` in eval mode.
@@ -355,7 +384,7 @@ def load_codec(name: str, *, device: str | None = None):
 
                 codec = EncodecModel.from_pretrained(HUB_CODEC)
             else:
-                codec = _model_class(config).from_pretrained(name).audio_encoder
+                codec = _codec_from_folder(name, config) or _model_class(config).from_pretrained(name).audio_encoder
         except Exception as err:  # noqa: BLE001
             raise _load_error(name, err) from err
     if device is not None:

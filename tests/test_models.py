@@ -63,12 +63,43 @@ def test_local_dir_loads_same_weights(tiny_dir, tiny):
         assert torch.equal(tensor, loaded.state_dict()[name]), name
 
 
-def test_local_codec_matches_tiny(tiny_dir):
+def _whole_model_loads(monkeypatch) -> list[str]:
+    from transformers import MusicgenForConditionalGeneration
+
+    calls, original = [], MusicgenForConditionalGeneration.from_pretrained.__func__
+
+    def spy(cls, name, *args, **kwargs):
+        calls.append(str(name))
+        return original(cls, name, *args, **kwargs)
+
+    monkeypatch.setattr(MusicgenForConditionalGeneration, "from_pretrained", classmethod(spy))
+    return calls
+
+
+def test_local_codec_matches_tiny_without_loading_the_whole_model(tiny_dir, monkeypatch):
+    whole = _whole_model_loads(monkeypatch)
     codec, spec = models.load_codec(str(tiny_dir))
     ref, ref_spec = models.load_codec("tiny")
     wav = torch.randn(1, 1, 6400)
     assert spec == ref_spec
     assert torch.equal(codec.encode(wav).audio_codes, ref.encode(wav).audio_codes)
+    assert whole == [], "only the audio_encoder tensors are read"
+
+
+def test_local_codec_in_another_layout_falls_back_to_the_whole_model(tiny_dir, tmp_path, monkeypatch):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    folder = shutil.copytree(tiny_dir, tmp_path / "renamed")
+    (weights,) = folder.glob("*.safetensors")
+    tensors = load_file(str(weights))
+    key = next(k for k in tensors if k.startswith("audio_encoder."))
+    tensors[key + "_old_layout"] = tensors.pop(key)
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    whole = _whole_model_loads(monkeypatch)
+    codec, _ = models.load_codec(str(folder))
+    assert whole == [str(folder)] and codec.config.sampling_rate == 32000
 
 
 @pytest.mark.parametrize("name", ["/no/such/folder", "./missing-model"])
