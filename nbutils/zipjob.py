@@ -175,7 +175,7 @@ def _encode_tracks(stage: Stage, zf: zipfile.ZipFile, tracks: list[_Track], memb
     def work(item, emit):
         stage.read_track(zf, members, item, emit)
 
-    for index, piece in prefetch.ordered(enumerate(tracks), work, workers=stage.cfg.workers, depth=PREFETCH_DEPTH):
+    for index, piece in prefetch.ordered(enumerate(tracks), work, workers=stage.cfg.decode_workers, depth=PREFETCH_DEPTH):
         track = tracks[index]
         if piece is not None:
             track.pieces.append((piece.start, piece.samples))

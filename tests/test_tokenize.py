@@ -321,6 +321,15 @@ def test_missing_inputs_are_user_errors(tmp_path):
         _run(tmp_path / "empty", tmp_path / "tokens", tmp_path / "scratch")
     with pytest.raises(UserError, match="min_seconds"):
         tokenize.TokenizeConfig(segment_seconds=5, min_seconds=6)
+    with pytest.raises(UserError, match="workers must be >= 0"):
+        tokenize.TokenizeConfig(workers=-1)
+
+
+def test_decode_workers_follow_the_cores(monkeypatch):
+    for cores, expected in ((1, 2), (2, 2), (4, 3), (12, 8), (None, 2)):
+        monkeypatch.setattr(os, "cpu_count", lambda cores=cores: cores)
+        assert tokenize.TokenizeConfig().decode_workers == expected, cores
+    assert tokenize.TokenizeConfig(workers=5).decode_workers == 5
 
 
 # ---------------------------------------------------------------------------------------------
