@@ -104,7 +104,8 @@ def shape_of(model_name: str) -> tuple[str, Shape]:
     """``(size label, Shape)`` of a model from its config (no weights are loaded)."""
     for label, shape in SIZES.items():
         if str(model_name).endswith(f"-{label}"):
-            return label, shape
+            # stereo checkpoints interleave 2 x 4 codebooks: twice the logits per step
+            return label, dataclasses.replace(shape, codebooks=8) if "stereo" in str(model_name) else shape
     from nbutils import models
 
     decoder = models.load_config(model_name).decoder

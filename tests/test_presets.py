@@ -57,6 +57,13 @@ def test_suggestion_for_models_and_cpu():
     assert a100.model == "small" and a100.precision == "bf16" and a100.effective_batch == 16
     assert presets.shape_of("facebook/musicgen-stereo-large")[0] == "large"  # no download for hub sizes
     assert presets.shape_of("tiny")[0] == "tiny"
+    assert presets.shape_of("tiny-stereo")[1].codebooks == 8
+
+
+def test_stereo_counts_its_eight_codebooks():
+    (_, mono), (_, stereo) = presets.shape_of("facebook/musicgen-small"), presets.shape_of("facebook/musicgen-stereo-small")
+    assert (mono.codebooks, stereo.codebooks) == (4, 8)
+    assert presets.memory_gb(stereo, 4, 30, False) > presets.memory_gb(mono, 4, 30, False) + 0.4  # 4 x 123 MB logits
 
 
 def test_measure_times_real_steps_and_estimates_an_epoch(tmp_path):
