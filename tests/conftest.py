@@ -14,6 +14,13 @@ from pathlib import Path
 import pytest
 
 _SANDBOX = Path(tempfile.mkdtemp(prefix="nbutils-tests-"))
+# Everything else that asks for a temporary folder (wandb media, torchrun, cached test shards,
+# subprocesses) lands inside the sandbox too, and goes with it at the end of the session.
+# pytest's own tmp_path folders stay where they were (the last three runs are kept for debugging).
+os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", tempfile.gettempdir())
+os.environ["TMPDIR"] = str(_SANDBOX / "tmp")
+(_SANDBOX / "tmp").mkdir()
+tempfile.tempdir = None  # re-read TMPDIR
 for _name, _sub in {
     "HF_HOME": "hf",
     "IPYTHONDIR": "ipython",
@@ -50,6 +57,12 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 # Subprocesses and notebook kernels must import this checkout's nbutils, not another one.
 os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
+
+
+def pytest_sessionfinish(session, exitstatus):
+    import shutil
+
+    shutil.rmtree(_SANDBOX, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
