@@ -333,7 +333,10 @@ def _summary(cfg, plans, results, totals: Counts, sources: Counter, elapsed: flo
 
 
 def _print_summary(s: dict[str, Any], cfg: TokenizeConfig) -> None:
-    if cfg.limit:
+    if cfg.limit and not s["files_remaining"] and not s["files_ok"] + s["files_failed"] + s["files_skipped"]:
+        _say(f"Test mode: nothing left to tokenize ({s['zips_skipped']} ZIPs already done). "
+             "Go on with the summary, or add new ZIPs to the folder.")
+    elif cfg.limit:
         _say(f"Test mode ({s['files_ok'] + s['files_failed'] + s['files_skipped']} tracks): "
              f"{s['audio_seconds_per_s']:.1f} audio-seconds/s, {s['files_per_s']:.2f} files/s. "
              f"ETA for all {s['files_remaining']} audio files still to do: {_eta(s['eta_seconds'])}. "

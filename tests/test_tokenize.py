@@ -434,6 +434,11 @@ def test_notebook_01_runs_headlessly(small, tmp_path, monkeypatch):
     assert "Test mode (2 tracks)" in text and "ETA for all 9 audio files" in text
     assert "Done 3 ZIPs" in text and "batch_0002.zip" in text and "status" in text
     assert h.snapshot(root / "tokens") == reference
-    again = _run(zips, root / "tokens", tmp_path / "scratch")  # what re-running cell 4 does
-    assert (again["zips_done"], again["zips_skipped"]) == (0, 3)
+    bars = [o["data"]["text/plain"] for c in nbformat.read(str(executed), as_version=4).cells
+            for o in c.get("outputs", []) if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert any(b.startswith("all ZIPs:") for b in bars) and any(b.startswith("batch_0002.zip:") for b in bars)
+    rerun = notebooks.execute(path, tmp_path / "run2.ipynb", params, cwd=tmp_path)  # after a disconnect
+    again = notebooks.outputs_text(nbformat.read(str(rerun), as_version=4))
+    assert "Test mode: nothing left to tokenize (3 ZIPs already done)" in again
+    assert "Done 0 ZIPs (3 skipped, 0 failed)" in again and h.snapshot(root / "tokens") == reference
     assert h.files_under(tmp_path / "tmp" / "nbutils-scratch") == []
