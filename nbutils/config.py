@@ -92,6 +92,11 @@ def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
+def _shown(default: Any) -> str:
+    """A default as a user would type it: ``demo_out``, not ``PosixPath('demo_out')``."""
+    return repr(str(default)) if isinstance(default, Path) else repr(default)
+
+
 def add_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: Iterable[str] = ()) -> None:
     """Add one ``--kebab-case`` option per field of ``cls`` (defaults stay in the dataclass).
 
@@ -106,7 +111,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: Iterable[
         flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
         tp, _ = _unwrap_optional(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        help_text = f"{f.metadata.get('help', '')} (default: {default!r})"
+        help_text = f"{f.metadata.get('help', '')} (default: {_shown(default)})"
         kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
         if tp is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
@@ -134,5 +139,5 @@ def describe(cls: type) -> str:
     rows = ["| setting | default | meaning |", "|---|---|---|"]
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        rows.append(f"| `{f.name}` | `{default!r}` | {f.metadata.get('help', '')} |")
+        rows.append(f"| `{f.name}` | `{_shown(default)}` | {f.metadata.get('help', '')} |")
     return "\n".join(rows)

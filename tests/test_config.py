@@ -42,3 +42,10 @@ def test_list_defaults_are_not_shared():
     a, b = Example(), Example()
     a.prompts.append("x")
     assert b.prompts == []
+
+
+def test_help_shows_defaults_as_typed():
+    parser = argparse.ArgumentParser()
+    config.add_arguments(parser, Example)
+    text = parser.format_help()
+    assert "(default: 'out')" in text and "PosixPath" not in text and "(default: 30.0)" in text
