@@ -19,6 +19,7 @@ from typing import Any, Hashable
 
 import numpy as np
 
+from nbutils import devices
 from nbutils.audio import frames_for
 from nbutils.errors import UserError
 from nbutils.models import AudioSpec
@@ -38,7 +39,7 @@ def autocast_dtype(device: str, precision: str):
     if precision == "fp32" or (precision == "auto" and not device.startswith("cuda")):
         return None
     if precision == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if devices.bf16_native(device) else torch.float16
     return torch.bfloat16 if precision == "bf16" else torch.float16
 
 
