@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from nbutils import atomic
+from nbutils import atomic, devices
 from nbutils.errors import UserError
 from nbutils.paths import DEFAULT_RUN, PROJECT_FILE, Paths
 
@@ -279,7 +279,7 @@ def _secret_line(name: str, source: str | None, reason: str) -> str:
 
 
 def gpu_info() -> dict[str, Any] | None:
-    """Name, memory (GiB), count and bf16 support of the GPU, or None on a CPU runtime."""
+    """Name, memory (GiB), count and native bf16 support of the GPU, or None on a CPU runtime."""
     import torch
 
     if not torch.cuda.is_available():
@@ -289,7 +289,7 @@ def gpu_info() -> dict[str, Any] | None:
         "name": props.name,
         "vram_gb": round(props.total_memory / 2**30, 1),
         "count": torch.cuda.device_count(),
-        "bf16": bool(torch.cuda.is_bf16_supported()),
+        "bf16": devices.bf16_native(0),  # native only: T4 / V100 merely emulate it, slowly
     }
 
 

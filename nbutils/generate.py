@@ -29,7 +29,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from nbutils import adapters, atomic, audio_io, config, models, sampling
+from nbutils import adapters, atomic, audio_io, config, devices, models, sampling
 from nbutils.config import option
 from nbutils.errors import UserError
 
@@ -140,12 +140,12 @@ def pick_device(device: str = "auto") -> str:
 
 
 def pick_dtype(dtype: str, device: str):
-    """``auto``: bfloat16 on GPUs that support it (A100, L4), float16 on older ones (T4, V100), float32 on CPU."""
+    """``auto``: bfloat16 on GPUs that run it natively (A100, L4), float16 on older ones (T4, V100), float32 on CPU."""
     import torch
 
     if dtype == "auto":
         if device.startswith("cuda"):
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            return torch.bfloat16 if devices.bf16_native(device) else torch.float16
         return torch.float32
     names = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
     if dtype not in names:

@@ -18,6 +18,7 @@ keep it only in ``generation_config``; the training loss needs it on ``config.de
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from pathlib import Path
 from typing import Any
@@ -316,6 +317,55 @@ def load_processor(name: str):
         raise _load_error(name, err) from err
 
 
+# EnCodec stays float32 whatever dtype the rest of MusicGen runs in: it is known to misbehave in
+# float16, it is a small share of the weights and compute, and the quantizer's nearest-entry
+# search needs float32 (see nbutils.encoder).
+CODEC_MODULE = "audio_encoder"
+
+
+@functools.cache
+def _float32_codec_class(cls):
+    """``cls`` whose ``from_pretrained`` loads ``audio_encoder`` as float32 under fp16 / bf16.
+
+    transformers reads ``_keep_in_fp32_modules_strict`` (modules kept float32 for both half
+    dtypes) from the class when it plans the load, so the codec's weights are read from the
+    checkpoint straight into float32 -- never rounded to half and back. Same class name, so
+    ``save_pretrained`` still records the real architecture.
+    """
+    keep = set(cls._keep_in_fp32_modules_strict or ()) | {CODEC_MODULE}
+    return type(cls.__name__, (cls,), {"_keep_in_fp32_modules_strict": sorted(keep), "__module__": cls.__module__})
+
+
+def float32_modules(model, dtype) -> set[str]:
+    """Names of the submodules that stay float32 when ``model`` runs in ``dtype``.
+
+    What ``from_pretrained(dtype=...)`` keeps: EnCodec, the model's ``_keep_in_fp32_modules_strict``,
+    and for float16 its ``_keep_in_fp32_modules`` too (T5's feed-forward output ``wo``, which
+    overflows in float16).
+    """
+    import torch
+
+    keep = {CODEC_MODULE, *(model._keep_in_fp32_modules_strict or ())}
+    if dtype == torch.float16:
+        keep |= set(model._keep_in_fp32_modules or ())
+    return keep
+
+
+def cast_except(module, dtype, keep: set[str]) -> None:
+    """``module.to(dtype)`` in place, except submodules whose own name is in ``keep``."""
+    if not any(path.rsplit(".", 1)[-1] in keep for path, _ in module.named_modules() if path):
+        module.to(dtype)
+        return
+    for name, child in module.named_children():
+        if name not in keep:
+            cast_except(child, dtype, keep)
+    for param in module.parameters(recurse=False):
+        param.data = param.data.to(dtype)
+    for name, buffer in module.named_buffers(recurse=False):
+        if buffer.is_floating_point():
+            setattr(module, name, buffer.to(dtype))
+
+
 def load_musicgen(name: str, *, device: str | None = None, dtype: Any = None):
     """Load model and processor, in eval mode, with the decoder-start fix applied.
 
@@ -323,22 +373,29 @@ def load_musicgen(name: str, *, device: str | None = None, dtype: Any = None):
         name: Hub id, local ``save_pretrained`` directory, or ``tiny`` / ``tiny-stereo``.
         device: Where to put the model (``None``: CPU).
         dtype: ``torch.float16`` / ``torch.bfloat16`` for GPU inference; ``None`` keeps float32.
+            EnCodec (``model.audio_encoder``) stays float32 either way, and so do the modules
+            transformers keeps in float32 (``float32_modules``).
 
     Returns:
         ``(model, processor)``.
     """
+    import torch
+
+    half = dtype is not None and dtype != torch.float32
     if is_tiny(name):
         model, processor = build_tiny(name)
+        if half:  # built in float32 from a config: cast as from_pretrained would have loaded it
+            cast_except(model, dtype, float32_modules(model, dtype))
     else:
         config = load_config(name)
         processor = load_processor(name)
+        cls = _model_class(config)
         try:
-            model = _model_class(config).from_pretrained(name, dtype=dtype)
+            # dtype goes to from_pretrained only: a later model.to(dtype) would undo the float32 modules
+            model = (_float32_codec_class(cls) if half else cls).from_pretrained(name, dtype=dtype)
         except Exception as err:  # noqa: BLE001
             raise _load_error(name, err) from err
     fix_decoder_start(model)
-    if dtype is not None:
-        model = model.to(dtype)
     if device is not None:
         model = model.to(device)
     return model.eval(), processor

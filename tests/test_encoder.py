@@ -106,3 +106,64 @@ def test_bf16_autocast_runs_on_cpu():
     encoder = Encoder(codec, spec, device="cpu", precision="bf16")
     (codes,) = encoder.encode([synth.track("chords", 0.5, 32_000, 0)[None]])
     assert codes.shape == (25, 4) and codes.min() >= 0 and codes.max() < spec.codebook_size
+
+
+# ---------------------------------------------------------------------------------------------
+# Half precision: autocast for the convolutions, float32 for the quantizer
+# ---------------------------------------------------------------------------------------------
+
+
+def _waves():
+    return [synth.track(style, 2.0, 32_000, seed)[None] for seed in (5, 6) for style in synth.STYLES]
+
+
+def test_quantizer_gets_float32_without_autocast_while_the_convolutions_autocast(monkeypatch):
+    from transformers.models.encodec.modeling_encodec import EncodecEuclideanCodebook
+
+    codec, spec = models.load_codec("tiny")
+    seen, encoder_out = [], []
+    quantize = EncodecEuclideanCodebook.quantize
+
+    def spy(self, hidden_states):  # where the nearest-entry distances are computed
+        seen.append((hidden_states.dtype, torch.is_autocast_enabled("cpu")))
+        return quantize(self, hidden_states)
+
+    monkeypatch.setattr(EncodecEuclideanCodebook, "quantize", spy)
+    codec.encoder.register_forward_hook(lambda module, args, out: encoder_out.append(out.dtype))
+    Encoder(codec, spec, device="cpu", precision="bf16").encode(_waves()[:2])
+    assert encoder_out == [torch.bfloat16], "the convolutions still run under bf16 autocast"
+    assert seen == [(torch.float32, False)] * spec.num_codebooks
+    assert "encode" not in vars(codec.quantizer), "the float32 wrapper is removed after the call"
+
+
+def test_bf16_codes_equal_fp32_wherever_bf16_rounding_cannot_flip_them():
+    """bf16 rounds the encoder's output, so codes near a tie may legitimately change; codes far
+    from one may not. A frame's first code is certain when its distance to the runner-up entry
+    exceeds the distance to the nearest by more than twice the rounding error of the embedding
+    (each distance moves by at most that error). With the whole encode under autocast, as before,
+    most of those certain codes came out wrong: the distance sum cancels in bf16.
+    """
+    codec, spec = models.load_codec("tiny")
+    waves = _waves()
+    fp32 = np.stack(Encoder(codec, spec, device="cpu", precision="fp32").encode(waves))
+    bf16 = np.stack(Encoder(codec, spec, device="cpu", precision="bf16").encode(waves))
+    x = torch.from_numpy(np.stack(waves))
+    with torch.inference_mode():
+        exact = codec.encoder(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            rounded = codec.encoder(x).float()
+            whole = codec.encode(x).audio_codes[0].numpy().transpose(0, 2, 1)  # the old path
+        # bf16 mode is exactly: float32 quantizer on the bf16 encoder output
+        expected = codec.quantizer.encode(rounded).numpy().transpose(1, 2, 0)
+    np.testing.assert_array_equal(bf16, expected)
+
+    dim = exact.shape[1]
+    frames = exact.transpose(1, 2).reshape(-1, dim)
+    nearest, runner_up = torch.cdist(frames, codec.quantizer.layers[0].codebook.embed).topk(2, largest=False).values.T
+    error = (rounded - exact).transpose(1, 2).reshape(-1, dim).norm(dim=1)
+    certain = ((runner_up - nearest) > 2 * error).numpy()
+    reference, new, old = fp32[..., 0].reshape(-1), bf16[..., 0].reshape(-1), whole[..., 0].reshape(-1)
+    assert certain.sum() >= 50, "too few clear-cut frames for the test to mean anything"
+    np.testing.assert_array_equal(new[certain], reference[certain])
+    assert (old[certain] == reference[certain]).mean() < 0.9, "the old whole-autocast path is measurably worse"
+    assert (new == reference).mean() > 2 * (old == reference).mean()

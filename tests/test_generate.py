@@ -301,6 +301,25 @@ def test_merged_adapter_matches_the_attached_one(strong_adapter, ab_pipe, tmp_pa
         cfg(tmp_path, compare="both", merge=True)
 
 
+def test_bfloat16_generation_on_cpu_with_a_float32_codec(strong_adapter, tmp_path):
+    """Decoder and text encoder in bf16, EnCodec in float32: codes decode, an audio prompt encodes."""
+    half = generate.Pipeline("tiny", str(strong_adapter), device="cpu", dtype="bfloat16")
+    codec = half.model.audio_encoder
+    assert {p.dtype for p in codec.parameters()} == {torch.float32}
+    assert {b.dtype for b in codec.buffers() if b.is_floating_point()} == {torch.float32}
+    assert {p.dtype for n, p in half.model.decoder.named_parameters() if "lora_" not in n} == {torch.bfloat16}
+    prompt_file = tmp_path / "prompt.wav"
+    sf.write(prompt_file, synth.track("chords", 0.4, seed=2), SR)
+    records = generate.run(cfg(tmp_path, dtype="bfloat16", compare="both", seconds=0.5, audio_prompt=str(prompt_file)), half)
+    assert [r["variant"] for r in records] == ["base", "lora"]
+    for record in records:
+        audio = read(record)
+        assert audio.shape == (int(np.ceil(0.4 * SR / 640)) * 640 + int(0.5 * SR), 1)
+        assert np.abs(audio).max() > 0
+        assert json.loads(Path(record["sidecar"]).read_text())["pipeline"]["dtype"] == "bfloat16"
+    assert not np.array_equal(read(records[0]), read(records[1])), "the adapter still acts in bf16"
+
+
 def test_device_and_dtype_choice():
     assert generate.pick_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
     if not torch.cuda.is_available():

@@ -138,3 +138,23 @@ def test_tiny_melody_builds_offline():
     assert model.config.model_type == "musicgen_melody"
     assert models.spec_of(model).num_codebooks == 4
     assert processor.tokenizer("calm piano").input_ids
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("source", ["tiny", "local"])
+def test_half_precision_keeps_encodec_float32_and_unrounded(tiny_dir, tiny, source, dtype):
+    """EnCodec stays float32 (read straight into float32, never rounded to half and back), and so
+    do the modules transformers keeps in float32: T5's ``wo`` in float16. The rest is ``dtype``."""
+    name = "tiny" if source == "tiny" else str(tiny_dir)
+    model, _ = models.load_musicgen(name, dtype=dtype)
+    reference = tiny[0].state_dict()
+    for key, tensor in model.state_dict().items():
+        if not tensor.is_floating_point():
+            continue
+        if key.startswith("audio_encoder."):
+            assert tensor.dtype == torch.float32 and torch.equal(tensor, reference[key]), key
+        elif key.endswith(".wo.weight"):
+            assert tensor.dtype == (torch.float32 if dtype == torch.float16 else dtype), key
+        else:
+            assert tensor.dtype == dtype, key
+    assert model.dtype == dtype
