@@ -180,6 +180,7 @@ def main() -> None:
                         help="length of each track for (c); long enough that holding a ZIP's audio would show "
                              "(200 x 30 s is 0.8 GB as float32 at 32 kHz)")
     parser.add_argument("--only", choices=("ab", "c"), help="measure only (a)+(b) or only (c)")
+    parser.set_defaults(rss_files=(10, 200))
     parser.add_argument("--rounds", type=int, default=3, help="interleaved repetitions; the best time counts")
     parser.add_argument("--quick", action="store_true", help="small inputs (smoke test of this script)")
     parser.add_argument("--rss-child", help=argparse.SUPPRESS)
@@ -188,6 +189,7 @@ def main() -> None:
         return peak_rss_child(args.rss_child)
     if args.quick:
         args.files, args.seconds, args.rss_seconds, args.rounds = 2, 5.0, 1.5, 1
+        args.rss_files = (3, 6)
     work = Path(tempfile.mkdtemp(prefix="bench-tokenize-"))
     try:
         measure(args, work)
@@ -240,13 +242,14 @@ def measure_speed(args: argparse.Namespace, work: Path) -> None:
 
 
 def measure_rss(args: argparse.Namespace, work: Path) -> None:
-    small = make_zip(work / "rss10" / "batch.zip", 10, args.rss_seconds).parent
-    large = make_zip(work / "rss200" / "batch.zip", 200, args.rss_seconds).parent
+    few, many = args.rss_files
+    small = make_zip(work / "rss-few" / "batch.zip", few, args.rss_seconds).parent
+    large = make_zip(work / "rss-many" / "batch.zip", many, args.rss_seconds).parent
     rss_small, rss_large = peak_rss(small), peak_rss(large)
-    print(f"  peak RSS, 10 files: {rss_small['maxrss_mb']:.0f} MB ({rss_small['seconds']} s); "
-          f"200 files: {rss_large['maxrss_mb']:.0f} MB ({rss_large['seconds']} s), {args.rss_seconds:g} s tracks; "
-          f"all 200 decoded would be {200 * args.rss_seconds * SPEC.sample_rate * 4 / 2**20:.0f} MB")
-    print(f"(c) peak RSS 200-file minus 10-file ZIP: {rss_large['maxrss_mb'] - rss_small['maxrss_mb']:+.0f} MB "
+    print(f"  peak RSS, {few} files: {rss_small['maxrss_mb']:.0f} MB ({rss_small['seconds']} s); "
+          f"{many} files: {rss_large['maxrss_mb']:.0f} MB ({rss_large['seconds']} s), {args.rss_seconds:g} s tracks; "
+          f"all {many} decoded would be {many * args.rss_seconds * SPEC.sample_rate * 4 / 2**20:.0f} MB")
+    print(f"(c) peak RSS {many}-file minus {few}-file ZIP: {rss_large['maxrss_mb'] - rss_small['maxrss_mb']:+.0f} MB "
           f"(target <= 200 MB)")
 
 if __name__ == "__main__":

@@ -45,26 +45,33 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from nbutils import checkpoint, models, shards, synth, train  # noqa: E402
 
 
-def small_config():
-    """musicgen-small's configuration (transformers' conversion of facebook/musicgen-small)."""
+def small_config(quick: bool = False):
+    """musicgen-small's configuration (transformers' conversion of facebook/musicgen-small).
+
+    ``quick``: the same structure scaled down to a few MB, only to check that this script runs.
+    """
     from transformers import EncodecConfig, MusicgenConfig, MusicgenDecoderConfig, T5Config
 
     text = T5Config(vocab_size=32128, d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_heads=12)
     codec = EncodecConfig(sampling_rate=32000, upsampling_ratios=[8, 5, 4, 4], target_bandwidths=[2.2],
                           codebook_size=2048, num_filters=64, hidden_size=128, codebook_dim=128,
                           num_lstm_layers=2, use_causal_conv=False, normalize=False, use_conv_shortcut=False)
-    decoder = MusicgenDecoderConfig(vocab_size=2048, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
-                                    ffn_dim=4096, num_codebooks=4, max_position_embeddings=2048, dropout=0.1,
-                                    pad_token_id=2048, bos_token_id=2048, decoder_start_token_id=2048)
+    decoder = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, ffn_dim=4096)
+    if quick:
+        text = T5Config(vocab_size=32128, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2)
+        codec = EncodecConfig(**{**codec.to_dict(), "num_filters": 4, "hidden_size": 16, "codebook_dim": 16})
+        decoder = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, ffn_dim=64)
+    decoder = MusicgenDecoderConfig(vocab_size=2048, num_codebooks=4, max_position_embeddings=2048, dropout=0.1,
+                                    pad_token_id=2048, bos_token_id=2048, decoder_start_token_id=2048, **decoder)
     return MusicgenConfig(text_encoder=text, audio_encoder=codec, decoder=decoder)
 
 
-def build_model(folder: Path) -> int:
+def build_model(folder: Path, quick: bool = False) -> int:
     """Write the random musicgen-small (+ a processor) to ``folder``; return its state_dict bytes."""
     from transformers import EncodecFeatureExtractor, MusicgenForConditionalGeneration, MusicgenProcessor
 
     torch.manual_seed(0)
-    model = MusicgenForConditionalGeneration(small_config())
+    model = MusicgenForConditionalGeneration(small_config(quick))
     model.generation_config.decoder_start_token_id = model.generation_config.pad_token_id = 2048
     model.save_pretrained(folder)
     MusicgenProcessor(feature_extractor=EncodecFeatureExtractor(feature_size=1, sampling_rate=32000),
@@ -160,7 +167,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (CPU-time ratios need 1)")
     parser.add_argument("--seconds", type=float, default=1.0, help="crop length in seconds")
     parser.add_argument("--workdir", type=Path, default=None, help="keep files here (default: a temp folder)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a scaled-down model and 2 pairs: checks that the script runs, numbers mean nothing")
     args = parser.parse_args()
+    if args.quick:
+        args.pairs = 2
     torch.set_num_threads(args.threads)
     models.quiet_transformers()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-train-"))
@@ -168,7 +179,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; files in {work}", flush=True)
 
     model_dir = work / "musicgen-small-random"
-    full_bytes = build_model(model_dir)
+    full_bytes = build_model(model_dir, args.quick)
     write_tokens(work / "tokens")
     cfg = train.TrainConfig(
         tokens=str(work / "tokens"), out=str(work / "run"), model=str(model_dir), segment_seconds=args.seconds,

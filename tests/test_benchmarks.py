@@ -1,0 +1,37 @@
+"""The benchmark scripts still run against the current code (their numbers are not checked here:
+speed targets belong in the benchmarks' own output, not in timed tests on a shared machine)."""
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+
+def _bench(*args, timeout=600):
+    proc = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+@pytest.mark.slow
+def test_bench_generate_prints_its_ratios():
+    out = _bench("benchmarks/bench_generate.py", "--seconds", "0.5")
+    for line in ("batching: 4 prompts batched", "long-form (", "real-time factor", "CLAP (tiny) scoring"):
+        assert line in out, out
+
+
+@pytest.mark.slow
+def test_bench_tokenize_quick_prints_a_b_and_c():
+    out = _bench("benchmarks/bench_tokenize.py", "--quick")
+    for line in ("(a) pipeline / encoder-only throughput:", "(b) pipeline vs naive loop:", "(c) peak RSS"):
+        assert line in out, out
+
+
+@pytest.mark.slow
+def test_bench_train_quick_prints_its_three_results(tmp_path):
+    out = _bench("benchmarks/bench_train.py", "--quick", "--workdir", str(tmp_path))
+    for line in ("1. loop overhead:", "2. latest.pt size:", "3. resume:"):
+        assert line in out, out
