@@ -24,13 +24,19 @@ BADGE_IMAGE = "https://colab.research.google.com/assets/colab-badge.svg"
 # Cells call nbutils; these few standard modules are what the install / guard lines need.
 ALLOWED_IMPORTS = {"importlib", "importlib.util", "importlib.metadata", "subprocess", "sys", "pathlib",
                    "tempfile", "os", "json", "IPython.display"}
-CONNECT_TEMPLATE = f'''#@title 2. Connect (re-run this after a restart or disconnect)
-import importlib.util, subprocess, sys
-if importlib.util.find_spec("nbutils") is None:  # fresh runtime: install the suite as 00_setup does
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "{colab.install_url()}"], check=True)
-from nbutils import colab
-project = colab.connect(PROJECT_ROOT, notebook="{{name}}"'''
+# Every notebook gets the suite the same way (nbutils.install): 00_setup's install cell and the Connect
+# cell of 01-04 are these lines, then their own. A fresh runtime installs the suite's code with --no-deps
+# (nothing else can change); install.dependencies() adds what is missing with torch/numpy pinned.
+INSTALL_LINES = f'''import importlib.util, subprocess, sys
+if importlib.util.find_spec("nbutils") is None:  # a fresh runtime: the suite's own code only (--no-deps: torch/numpy stay)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "{colab.install_url()}"], check=True)
+    importlib.invalidate_caches()
+from nbutils import {{imports}}
+install.dependencies()  # what the suite needs and this runtime lacks, with its torch/numpy pinned
+'''
+INSTALL_TEMPLATE = "#@title 2. Install the suite (quick when it is already installed)\n" + INSTALL_LINES
+CONNECT_TEMPLATE = ("#@title 2. Connect (re-run this after a restart or disconnect)\n" + INSTALL_LINES
+                    + 'project = colab.connect(PROJECT_ROOT, notebook="{name}"')
 SETUP_GUARD = 'if not importlib.util.find_spec("nbutils"): raise ModuleNotFoundError('
 
 
@@ -149,7 +155,8 @@ def test_cells_after_setup_guard_the_run_order(notebook):
     name, nb = notebook
     cells = _code(nb)
     if name == "00_setup":
-        assert cells[1].source.startswith("#@title 2. Install the suite")
+        assert cells[1].source == INSTALL_TEMPLATE.format(imports="install").strip(), \
+            f"{name}: the install cell differs from the shared install lines:\n{cells[1].source}"
         assert colab.INSTALL_CELL in cells[1].source.splitlines()[0]
         assert cells[2].source.startswith(f"#@title {colab.PROJECT_CELL}")
         for cell in cells[2:]:
@@ -158,7 +165,7 @@ def test_cells_after_setup_guard_the_run_order(notebook):
                 assert "colab.current(cell=colab.PROJECT_CELL)" in cell.source, cell.source
         return
     connect = cells[1].source
-    expected = CONNECT_TEMPLATE.format(name=name)
+    expected = CONNECT_TEMPLATE.format(imports="colab, install", name=name)
     assert connect.startswith(expected), f"{name}: the Connect cell differs from the shared one:\n{connect}"
     assert connect.count("\n") == expected.count("\n"), f"{name}: Connect has extra lines"
     for cell in cells[2:]:
