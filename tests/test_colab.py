@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import importlib.util
 import json
 import os
 import subprocess
@@ -26,9 +25,6 @@ from nbutils.errors import UserError
 
 FAKE_COLAB = Path(__file__).parent / "fake_colab"
 REPO = Path(__file__).resolve().parents[1]
-# 00_setup's GPU cell shows the training preset (nbutils.presets, from the training stage)
-needs_presets = pytest.mark.skipif(importlib.util.find_spec("nbutils.presets") is None,
-                                   reason="nbutils.presets (training stage) is not on this branch yet")
 SECRETS = {"WANDB_API_KEY": "wandb-key-0123-SECRET-abcdef", "HF_TOKEN": "hf_SECRET_token_4567"}
 
 
@@ -262,7 +258,6 @@ def _kernel_sees_fake_colab(monkeypatch, fake: FakeColab, home: Path) -> None:
 
 
 @pytest.mark.slow
-@needs_presets
 def test_setup_notebook_on_colab(tmp_path, monkeypatch):
     fake = FakeColab(tmp_path)
     fake.set_secrets(SECRETS)
@@ -321,7 +316,6 @@ def _cell(nb, title_prefix: str):
 
 
 @pytest.mark.slow
-@needs_presets
 def test_setup_notebook_cells_say_which_cell_to_run(tmp_path, monkeypatch):
     """Run-order guard: without the suite installed, or after a restart, each cell names the cell to run."""
     from nbclient import NotebookClient

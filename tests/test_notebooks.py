@@ -9,7 +9,6 @@ lines that all use ``colab.install_url()``. The README carries one badge per not
 from __future__ import annotations
 
 import ast
-import importlib.util
 import re
 
 import nbformat
@@ -18,7 +17,6 @@ import pytest
 from nbutils import colab
 from nbutils.notebooks import NOTEBOOK_DIR, NOTEBOOKS
 
-STAGE_OF = {"01_tokenize": "tokenize", "02_train": "train", "03_generate": "generate", "04_evaluate": "evaluate"}
 MAX_CODE_LINES = 15  # per cell but the parameters (form fields), not counting #@title and comment lines
 BADGE_IMAGE = "https://colab.research.google.com/assets/colab-badge.svg"
 # Cells call nbutils; these few standard modules are what the install / guard lines need.
@@ -41,13 +39,7 @@ SETUP_GUARD = 'if not importlib.util.find_spec("nbutils"): raise ModuleNotFoundE
 
 
 def _load(name: str):
-    path = NOTEBOOK_DIR / f"{name}.ipynb"
-    if not path.exists():
-        stage = STAGE_OF.get(name)
-        if stage and importlib.util.find_spec(f"nbutils.{stage}") is None:
-            pytest.skip(f"{name}: its stage (nbutils.{stage}) is not on this branch yet")
-        pytest.fail(f"{path} is missing")
-    return nbformat.read(str(path), as_version=4)
+    return nbformat.read(str(NOTEBOOK_DIR / f"{name}.ipynb"), as_version=4)
 
 
 def _code(nb) -> list:
@@ -174,7 +166,5 @@ def test_cells_after_setup_guard_the_run_order(notebook):
 
 def test_all_notebooks_are_there():
     missing = [n for n in NOTEBOOKS if not (NOTEBOOK_DIR / f"{n}.ipynb").exists()]
-    stages_here = [n for n in missing if n not in STAGE_OF or importlib.util.find_spec(f"nbutils.{STAGE_OF[n]}")]
-    assert stages_here == [], f"notebooks missing although their stage is here: {stages_here}"
-    if missing:
-        pytest.skip(f"stages not on this branch yet: {', '.join(missing)}")
+    assert missing == []
+    assert sorted(p.stem for p in NOTEBOOK_DIR.glob("*.ipynb")) == sorted(NOTEBOOKS), "a notebook NOTEBOOKS lacks"
