@@ -279,8 +279,9 @@ def where_to_look(paths: Paths, found: dict[str, list[str]]) -> str:
 
 def run(cfg: DemoConfig, names: tuple[str, ...] | None = None) -> dict[str, Any]:
     """Make the dataset, execute the notebooks, and return the summary (paths by kind, timings)."""
-    from nbutils.notebooks import NOTEBOOKS
+    from nbutils.notebooks import NOTEBOOKS, require_runner
 
+    require_runner()  # before making the dataset: say what to install, not fail half-way
     started = time.monotonic()
     paths = Paths.at(cfg.out)
     paths.root.mkdir(parents=True, exist_ok=True)

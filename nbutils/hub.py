@@ -56,7 +56,7 @@ def model_card(info: dict[str, Any]) -> str:
     return f"""---
 base_model: {base}
 library_name: peft
-license: mit
+license: cc-by-nc-4.0
 tags: [musicgen, lora, text-to-audio, peft]
 ---
 
@@ -85,6 +85,11 @@ processor = AutoProcessor.from_pretrained("{base}")
 inputs = processor(text=["your prompt"], padding=True, return_tensors="pt")
 audio = model.generate(**inputs, do_sample=True, guidance_scale=3.0, max_new_tokens=256)
 ```
+
+## License
+
+The MusicGen weights are Meta's, released under CC-BY-NC-4.0 (non-commercial use only); this adapter
+is trained on them and shared under the same license. The code of the training suite is MIT.
 """
 
 

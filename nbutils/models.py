@@ -251,12 +251,12 @@ def _load_error(name: str, err: Exception) -> UserError:
 
 def load_config(name: str):
     """The MusicGen config of ``name`` (cheap: no weights)."""
+    quiet_transformers()  # the tiny configs too: their pad id (= codebook size) draws a warning per field
     if is_tiny(name):
         return _tiny_config_of(name)
     _check_local(name)
     from transformers import AutoConfig
 
-    quiet_transformers()
     try:
         return AutoConfig.from_pretrained(name)
     except Exception as err:  # noqa: BLE001 - any loading failure becomes one actionable message

@@ -26,6 +26,30 @@ COLAB_METADATA = {
 }
 
 
+# Only the headless runner (the demo, the tests) needs these; Colab has its own. pyproject's "demo" extra.
+RUNNER_PACKAGES = ("nbformat", "nbclient", "ipykernel")
+DEMO_EXTRA = "musicgen-lora-colab[demo]"
+
+
+def require_runner() -> None:
+    """Raise a ``UserError`` saying what to install if the headless notebook runner is missing."""
+    import importlib.util
+    import sys
+
+    def present(name: str) -> bool:  # without importing it (ipykernel is slow to import)
+        if name in sys.modules:
+            return sys.modules[name] is not None  # None: import blocked
+        return importlib.util.find_spec(name) is not None
+
+    absent = [name for name in RUNNER_PACKAGES if not present(name)]
+    if absent:
+        raise UserError(
+            f"Running the notebooks headlessly needs {', '.join(absent)}, which the suite installs only on "
+            f"request. Install them with: pip install \"{DEMO_EXTRA}\" (from a clone: pip install -r "
+            "requirements.txt, or pip install -e \".[demo]\"), then run this again."
+        )
+
+
 def notebook_path(name: str) -> Path:
     """Path of a suite notebook by short name (``01_tokenize``) or file name."""
     stem = Path(name).stem
@@ -166,8 +190,10 @@ def execute(
             "on_cell_executed": g}`` (called with ``cell=`` and ``cell_index=``).
 
     Raises:
-        UserError: naming the cell that failed and the executed notebook to open.
+        UserError: naming the cell that failed and the executed notebook to open, or saying
+            what to install when nbclient is missing.
     """
+    require_runner()
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError

@@ -170,6 +170,21 @@ def _pick_device_settings(cfg: TrainConfig, model_name: str) -> dict[str, Any]:
     }
 
 
+def refuse_melody(model_name: str) -> None:
+    """Raise a ``UserError`` for a musicgen-melody checkpoint (reads its config only: cheap).
+
+    Melody models are conditioned on a melody's chroma as well as the text. This trainer feeds
+    text only, so an adapter would learn a model that never saw its melody input: refuse rather
+    than silently train something that generates worse with a melody.
+    """
+    if models.load_config(model_name).model_type == "musicgen_melody":
+        raise UserError(
+            f"'{model_name}' is a MusicGen melody checkpoint: it needs chroma (melody) conditioning, which this "
+            "suite does not train yet. Fine-tune facebook/musicgen-small, -medium or -large (or a stereo one, "
+            "e.g. facebook/musicgen-stereo-small) instead: set MODEL in the notebook, or pass --model."
+        )
+
+
 def _accelerator(precision: str):
     import torch
     from accelerate import Accelerator
@@ -203,6 +218,7 @@ class Trainer:
         self.cfg = cfg
         self.out = Path(cfg.out).expanduser().absolute()
         self.model_name = cfg.model or self._model_of_shards()
+        refuse_melody(self.model_name)
         self.settings = _pick_device_settings(cfg, self.model_name)
         self.accelerator = _accelerator(self.settings["precision"])
         self.main = self.accelerator.is_main_process

@@ -36,33 +36,7 @@ def encoded(style: str, seed: int, seconds: float = TRACK_SECONDS) -> np.ndarray
 
 @functools.lru_cache(maxsize=1)
 def _codec():
-    codec, spec = models.load_codec("tiny")
-    if all(float(layer.codebook.embed.abs().sum()) == 0 for layer in codec.quantizer.layers):
-        _fill_codebooks(codec, spec)
-    return codec, spec
-
-
-def _fill_codebooks(codec, spec) -> None:
-    """Give a tiny EnCodec whose codebooks are all zero (every frame -> code 0) real codebooks.
-
-    transformers leaves EnCodec codebooks as zero buffers (checkpoints fill them). The fix for
-    ``models.build_tiny`` lives on another branch (generate: "tiny EnCodec gets real
-    codebooks"); until it is merged, the training tests fill them here the same way -- from
-    encoder frames of synthetic music, residual layer by residual layer -- and afterwards this
-    function is never called.
-    """
-    import torch
-
-    wave = np.concatenate([synth.track(s, 3.0, spec.sample_rate, seed=99) for s in STYLES])
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        residual = codec.encoder(torch.from_numpy(wave)[None, None])  # (1, D, T)
-        for layer in codec.quantizer.layers:
-            frames = residual[0].T
-            picks = torch.randperm(frames.shape[0], generator=generator)[: layer.codebook.embed.shape[0]]
-            layer.codebook.embed.copy_(frames[picks])
-            layer.codebook.embed_avg.copy_(frames[picks])
-            residual = residual - layer.decode(layer.encode(residual))
+    return models.load_codec("tiny")
 
 
 def write_shards(tokens_dir: Path, *, batches: int = 2, tracks_per_batch: int = 3, model: str = "tiny",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import importlib.util
 import json
 import os
 import subprocess
@@ -26,9 +25,6 @@ from nbutils.errors import UserError
 
 FAKE_COLAB = Path(__file__).parent / "fake_colab"
 REPO = Path(__file__).resolve().parents[1]
-# 00_setup's GPU cell shows the training preset (nbutils.presets, from the training stage)
-needs_presets = pytest.mark.skipif(importlib.util.find_spec("nbutils.presets") is None,
-                                   reason="nbutils.presets (training stage) is not on this branch yet")
 SECRETS = {"WANDB_API_KEY": "wandb-key-0123-SECRET-abcdef", "HF_TOKEN": "hf_SECRET_token_4567"}
 
 
@@ -262,7 +258,6 @@ def _kernel_sees_fake_colab(monkeypatch, fake: FakeColab, home: Path) -> None:
 
 
 @pytest.mark.slow
-@needs_presets
 def test_setup_notebook_on_colab(tmp_path, monkeypatch):
     fake = FakeColab(tmp_path)
     fake.set_secrets(SECRETS)
@@ -282,7 +277,9 @@ def test_setup_notebook_on_colab(tmp_path, monkeypatch):
     executed = nbformat.read(str(out), as_version=4)
     text = notebooks.outputs_text(executed)
 
-    assert "already installed in this runtime: skipping the install" in text
+    # nbutils is importable (source checkout here, pip-installed in CI): nothing to install
+    assert ("nbutils 0.1.0 and its dependencies are installed" in text
+            or "nbutils 0.1.0 runs from a source checkout" in text) and "Installing what nbutils" not in text
     assert fake.calls("drive.mount") == [
         {"call": "drive.mount", "mountpoint": str(fake.mount), "force_remount": False}]
     settings = json.loads((fake.storage / "musicgen-lora" / "project.json").read_text())
@@ -319,7 +316,6 @@ def _cell(nb, title_prefix: str):
 
 
 @pytest.mark.slow
-@needs_presets
 def test_setup_notebook_cells_say_which_cell_to_run(tmp_path, monkeypatch):
     """Run-order guard: without the suite installed, or after a restart, each cell names the cell to run."""
     from nbclient import NotebookClient
@@ -355,9 +351,25 @@ def test_setup_notebook_cells_say_which_cell_to_run(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------------------------
 
 
-def _install_cell() -> str:
-    nb = nbformat.read(str(notebooks.notebook_path("00_setup")), as_version=4)
-    return _cell(nb, "#@title 2.").source
+def _install_lines(notebook: str = "00_setup") -> str:
+    """The install lines of a notebook: 00_setup's install cell, or the Connect cell without connect()."""
+    cell = _cell(nbformat.read(str(notebooks.notebook_path(notebook)), as_version=4), "#@title 2.").source
+    return "\n".join(line for line in cell.splitlines() if "colab.connect(" not in line)
+
+
+def _checkout(tmp: Path, *extra_requirements: str) -> Path:
+    """What pip gets from GitHub: the repository's files, with ``extra_requirements`` added to its core
+    dependencies (test packages that this environment lacks, as Colab lacks e.g. transformers 5)."""
+    package = tmp / "checkout"
+    package.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE", "nbutils"):
+        subprocess.run(["cp", "-r", str(REPO / name), str(package / name)], check=True)
+    pyproject = package / "pyproject.toml"
+    text = pyproject.read_text()
+    assert "\ndependencies = [\n" in text
+    pyproject.write_text(text.replace("\ndependencies = [\n", "\ndependencies = [\n" + "".join(
+        f'    "{r}",\n' for r in extra_requirements), 1))
+    return package
 
 
 def _wheel(folder: Path, name: str, version: str, requires=(), files=None) -> Path:
@@ -396,15 +408,18 @@ class Venv:
         return subprocess.run([str(self.python), "-c", code], capture_output=True, text=True, cwd=self.tmp,
                               env=getattr(self, "env", None), timeout=300, **kwargs)
 
-    def versions(self) -> dict:
-        code = ("import importlib.metadata as md, importlib.util as u, json; print(json.dumps({n: md.version(n) "
-                "for n in ('torch', 'numpy')} | {'nbutils': bool(u.find_spec('nbutils'))}))")
+    def versions(self, *extra: str) -> dict:
+        code = ("import importlib.metadata as md, importlib.util as u, json\n"
+                "def v(n):\n    try: return md.version(n)\n    except md.PackageNotFoundError: return None\n"
+                f"print(json.dumps({{n: v(n) for n in ('torch', 'numpy', *{extra!r})}}"
+                " | {'nbutils': bool(u.find_spec('nbutils'))}))")
         return json.loads(self.run_python(code).stdout)
 
-    def install_cell(self, requirement: str) -> subprocess.CompletedProcess:
-        source = _install_cell()
+    def install_cell(self, package: Path, notebook: str = "00_setup", before: str = "") -> subprocess.CompletedProcess:
+        """Run a notebook's install lines here, installing ``package`` instead of the GitHub release."""
+        source = _install_lines(notebook)
         assert colab.install_url() in source
-        return self.run_python(source.replace(colab.install_url(), requirement))
+        return self.run_python(before + source.replace(colab.install_url(), str(package)))
 
 
 def _here_versions() -> dict:
@@ -416,18 +431,27 @@ def _here_versions() -> dict:
 @pytest.mark.slow
 def test_install_cell_installs_the_suite_and_keeps_torch_and_numpy(tmp_path):
     venv = Venv(tmp_path)
-    assert venv.versions() == {**_here_versions(), "nbutils": False}
-    package = tmp_path / "checkout"  # what pip gets from GitHub: the repository's files
-    package.mkdir()
-    for name in ("pyproject.toml", "README.md", "LICENSE", "nbutils"):
-        subprocess.run(["cp", "-r", str(REPO / name), str(package / name)], check=True)
-    proc = venv.install_cell(str(package))
+    assert venv.versions("extra-dep") == {**_here_versions(), "extra-dep": None, "nbutils": False}
+    _wheel(tmp_path / "wheels", "extra_dep", "1.2", requires=["numpy"])  # a dependency this runtime lacks
+    package = _checkout(tmp_path, "extra-dep>=1")
+    proc = venv.install_cell(package)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert f"Installed {package}; kept torch/numpy: {_here_versions()}" in proc.stdout
+    assert f"Installed extra-dep>=1; kept torch/numpy: {_here_versions()}" in proc.stdout
     assert "pip log (" in proc.stdout and (tmp_path / "nbutils-pip.log").exists()
-    assert venv.versions() == {**_here_versions(), "nbutils": True}
+    assert venv.versions("extra-dep") == {**_here_versions(), "extra-dep": "1.2", "nbutils": True}
     pins = (tmp_path / "nbutils-pins.txt").read_text()
     assert pins == "".join(f"{n}=={v}\n" for n, v in _here_versions().items())
+
+    # 01-04's Connect cell in this runtime (or after a restart): the same lines, now without any pip
+    colab.create_project(tmp_path / "project", model="tiny")
+    (tmp_path / "nbutils-pip.log").unlink()
+    connect = _cell(nbformat.read(str(notebooks.notebook_path("01_tokenize")), as_version=4), "#@title 2.").source
+    shared = [line for line in _install_lines().splitlines()[1:] if not line.startswith("from nbutils import")]
+    assert [line for line in connect.splitlines() if line in shared] == shared
+    proc = venv.run_python(f"PROJECT_ROOT, MODEL, ZIP_DIR = {str(tmp_path / 'project')!r}, '', ''\n" + connect)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.startswith("nbutils 0.1.0 and its dependencies are installed.\n01_tokenize connected to ")
+    assert not (tmp_path / "nbutils-pip.log").exists()
 
 
 @pytest.mark.slow
@@ -440,18 +464,21 @@ def test_install_cell_refuses_to_downgrade_numpy_and_fails_loudly(tmp_path):
                          capture_output=True, text=True, env=venv.env, cwd=tmp_path)
     assert "Would install needs_old_numpy-1.0 numpy-1.26.4" in dry.stdout, dry.stdout + dry.stderr
 
-    proc = venv.install_cell(str(needs_old))
-    assert proc.returncode != 0
-    assert "RuntimeError: Installing" in proc.stderr and "pip exit code 1" in proc.stderr
-    assert "numpy" in proc.stdout.split("pip log (", 1)[1]  # the log's tail shows the conflict
-    assert venv.versions() == {**_here_versions(), "nbutils": False}
+    package = _checkout(tmp_path, "needs_old_numpy")
+    for attempt in range(2):  # re-running the cell tries again (the suite's code is there by now)
+        proc = venv.install_cell(package)
+        assert proc.returncode != 0
+        assert "UserError: Installing the suite's dependencies failed (pip exit code 1" in proc.stderr
+        assert "still missing: needs_old_numpy" in proc.stderr
+        assert "numpy" in proc.stdout.split("pip log (", 1)[1]  # the log's tail shows the conflict
+        assert venv.versions("needs_old_numpy") == {**_here_versions(), "needs_old_numpy": None, "nbutils": True}
 
 
 @pytest.mark.slow
 def test_install_cell_notices_a_changed_numpy(tmp_path):
-    # a package that smuggles in numpy metadata of another version: the check after pip sees it
-    sneaky = _wheel(tmp_path / "wheels", "sneaky", "1.0", files={
-        "nbutils/__init__.py": "", "numpy-0.1.egg-info": "Metadata-Version: 1.0\nName: numpy\nVersion: 0.1\n"})
-    proc = Venv(tmp_path).install_cell(str(sneaky))
+    # a dependency that smuggles in numpy metadata of another version: the check after pip sees it
+    _wheel(tmp_path / "wheels", "sneaky", "1.0", files={
+        "numpy-0.1.egg-info": "Metadata-Version: 1.0\nName: numpy\nVersion: 0.1\n"})
+    proc = Venv(tmp_path).install_cell(_checkout(tmp_path, "sneaky"))
     assert proc.returncode != 0 and "torch/numpy changed: {'numpy': '0.1'}" in proc.stderr
     assert "Disconnect and delete runtime" in proc.stderr

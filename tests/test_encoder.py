@@ -21,9 +21,10 @@ def _direct(codec, waves):
 
 def test_tiny_codes_follow_the_audio(mono):
     """Every code comparison in these tests means something only if codes depend on the audio."""
-    if not any(layer.codebook.embed.any() for layer in mono.codec.quantizer.layers):
-        pytest.xfail("the tiny EnCodec has all-zero codebooks (transformers' init): every frame is code 0 "
-                     "until models.build_tiny seeds them (_init_tiny_codebooks, generate branch)")
+    for layer in mono.codec.quantizer.layers:  # transformers leaves them zero; models.build_tiny fills them
+        embed = layer.codebook.embed
+        assert embed.abs().sum(dim=1).min() > 0, "a tiny EnCodec codebook entry is all zero"
+        assert len(torch.unique(embed, dim=0)) == embed.shape[0], "tiny EnCodec codebook entries repeat"
     (codes,) = mono.encode([synth.track("chords", 3.0, 32_000, 1)[None]])
     assert all(len(np.unique(codes[:, k])) > 4 for k in range(codes.shape[1]))
 

@@ -34,7 +34,8 @@ def test_adapter_has_a_model_card_and_facts_and_pushes(tmp_path):
     assert facts["base_model"] == "tiny" and facts["step"] == 2 and facts["data"]["train_tracks"] == 4
     assert facts["hyperparameters"]["lora"]["r"] == 4 and facts["hyperparameters"]["effective_batch"] == 4
     card = (final / "README.md").read_text()
-    assert card.startswith("---\nbase_model: tiny\nlibrary_name: peft")
+    assert card.startswith("---\nbase_model: tiny\nlibrary_name: peft\nlicense: cc-by-nc-4.0\n")
+    assert "MusicGen weights are Meta's, released under CC-BY-NC-4.0" in card and "suite is MIT" in card
     assert "PeftModel.from_pretrained(base" in card and "r=4" in card and "4 tracks" in card
 
     fake = FakeHub()

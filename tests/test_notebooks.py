@@ -9,7 +9,6 @@ lines that all use ``colab.install_url()``. The README carries one badge per not
 from __future__ import annotations
 
 import ast
-import importlib.util
 import re
 
 import nbformat
@@ -18,30 +17,29 @@ import pytest
 from nbutils import colab
 from nbutils.notebooks import NOTEBOOK_DIR, NOTEBOOKS
 
-STAGE_OF = {"01_tokenize": "tokenize", "02_train": "train", "03_generate": "generate", "04_evaluate": "evaluate"}
 MAX_CODE_LINES = 15  # per cell but the parameters (form fields), not counting #@title and comment lines
 BADGE_IMAGE = "https://colab.research.google.com/assets/colab-badge.svg"
 # Cells call nbutils; these few standard modules are what the install / guard lines need.
 ALLOWED_IMPORTS = {"importlib", "importlib.util", "importlib.metadata", "subprocess", "sys", "pathlib",
                    "tempfile", "os", "json", "IPython.display"}
-CONNECT_TEMPLATE = f'''#@title 2. Connect (re-run this after a restart or disconnect)
-import importlib.util, subprocess, sys
-if importlib.util.find_spec("nbutils") is None:  # fresh runtime: install the suite as 00_setup does
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "{colab.install_url()}"], check=True)
-from nbutils import colab
-project = colab.connect(PROJECT_ROOT, notebook="{{name}}"'''
+# Every notebook gets the suite the same way (nbutils.install): 00_setup's install cell and the Connect
+# cell of 01-04 are these lines, then their own. A fresh runtime installs the suite's code with --no-deps
+# (nothing else can change); install.dependencies() adds what is missing with torch/numpy pinned.
+INSTALL_LINES = f'''import importlib.util, subprocess, sys
+if importlib.util.find_spec("nbutils") is None:  # a fresh runtime: the suite's own code only (--no-deps: torch/numpy stay)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "{colab.install_url()}"], check=True)
+    importlib.invalidate_caches()
+from nbutils import {{imports}}
+install.dependencies()  # what the suite needs and this runtime lacks, with its torch/numpy pinned
+'''
+INSTALL_TEMPLATE = "#@title 2. Install the suite (quick when it is already installed)\n" + INSTALL_LINES
+CONNECT_TEMPLATE = ("#@title 2. Connect (re-run this after a restart or disconnect)\n" + INSTALL_LINES
+                    + 'project = colab.connect(PROJECT_ROOT, notebook="{name}"')
 SETUP_GUARD = 'if not importlib.util.find_spec("nbutils"): raise ModuleNotFoundError('
 
 
 def _load(name: str):
-    path = NOTEBOOK_DIR / f"{name}.ipynb"
-    if not path.exists():
-        stage = STAGE_OF.get(name)
-        if stage and importlib.util.find_spec(f"nbutils.{stage}") is None:
-            pytest.skip(f"{name}: its stage (nbutils.{stage}) is not on this branch yet")
-        pytest.fail(f"{path} is missing")
-    return nbformat.read(str(path), as_version=4)
+    return nbformat.read(str(NOTEBOOK_DIR / f"{name}.ipynb"), as_version=4)
 
 
 def _code(nb) -> list:
@@ -149,7 +147,8 @@ def test_cells_after_setup_guard_the_run_order(notebook):
     name, nb = notebook
     cells = _code(nb)
     if name == "00_setup":
-        assert cells[1].source.startswith("#@title 2. Install the suite")
+        assert cells[1].source == INSTALL_TEMPLATE.format(imports="install").strip(), \
+            f"{name}: the install cell differs from the shared install lines:\n{cells[1].source}"
         assert colab.INSTALL_CELL in cells[1].source.splitlines()[0]
         assert cells[2].source.startswith(f"#@title {colab.PROJECT_CELL}")
         for cell in cells[2:]:
@@ -158,7 +157,7 @@ def test_cells_after_setup_guard_the_run_order(notebook):
                 assert "colab.current(cell=colab.PROJECT_CELL)" in cell.source, cell.source
         return
     connect = cells[1].source
-    expected = CONNECT_TEMPLATE.format(name=name)
+    expected = CONNECT_TEMPLATE.format(imports="colab, install", name=name)
     assert connect.startswith(expected), f"{name}: the Connect cell differs from the shared one:\n{connect}"
     assert connect.count("\n") == expected.count("\n"), f"{name}: Connect has extra lines"
     for cell in cells[2:]:
@@ -167,7 +166,5 @@ def test_cells_after_setup_guard_the_run_order(notebook):
 
 def test_all_notebooks_are_there():
     missing = [n for n in NOTEBOOKS if not (NOTEBOOK_DIR / f"{n}.ipynb").exists()]
-    stages_here = [n for n in missing if n not in STAGE_OF or importlib.util.find_spec(f"nbutils.{STAGE_OF[n]}")]
-    assert stages_here == [], f"notebooks missing although their stage is here: {stages_here}"
-    if missing:
-        pytest.skip(f"stages not on this branch yet: {', '.join(missing)}")
+    assert missing == []
+    assert sorted(p.stem for p in NOTEBOOK_DIR.glob("*.ipynb")) == sorted(NOTEBOOKS), "a notebook NOTEBOOKS lacks"

@@ -1,0 +1,119 @@
+"""pyproject.toml and requirements.txt: what a Colab install resolves, and what CI installs.
+
+Colab ships CUDA torch and numpy (never pin them) and older ipywidgets / IPython (loose lower
+bounds); the headless notebook runner is an extra, not a core dependency; every third-party
+module nbutils imports is declared; requirements.txt installs all of it for CI.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.metadata as md
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+from nbutils import notebooks
+
+REPO = Path(__file__).resolve().parents[1]
+PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
+CORE = [Requirement(r) for r in PYPROJECT["project"]["dependencies"]]
+EXTRAS = {name: [Requirement(r) for r in reqs] for name, reqs in PYPROJECT["project"]["optional-dependencies"].items()}
+# Modules a runtime provides itself, never installed by pip: why each is allowed undeclared.
+PROVIDED = {"google": "google.colab exists only inside Colab; nbutils imports it only there"}
+# Versions Colab's runtime has shipped; the suite must accept them rather than replace them.
+COLAB_SHIPS = {"ipywidgets": "7.7.1", "ipython": "7.34.0"}
+
+
+def _names(reqs) -> set[str]:
+    return {canonicalize_name(r.name) for r in reqs}
+
+
+def test_setuptools_is_new_enough_for_an_spdx_license_string():
+    assert PYPROJECT["project"]["license"] == "MIT"  # an SPDX expression: setuptools >= 77
+    (build,) = [Requirement(r) for r in PYPROJECT["build-system"]["requires"]]
+    assert build.name == "setuptools" and not build.specifier.contains("76.9") and build.specifier.contains("77.0")
+
+
+def test_torch_and_numpy_are_never_pinned():
+    for req in CORE + [r for reqs in EXTRAS.values() for r in reqs]:
+        if canonicalize_name(req.name) in ("torch", "numpy"):
+            assert not req.specifier, f"{req}: Colab's own build must satisfy it"
+    assert {"torch", "numpy"} <= _names(CORE)
+
+
+def test_the_notebook_runner_is_an_extra_not_a_core_dependency():
+    runner = set(notebooks.RUNNER_PACKAGES)
+    assert not runner & _names(CORE), "nbclient/nbformat/ipykernel are for the demo and tests only"
+    assert runner <= _names(EXTRAS["demo"]) and runner <= _names(EXTRAS["test"])
+    assert notebooks.DEMO_EXTRA == f"{PYPROJECT['project']['name']}[demo]"
+
+
+def test_colab_preinstalled_versions_are_accepted():
+    core = {canonicalize_name(r.name): r for r in CORE}
+    for name, version in COLAB_SHIPS.items():
+        assert core[name].specifier.contains(version), f"{core[name]} would replace Colab's {name} {version}"
+
+
+def _imports(path: Path):
+    """``(module, at_top_level)`` for absolute imports, skipping the optional ones (``try: ... except ImportError``)."""
+    optional: set[int] = set()
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Try) and any(
+                isinstance(h.type, ast.Name) and h.type.id in ("ImportError", "ModuleNotFoundError") for h in node.handlers):
+            optional |= {id(n) for part in (node.body, *[h.body for h in node.handlers]) for s in part for n in ast.walk(s)}
+    top = {id(n) for n in tree.body}
+    for node in ast.walk(tree):
+        if id(node) in optional:
+            continue
+        if isinstance(node, ast.Import):
+            yield from ((a.name, id(node) in top) for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            yield node.module, id(node) in top
+
+
+def test_every_third_party_import_is_declared():
+    """Top-level imports need a core dependency; imports inside functions a core or extra one."""
+    distributions = md.packages_distributions()
+    core, anywhere = _names(CORE), _names(CORE) | {n for reqs in EXTRAS.values() for n in _names(reqs)}
+    problems = []
+    for path in sorted((REPO / "nbutils").glob("*.py")):
+        for module, at_top in _imports(path):
+            root = module.split(".")[0]
+            if root in sys.stdlib_module_names or root == "nbutils" or root in PROVIDED:
+                continue
+            dists = {canonicalize_name(d) for d in distributions.get(root, [])}
+            assert dists, f"{path.name} imports {module}, which is not installed here"
+            if not dists & (core if at_top else anywhere):
+                problems.append(f"{path.name}: {module} ({', '.join(sorted(dists))}) "
+                                f"{'at module level needs a core dependency' if at_top else 'is not declared'}")
+    assert problems == []
+
+
+def test_requirements_txt_installs_everything_declared():
+    """CI installs requirements.txt then the package with --no-deps: it must hold every requirement."""
+    lines = [line.split("#")[0].strip() for line in (REPO / "requirements.txt").read_text().splitlines()]
+    listed = {canonicalize_name(r.name): r for r in map(Requirement, filter(None, lines))}
+    for req in CORE + [r for reqs in EXTRAS.values() for r in reqs]:
+        name = canonicalize_name(req.name)
+        assert name in listed, f"requirements.txt lacks {req}"
+        assert listed[name].specifier == req.specifier, f"requirements.txt has {listed[name]}, pyproject {req}"
+
+
+def test_demo_without_nbclient_says_what_to_install(tmp_path):
+    """``python -m nbutils demo`` where the runner extra is not installed: one line, exit 2, nothing made."""
+    code = ("import sys; sys.modules['nbclient'] = None  # as if not installed\n"
+            "from nbutils import cli; sys.exit(cli.main(['demo', '--out', sys.argv[1]]))")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "demo")], capture_output=True, text=True,
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().startswith("Error: Running the notebooks headlessly needs nbclient,")
+    assert f'pip install "{notebooks.DEMO_EXTRA}"' in proc.stderr and "requirements.txt" in proc.stderr
+    assert not (tmp_path / "demo").exists()
