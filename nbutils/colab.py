@@ -27,8 +27,10 @@ from nbutils.paths import DEFAULT_RUN, PROJECT_FILE, Paths
 # The repository every badge and install line points at: change it here, and the notebook test
 # (tests/test_notebooks.py) will tell you which notebook cells still point elsewhere.
 REPO_SLUG = "musicgen-lora/musicgen-lora-colab"
-REPO_REF = "main"  # badges open the notebooks of this branch
-INSTALL_REF = "v0.1.0"  # notebooks pip-install this tag: a release, not whatever main is today
+# One ref for the badges and for the install line, so an opened notebook always gets the package
+# it was written for. To release: tag the commit (e.g. v0.1.0), push the tag, set REPO_REF to it.
+REPO_REF = "main"
+INSTALL_REF = REPO_REF
 # Where Colab mounts Drive. NBUTILS_DRIVE_MOUNT exists only so tests with a fake google.colab
 # can mount into a temporary folder; on Colab it is never set.
 DRIVE_MOUNT = Path(os.environ.get("NBUTILS_DRIVE_MOUNT") or "/content/drive")

@@ -134,6 +134,8 @@ def test_parameters_cell_holds_plain_form_fields(notebook):
 
 def test_every_install_line_uses_the_pinned_install_url(notebook):
     name, nb = notebook
+    # badge and install name the same ref: an opened notebook gets the package it was written for
+    assert colab.install_url().endswith(f"@{colab.REPO_REF}") and f"/blob/{colab.REPO_REF}/" in nb.cells[0].source
     for cell in _code(nb):
         for node in ast.walk(ast.parse(cell.source)):
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith("git+"):
