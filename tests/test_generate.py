@@ -233,6 +233,51 @@ def test_two_runs_in_the_same_second_keep_both(pipe, tmp_path):
     assert len(list((tmp_path / "out").glob("*.json"))) == 2
 
 
+def test_duplicate_prompts_each_get_their_own_files(ab_pipe, tmp_path):
+    """The same prompt twice, and a third that slugifies to the same name: six takes, none lost."""
+    records = generate.run(cfg(tmp_path, prompts=["rain", "rain", "Rain!"], seconds=0.3, compare="both", seed=2), ab_pipe)
+    assert [(r["prompt"], r["variant"]) for r in records] == [
+        ("rain", "base"), ("rain", "lora"), ("rain", "base"), ("rain", "lora"), ("Rain!", "base"), ("Rain!", "lora")]
+    paths = [Path(r["path"]) for r in records]
+    assert len(set(paths)) == 6 and all(p.is_file() and p.with_suffix(".json").is_file() for p in paths)
+    assert len(list((tmp_path / "out").glob("*.wav"))) == 6 and len(list((tmp_path / "out").glob("*.json"))) == 6
+    stems = [p.name.rsplit("_", 1)[0] for p in paths]
+    assert stems[0] == stems[1] != stems[2] == stems[3] != stems[4] == stems[5] and len(set(stems)) == 3
+    assert stems[2].endswith("-2") and stems[4].endswith("-3")
+    for base, lora in zip(records[::2], records[1::2]):  # each A/B pair points at its own partner
+        assert base["pair"] == Path(lora["path"]).name and lora["pair"] == Path(base["path"]).name
+    # the same prompt in one batch draws its own random numbers: every take is kept, none overwritten
+    audio = [read(r) for r in records]
+    assert not np.array_equal(audio[0], audio[2])
+
+
+def test_reserve_refuses_a_suffix_twice(tmp_path):
+    with pytest.raises(ValueError, match="same suffix twice"):
+        audio_io.reserve(tmp_path, "clip", ["_lora.wav", "_lora.wav"])
+    assert not list(tmp_path.iterdir()), "nothing reserved, no 10000 attempts"
+
+
+def test_cached_pipeline_is_rebuilt_when_the_adapter_is_retrained(tmp_path):
+    """The notebook's load cell reuses the loaded model, unless the adapter's weights changed."""
+    from peft import get_peft_model_state_dict
+
+    folder = save_peft(peft_model("tiny", seed=1), tmp_path / "adapter")
+    settings = cfg(tmp_path, adapter=str(folder))
+    try:
+        first = generate.pipeline(settings)
+        assert generate.pipeline(settings) is first, "same adapter: reused"
+        retrained = peft_model("tiny", seed=2)
+        save_peft(retrained, folder)  # same folder, new weights
+        second = generate.pipeline(settings)
+        assert second is not first and second.adapter.fingerprint != first.adapter.fingerprint
+        expected = get_peft_model_state_dict(retrained)
+        loaded = get_peft_model_state_dict(second._peft)
+        assert all(torch.equal(loaded[k], v) for k, v in expected.items()), "the new weights are the ones in use"
+        assert generate.pipeline(settings) is second
+    finally:
+        generate.release()
+
+
 # ---------------------------------------------------------------------------------------------
 # Interfaces
 # ---------------------------------------------------------------------------------------------
