@@ -503,7 +503,8 @@ def config_for(project, **values: Any) -> GenerateConfig:
     """A ``GenerateConfig`` for a notebook: model, adapter and output folder from the project.
 
     Empty ``adapter`` means the project's trained adapter when there is one; ``prompts`` may
-    be one string with ``|`` between prompts. Later cells get it back with ``last_config()``.
+    be one string with ``|`` between prompts. Notebook cells call it each time they run, with the
+    parameters as they are then (``last_config()`` would hand back an earlier cell's settings).
     """
     global _LAST_CONFIG
     values = {k: v for k, v in values.items() if v is not None}

@@ -312,6 +312,9 @@ def test_notebook_executes_plain_cells_and_the_form_button(tmp_path):
     nb.cells.append(nbformat.v4.new_code_cell(
         "form.seconds.value = 0.6\nform.seed.value = 9\nform.compare.value = 'base'\n"
         "form.button.click()\nprint('FORM', [r['path'] for r in form.records])"))
+    # change two parameters and re-run only cell 4: it must use them, not the load cell's settings
+    plain = next(c for c in nb.cells if c.source.startswith("#@title 4."))
+    nb.cells.append(nbformat.v4.new_code_cell("SEED = 11\nSECONDS = 0.3\n" + plain.source))
     copy = tmp_path / "03_generate.ipynb"
     nbformat.write(nb, str(copy))
     params = {"PROJECT_ROOT": str(root), "MODEL": "tiny", "PROMPTS": "calm piano | dark techno",
@@ -324,6 +327,9 @@ def test_notebook_executes_plain_cells_and_the_form_button(tmp_path):
     assert sorted((s["prompt"], s["variant"]) for s in plain) == [
         ("calm piano", "base"), ("calm piano", "lora"), ("dark techno", "base"), ("dark techno", "lora")]
     assert all(s["adapter_loaded"]["location"].endswith("adapters/best") for s in plain)
+    rerun = [s for s in sidecars if s["seed"] == 11]
+    assert sorted((s["prompt"], s["variant"], s["samples"]) for s in rerun) == [
+        (p, v, int(0.3 * SR)) for p in ("calm piano", "dark techno") for v in ("base", "lora")]
     clicked = [s for s in sidecars if s["seed"] == 9]
     assert [(s["variant"], s["samples"]) for s in clicked] == [("base", int(0.6 * SR)), ("base", int(0.6 * SR))]
     assert "FORM" in text and all(str(generated) in line for line in text.splitlines() if line.startswith("FORM"))
