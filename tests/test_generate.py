@@ -337,6 +337,25 @@ def test_notebook_executes_plain_cells_and_the_form_button(tmp_path):
     assert any("<audio" in o["data"]["text/html"] for o in audio_outputs), "inline players are shown"
 
 
+def test_form_clamps_out_of_range_settings_and_says_so():
+    from nbutils import generate_form
+
+    form = generate_form.form(model="tiny", prompts=["rain"], seconds=600.0, guidance_scale=0.0, temperature=5.0,
+                              top_k=2000, compare="both")
+    assert (form.seconds.value, form.guidance.value, form.temperature.value, form.top_k.value) == (300.0, 1.0, 2.0, 1000)
+    assert form.compare.value == "base"
+    joined = "\n".join(form.issues)
+    for expected in ("Seconds 600 is outside the form's range 0.5 to 300: the form uses 300",
+                     "Guidance 0 is outside", "Temperature 5 is outside", "Top-k 2000 is outside the form's range 0 to 1000",
+                     "compare=both needs a LoRA adapter"):
+        assert expected in joined, joined
+    assert "Seconds 600" in form.widget.children[0].value, "the notes are shown above the controls"
+    used = form.config()
+    assert (used.seconds, used.guidance_scale, used.temperature, used.top_k, used.compare) == (300.0, 1.0, 2.0, 1000, "base")
+    fine = generate_form.form(model="tiny", prompts=["rain"], seconds=4.0, top_k=250)
+    assert fine.issues == [] and fine.widget.children[0] is fine.prompt
+
+
 def test_merged_adapter_matches_the_attached_one(strong_adapter, ab_pipe, tmp_path):
     merged = generate.Pipeline("tiny", str(strong_adapter), merge=True)
     inputs = merged.text_inputs(["calm piano"])
