@@ -345,6 +345,8 @@ def _check_base(model, adapter: Adapter, model_name: str) -> None:
 def _same_model(a: str | None, b: str | None) -> bool:
     if not a or not b:
         return True  # nothing recorded: nothing to warn about
+    if _is_hub_id(a) and _is_hub_id(b):
+        return a.lower() == b.lower()  # the Hub resolves repo ids case-insensitively
     norm = lambda s: str(Path(s).expanduser().resolve()) if Path(s).expanduser().exists() else s.rstrip("/")  # noqa: E731
     return norm(a) == norm(b)
 
