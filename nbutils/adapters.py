@@ -10,10 +10,17 @@ An adapter is given as one string, which can be:
 * a training run folder (``runs/lora``): its ``adapters/best``, else ``adapters/final``, else
   ``latest.pt``.
 
-Before anything is attached, every LoRA weight is checked against the module it adapts: a
-module that does not exist, or whose size differs, means the adapter was made for another base
-model, and the error names both. A different *name* with fitting shapes (a Drive path versus the
-Hub id of the same model) is only a warning. Target modules are whatever the adapter's config
+Before anything is attached, the adapter is checked against the model, and a mismatch is a
+``UserError`` naming both models and what to pass instead:
+
+* both the adapter's recorded base model and the model given are Hub ids, and they differ;
+* the facts training records in every adapter (``base_model.json``, or ``base_facts`` in a
+  training state: model type, codebooks, audio channels, decoder width) differ from the
+  model's (adapters without that record, older or from other tools, skip this check);
+* a LoRA weight's module does not exist in the model, or its size differs.
+
+A different *name* with fitting shapes (a Drive path versus the Hub id of the same model) is
+only a warning. Target modules are whatever the adapter's config
 says, so adapters that also adapt ``enc_to_dec_proj``, ``fc1``/``fc2``, ``lm_heads`` or the
 code embeddings load as well as ours.
 """
@@ -21,6 +28,8 @@ code embeddings load as well as ours.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 import re
 import warnings
@@ -33,6 +42,9 @@ PEFT_CONFIG = "adapter_config.json"
 STATE_FILE = "state.pt"  # in each training step checkpoint: the same dict as latest.pt
 LATEST = "latest.pt"
 RUN_ADAPTERS = ("adapters/best", "adapters/final")  # preferred order inside a training run folder
+WEIGHTS_FILES = ("adapter_model.safetensors", "adapter_model.bin")  # what peft saves, newest format first
+BASE_RECORD = "base_model.json"  # written by training next to the PEFT files: facts of the base model
+FINGERPRINT_CHARS = 12  # hex digits of the weights file's sha256 kept as the adapter's fingerprint
 PEFT_PREFIX = "base_model.model."  # what get_peft_model_state_dict puts before module paths
 _LORA_KEY = re.compile(r"^(?P<module>.+?)\.(?P<part>lora_[A-Za-z_]+?)(?:\.weight)?$")
 
@@ -55,12 +67,16 @@ class Adapter:
     """The model the adapter says it was trained on (``base_model_name_or_path``)."""
     step: int | None = None
     """Training step, when known."""
+    base_facts: dict[str, Any] | None = None
+    """What training recorded about the base model (see ``base_facts``), None for older adapters."""
+    fingerprint: str = ""
+    """Short sha256 of the weights file: changes whenever the adapter is retrained in place."""
 
     def describe(self) -> dict[str, Any]:
         """JSON-able identity of the adapter, for sidecars and tables."""
         return {
             "source": self.source, "kind": self.kind, "location": self.location,
-            "base_model": self.base_model, "step": self.step,
+            "base_model": self.base_model, "step": self.step, "fingerprint": self.fingerprint,
             "r": getattr(self.config, "r", None),
             "target_modules": _jsonable_targets(getattr(self.config, "target_modules", None)),
         }
@@ -106,9 +122,11 @@ def read_peft(location: str, source: str | None = None) -> Adapter:
         raise UserError(f"'{location}' is a {config.peft_type} adapter; only LoRA adapters are supported.")
     folder = Path(location)
     step = _step_of_folder(folder) if folder.is_dir() else None
+    record = folder / BASE_RECORD
+    facts = json.loads(record.read_text(encoding="utf-8")) if folder.is_dir() and record.is_file() else None
     return Adapter(
         source=source or location, kind="peft", location=str(location), config=config, weights=weights,
-        base_model=config.base_model_name_or_path, step=step,
+        base_model=config.base_model_name_or_path, step=step, base_facts=facts,
     )
 
 
@@ -142,37 +160,85 @@ def read_training_state(path: str | os.PathLike, source: str | None = None) -> A
     return Adapter(
         source=source or str(path), kind="training-state", location=str(path), config=config,
         weights=dict(state["lora"]), base_model=state.get("base_model"),
-        step=int(state["step"]) if "step" in state else None,
+        step=int(state["step"]) if "step" in state else None, base_facts=state.get("base_facts"),
     )
 
 
-def resolve(spec: str | os.PathLike) -> Adapter:
-    """Read the adapter named by ``spec`` (see the module docstring for what ``spec`` may be)."""
+def locate(spec: str | os.PathLike) -> tuple[str, str]:
+    """``(kind, location)`` of the adapter ``spec`` names, without reading it.
+
+    ``kind`` is ``peft`` (a folder or Hub id) or ``training-state`` (a ``latest.pt`` / ``state.pt``).
+    """
     spec = str(spec).strip()
     path = Path(spec).expanduser()
     if path.is_file():
-        return read_training_state(path, source=spec)
+        return "training-state", str(path)
     if path.is_dir():
         if (path / PEFT_CONFIG).is_file():
-            adapter = read_peft(str(path), source=spec)
-            if adapter.step is None and (path / STATE_FILE).is_file():
-                adapter.step = read_training_state(path / STATE_FILE).step
-            return adapter
+            return "peft", str(path)
         for sub in RUN_ADAPTERS:
             if (path / sub / PEFT_CONFIG).is_file():
-                return read_peft(str(path / sub), source=spec)
+                return "peft", str(path / sub)
         if (path / LATEST).is_file():
-            return read_training_state(path / LATEST, source=spec)
+            return "training-state", str(path / LATEST)
         raise UserError(
             f"No LoRA adapter in {path}: expected {PEFT_CONFIG} (a PEFT folder), or a training run with "
             f"{' or '.join(RUN_ADAPTERS)} or {LATEST}. Has training saved anything yet?"
         )
     if _looks_like_hub_id(spec):
-        return read_peft(spec)
+        return "peft", spec
     raise UserError(
         f"Adapter '{spec}' is neither an existing folder or file nor a Hub repo id (user/name). "
         "Check the path (on Colab: /content/drive/MyDrive/...)."
     )
+
+
+def resolve(spec: str | os.PathLike) -> Adapter:
+    """Read the adapter named by ``spec`` (see the module docstring for what ``spec`` may be)."""
+    source = str(spec).strip()
+    kind, location = locate(source)
+    if kind == "training-state":
+        adapter = read_training_state(location, source=source)
+    else:
+        adapter = read_peft(location, source=source)
+        state = Path(location) / STATE_FILE
+        if adapter.step is None and Path(location).is_dir() and state.is_file():
+            adapter.step = read_training_state(state).step
+    adapter.fingerprint = fingerprint(source)
+    return adapter
+
+
+def weights_file(spec: str | os.PathLike) -> Path | None:
+    """The file holding the LoRA weights ``spec`` names (a Hub adapter: its cached download, if any)."""
+    kind, location = locate(spec)
+    if kind == "training-state":
+        return Path(location)
+    folder = Path(location)
+    if folder.is_dir():
+        return next((folder / name for name in WEIGHTS_FILES if (folder / name).is_file()), None)
+    from huggingface_hub import try_to_load_from_cache
+
+    for name in WEIGHTS_FILES:
+        cached = try_to_load_from_cache(location, name)
+        if isinstance(cached, str):
+            return Path(cached)
+    return None
+
+
+def fingerprint(spec: str | os.PathLike) -> str:
+    """Short sha256 of the adapter's weights file ('' when it cannot be found without downloading).
+
+    Results made with an adapter (generated clips, a loaded pipeline) are tied to this, so an
+    adapter retrained into the same folder is never mistaken for the old one.
+    """
+    file = weights_file(spec)
+    if file is None:
+        return ""
+    digest = hashlib.sha256()
+    with open(file, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:FINGERPRINT_CHARS]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -225,19 +291,62 @@ def mismatches(model, adapter: Adapter) -> list[str]:
     return problems
 
 
-def _wrong_base(adapter: Adapter, model_name: str, problems: list[str]) -> UserError:
+def _wrong_base(adapter: Adapter, model_name: str, problems: list[str], what: str = "LoRA weights do not fit") -> UserError:
     shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
     return UserError(
         f"The adapter '{adapter.source}' was made for base model '{adapter.base_model or 'unknown'}', "
-        f"but the model given is '{model_name}', and its LoRA weights do not fit ({shown}). "
+        f"but the model given is '{model_name}', and its {what} ({shown}). "
         f"Use --model / MODEL = '{adapter.base_model or 'the model it was trained on'}', or an adapter "
         f"trained on '{model_name}'."
     )
 
 
+def base_facts(model) -> dict[str, Any]:
+    """What must match between an adapter's base model and the model it is loaded onto.
+
+    Args:
+        model: A ``MusicgenForConditionalGeneration`` (or melody), or a peft model wrapping one.
+    """
+    config = model.get_base_model().config if hasattr(model, "get_base_model") else model.config
+    return {
+        "model_type": str(config.model_type),
+        "num_codebooks": int(config.decoder.num_codebooks),
+        "audio_channels": int(config.decoder.audio_channels),
+        "decoder_hidden_size": int(config.decoder.hidden_size),
+    }
+
+
+def _fact_problems(recorded: dict[str, Any] | None, model) -> list[str]:
+    """``field: adapter value vs model value`` for every recorded fact the model does not share."""
+    if not recorded:
+        return []  # an adapter from before the record existed, or from another tool
+    actual = base_facts(model)
+    return [f"{field}: the adapter's base has {recorded[field]}, the model given has {actual[field]}"
+            for field in actual if field in recorded and recorded[field] != actual[field]]
+
+
+def _is_hub_id(name: str | None) -> bool:
+    return bool(name) and _looks_like_hub_id(str(name))
+
+
+def _check_base(model, adapter: Adapter, model_name: str) -> None:
+    """Refuse an adapter whose recorded base is another Hub model, or whose base facts differ."""
+    recorded = adapter.base_model
+    if _is_hub_id(recorded) and _is_hub_id(model_name) and str(recorded).lower() != str(model_name).lower():
+        raise UserError(
+            f"The adapter '{adapter.source}' was trained on '{recorded}', but the model given is '{model_name}'. "
+            f"Pass --model / MODEL = '{recorded}' (the base it was trained on), or an adapter trained on '{model_name}'."
+        )
+    problems = _fact_problems(adapter.base_facts, model)
+    if problems:
+        raise _wrong_base(adapter, model_name, problems, what="recorded base model differs")
+
+
 def _same_model(a: str | None, b: str | None) -> bool:
     if not a or not b:
         return True  # nothing recorded: nothing to warn about
+    if _is_hub_id(a) and _is_hub_id(b):
+        return a.lower() == b.lower()  # the Hub resolves repo ids case-insensitively
     norm = lambda s: str(Path(s).expanduser().resolve()) if Path(s).expanduser().exists() else s.rstrip("/")  # noqa: E731
     return norm(a) == norm(b)
 
@@ -246,13 +355,15 @@ def attach(model, adapter: Adapter, model_name: str):
     """Attach ``adapter`` to ``model`` (in place) and return the ``peft.PeftModel`` wrapping it.
 
     Raises:
-        UserError: the adapter's weights do not fit the model (names both models).
+        UserError: the adapter was trained on another Hub model, its recorded base facts differ
+            from the model's, or its weights do not fit (names both models).
 
     Warns:
         UserWarning: the adapter names another base model but fits (e.g. a local copy of it).
     """
     from peft import get_peft_model, set_peft_model_state_dict
 
+    _check_base(model, adapter, model_name)
     problems = mismatches(model, adapter)
     if problems or not any(module_path(k) for k in adapter.weights):
         raise _wrong_base(adapter, model_name, problems or ["it holds no LoRA weights"])

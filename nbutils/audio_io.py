@@ -111,6 +111,8 @@ def reserve(folder: str | os.PathLike, stem: str, suffixes: Iterable[str]) -> st
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     suffixes = list(suffixes)
+    if len(set(suffixes)) != len(suffixes):  # the second copy could never be created: every name would fail
+        raise ValueError(f"reserve() got the same suffix twice: {suffixes}; each file of a name needs its own suffix.")
     for n in range(1, 10_000):
         name = stem if n == 1 else f"{stem}-{n}"
         created: list[Path] = []

@@ -18,7 +18,8 @@ Held-out segments are those of the validation tracks in the adapter's training r
 
 Outputs in ``out``: ``per_prompt.csv``, ``summary.csv``, ``results.json``, ``comparison.png``,
 and ``samples/`` with every clip (WAV + sidecar). Re-running the same command resumes: clips
-already in ``samples/index.jsonl`` are reused; other settings in the same folder are refused.
+already in ``samples/index.jsonl`` are reused (a LoRA's only while its weights file is unchanged:
+an adapter retrained into the same folder gets new clips); other settings in the same folder are refused.
 
 Command line (the contract in DESIGN.md)::
 
@@ -285,8 +286,11 @@ def adapter_specs(cfg: EvalConfig) -> list[str]:
     return specs
 
 
-def _unit_key(label: str, variation: int, batch: list[str]) -> str:
-    return f"{label}|{variation}|" + hashlib.sha256("\n".join(batch).encode()).hexdigest()[:12]
+def _unit_key(label: str, variation: int, batch: list[str], fingerprint: str = "") -> str:
+    """The ledger key of one batch of clips; a LoRA's carries its weights' fingerprint, so clips of
+    an adapter retrained into the same folder are generated again (the base clips stay valid)."""
+    model = f"{label}@{fingerprint}" if fingerprint else label
+    return f"{model}|{variation}|" + hashlib.sha256("\n".join(batch).encode()).hexdigest()[:12]
 
 
 def _read_wav(path: str) -> np.ndarray:
@@ -306,9 +310,10 @@ class Samples:
     def ensure(self, pipe: generate.Pipeline, gen: generate.GenerateConfig, label: str, variant: str, bar) -> list[dict]:
         """Every clip of ``gen`` for one model, generated only where the ledger has none."""
         records = []
+        weights = pipe.adapter.fingerprint if variant == "lora" and pipe.adapter else ""
         for variation in range(gen.variations):
             for batch in generate.batches(list(gen.prompts), gen.batch_size):
-                key = _unit_key(label, variation, batch)
+                key = _unit_key(label, variation, batch, weights)
                 if key not in self.done:
                     clips = generate.sample_batch(pipe, gen, batch, variant=variant, variation=variation, bar=bar)
                     saved = generate.save(clips, gen, pipe, self.folder / label)
@@ -477,12 +482,13 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     prompts = [p for name in PROMPT_SETS for p in sets.get(name, [])]
     store = Samples(out / "samples")
     gen = cfg.generation(prompts, out / "samples")
-    samples, reference, spec, labels = [], None, None, [BASE]
+    samples, reference, spec, labels, fingerprints = [], None, None, [BASE], {}
     with generate.progress(cfg.seconds * len(prompts) * cfg.samples_per_prompt * (len(specs) + 1)) as bar:
         for n, spec_str in enumerate(specs):
             pipe = generate.Pipeline(cfg.model, spec_str, device=cfg.device, dtype=cfg.dtype)
             label = _unique(adapter_label(pipe.adapter.location, pipe.adapter.kind, pipe.adapter.step), labels)
             labels.append(label)
+            fingerprints[label] = pipe.adapter.fingerprint
             if n == 0:  # the base model and the reference come from the first pipeline
                 samples += store.ensure(pipe, gen, BASE, "base", bar)
                 reference = _reference_or_none(cfg, pipe, all_shards, run_folder(pipe.adapter.location))
@@ -499,14 +505,14 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
         reference_emb = clap.audio_embeddings(scorer, reference.audio, spec.sample_rate)
         selection, origins = reference.selection, reference.origins
     per_prompt, summary = score(samples, sets, text_emb, audio_emb, reference_emb)
-    return _write(cfg, out, sets, samples, per_prompt, summary, selection, origins, spec.sample_rate)
+    return _write(cfg, out, sets, samples, per_prompt, summary, selection, origins, spec.sample_rate, fingerprints)
 
 
 def _reference_or_none(cfg, pipe, all_shards, run):
     return reference_audio(cfg, pipe, all_shards, run) if all_shards else None
 
 
-def _write(cfg, out, sets, samples, per_prompt, summary, selection, origins, sample_rate) -> dict[str, Any]:
+def _write(cfg, out, sets, samples, per_prompt, summary, selection, origins, sample_rate, fingerprints) -> dict[str, Any]:
     files = {"per_prompt_csv": out / "per_prompt.csv", "summary_csv": out / "summary.csv",
              "json": out / "results.json", "plot": out / "comparison.png"}
     write_csv(files["per_prompt_csv"], per_prompt)
@@ -522,7 +528,8 @@ def _write(cfg, out, sets, samples, per_prompt, summary, selection, origins, sam
         "reference": {"selection": selection, "segments": len(origins) or None,
                       "decoded": origins.count("decoded"), "from_source": origins.count("source")},
         "sample_sizes": {"clips_per_model_and_set_max": n_gen, "reference_segments": len(origins)},
-        "settings": config.to_dict(cfg), "files": {k: str(v) for k, v in files.items()},
+        "settings": config.to_dict(cfg), "adapter_fingerprints": fingerprints,
+        "files": {k: str(v) for k, v in files.items()},
         "wandb": log_wandb(samples, summary, sample_rate),
     }
     atomic.write_json(files["json"], results)

@@ -114,6 +114,8 @@ class Clip:
     windows: int
     prompt_seconds: float = 0.0
     """Seconds of continued audio prompt at the start of ``audio``."""
+    index: int = 0
+    """Position of the prompt in the request: tells apart the same prompt given twice."""
 
     @property
     def seconds(self) -> float:
@@ -180,7 +182,9 @@ class Pipeline:
 
     @property
     def key(self) -> tuple:
-        return (self.model_name, self.adapter.source if self.adapter else "", self.device, str(self.dtype), self.merged)
+        """What the loaded weights are: reused only for the same key (see ``pipeline_key``)."""
+        adapter = (self.adapter.source, self.adapter.fingerprint) if self.adapter else ("", "")
+        return (self.model_name, *adapter, self.device, str(self.dtype), self.merged)
 
     @property
     def is_melody(self) -> bool:
@@ -306,11 +310,18 @@ def release() -> None:
         torch.cuda.empty_cache()
 
 
+def pipeline_key(cfg: GenerateConfig) -> tuple:
+    """``Pipeline.key`` of the pipeline ``cfg`` asks for; the adapter's fingerprint is read from its
+    weights file, so an adapter retrained into the same folder is loaded again."""
+    device = pick_device(cfg.device)
+    adapter = (cfg.adapter, adapters.fingerprint(cfg.adapter)) if cfg.adapter else ("", "")
+    return (cfg.model, *adapter, device, str(pick_dtype(cfg.dtype, device)), cfg.merge)
+
+
 def pipeline(cfg: GenerateConfig) -> Pipeline:
-    """The pipeline for ``cfg``'s model/adapter/device/dtype, loaded once and then reused."""
+    """The pipeline for ``cfg``'s model/adapter (and its weights)/device/dtype, loaded once and then reused."""
     global _LOADED
-    wanted = (cfg.model, cfg.adapter or "", pick_device(cfg.device), str(pick_dtype(cfg.dtype, pick_device(cfg.device))), cfg.merge)
-    if _LOADED is None or _LOADED.key != wanted:
+    if _LOADED is None or _LOADED.key != pipeline_key(cfg):
         _LOADED = None  # free the old model before loading the new one
         _LOADED = Pipeline(cfg.model, cfg.adapter, device=cfg.device, dtype=cfg.dtype, merge=cfg.merge)
         what = f"{cfg.model} + adapter {_LOADED.adapter.location}" if _LOADED.adapter else f"{cfg.model} (no adapter)"
@@ -330,14 +341,18 @@ def progress(total_seconds: float):
     return tqdm(total=total_seconds, desc="Generating", unit="audio-s", bar_format=BAR_FORMAT, dynamic_ncols=True)
 
 
-def sample_batch(pipe: Pipeline, cfg: GenerateConfig, batch: list[str], *, variant: str, variation: int, bar=None) -> list[Clip]:
-    """One batch of prompts, one model, one variation (seeded with ``cfg.seed + variation``)."""
+def sample_batch(pipe: Pipeline, cfg: GenerateConfig, batch: list[str], *, variant: str, variation: int, bar=None,
+                 start: int = 0) -> list[Clip]:
+    """One batch of prompts, one model, one variation (seeded with ``cfg.seed + variation``).
+
+    ``start`` is the position of the batch's first prompt in the whole request (``Clip.index``).
+    """
     seed = cfg.seed + variation
     audio, took, windows, prompt_s = pipe.generate(batch, cfg, variant=variant, seed=seed, bar=bar)
     return [
         Clip(prompt=p, variant=variant, variation=variation, seed=seed, audio=a, sample_rate=pipe.spec.sample_rate,
-             batch=batch, generation_seconds=took, windows=windows, prompt_seconds=prompt_s)
-        for p, a in zip(batch, audio)
+             batch=batch, generation_seconds=took, windows=windows, prompt_seconds=prompt_s, index=start + i)
+        for i, (p, a) in enumerate(zip(batch, audio))
     ]
 
 
@@ -354,9 +369,10 @@ def sample_clips(pipe: Pipeline, cfg: GenerateConfig) -> list[Clip]:
     clips: list[Clip] = []
     with progress(cfg.seconds * len(cfg.prompts) * cfg.variations * len(variants)) as bar:
         for variation in range(cfg.variations):
-            for batch in batches(list(cfg.prompts), cfg.batch_size):
+            for n, batch in enumerate(batches(list(cfg.prompts), cfg.batch_size)):
                 for variant in variants:
-                    clips += sample_batch(pipe, cfg, batch, variant=variant, variation=variation, bar=bar)
+                    clips += sample_batch(pipe, cfg, batch, variant=variant, variation=variation, bar=bar,
+                                          start=n * cfg.batch_size)
         bar.n = bar.total  # the per-step estimate lands within float rounding of the total
         bar.refresh()
     return _pair_order(clips)
@@ -364,8 +380,7 @@ def sample_clips(pipe: Pipeline, cfg: GenerateConfig) -> list[Clip]:
 
 def _pair_order(clips: list[Clip]) -> list[Clip]:
     """Order clips prompt by prompt, with the base and LoRA take of the same seed side by side."""
-    order = {p: i for i, p in reversed(list(enumerate(c.prompt for c in clips)))}
-    return sorted(clips, key=lambda c: (c.variation, order[c.prompt], c.prompt, VARIANTS.index(c.variant)))
+    return sorted(clips, key=lambda c: (c.variation, c.index, VARIANTS.index(c.variant)))
 
 
 def _versions() -> dict[str, str]:
@@ -415,17 +430,18 @@ def save(clips: list[Clip], cfg: GenerateConfig, pipe: Pipeline, out: str | Path
     """Write each clip as ``<time>_<prompt>_s<seed>_<variant>.wav`` + ``.json`` in ``out``.
 
     A/B takes share the name up to the variant. Names are reserved with exclusive create, so
-    nothing earlier is ever overwritten (a second run gets ``-2``). The WAV is written before
-    its sidecar: a sidecar means its WAV is complete.
+    nothing earlier is ever overwritten (a second run, or a prompt given twice, or two prompts
+    with the same slug, get ``-2``, ``-3``...). The WAV is written before its sidecar: a sidecar
+    means its WAV is complete.
     """
     out = Path(out)
     stamp = audio_io.timestamp()
     groups: dict[tuple, list[Clip]] = {}
-    for clip in clips:
-        groups.setdefault((clip.prompt, clip.variation), []).append(clip)
+    for clip in clips:  # one name per prompt position: the same text twice is two takes
+        groups.setdefault((clip.index, clip.variation), []).append(clip)
     records = []
-    for (prompt, variation), group in groups.items():
-        stem = f"{stamp}_{audio_io.slug(prompt)}_s{group[0].seed}"
+    for group in groups.values():
+        stem = f"{stamp}_{audio_io.slug(group[0].prompt)}_s{group[0].seed}"
         suffixes = [f"_{c.variant}{ext}" for c in group for ext in (".wav", ".json")]
         name = audio_io.reserve(out, stem, suffixes)
         for clip in group:
@@ -487,7 +503,8 @@ def config_for(project, **values: Any) -> GenerateConfig:
     """A ``GenerateConfig`` for a notebook: model, adapter and output folder from the project.
 
     Empty ``adapter`` means the project's trained adapter when there is one; ``prompts`` may
-    be one string with ``|`` between prompts. Later cells get it back with ``last_config()``.
+    be one string with ``|`` between prompts. Notebook cells call it each time they run, with the
+    parameters as they are then (``last_config()`` would hand back an earlier cell's settings).
     """
     global _LAST_CONFIG
     values = {k: v for k, v in values.items() if v is not None}

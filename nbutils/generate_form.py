@@ -4,11 +4,16 @@ The form only collects values; generation is ``nbutils.generate.run`` with a ``G
 built from them, exactly as the plain cell and the command line do. ``Form.generate()`` is the
 button's callback, so a headless test (or a cell) can press the button programmatically with
 ``form.button.click()``.
+
+Settings outside a control's range (say 600 s from the parameters cell, beyond the form's 300 s)
+are clamped into it, and each change is listed in ``Form.issues`` and shown above the controls:
+ipywidgets would clamp them silently, and the form would then generate something else than asked.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import html
 import traceback
 from typing import Any
 
@@ -16,6 +21,20 @@ from nbutils import config, generate
 from nbutils.errors import UserError
 
 MAX_SECONDS = 300.0  # the form's duration limit; the CLI and plain cell have none
+# control ranges: (label, min, max)
+SECONDS_RANGE = ("Seconds", 0.5, MAX_SECONDS)
+GUIDANCE_RANGE = ("Guidance", 1.0, 10.0)  # MusicGen's guidance is off at 1 and below
+TEMPERATURE_RANGE = ("Temperature", 0.1, 2.0)
+TOP_K_RANGE = ("Top-k", 0, 1000)
+
+
+def clamp(value, limits: tuple[str, float, float], issues: list[str]):
+    """``value`` moved into ``(label, lo, hi)``; a moved value adds a line to ``issues``."""
+    label, lo, hi = limits
+    bounded = min(max(value, lo), hi)
+    if bounded != value:
+        issues.append(f"{label} {value:g} is outside the form's range {lo:g} to {hi:g}: the form uses {bounded:g}.")
+    return type(value)(bounded)
 
 
 class Form:
@@ -25,18 +44,18 @@ class Form:
         import ipywidgets as w
 
         self.defaults = defaults
+        self.issues: list[str] = []
         has_adapter = bool(defaults.adapter)
         self.prompt = w.Textarea(value="\n".join(defaults.prompts) or "lofi hip hop with warm piano",
                                  description="Prompt(s)", placeholder="one prompt per line",
                                  layout=w.Layout(width="95%", height="5em"))
-        self.seconds = w.BoundedFloatText(value=defaults.seconds, min=0.5, max=MAX_SECONDS, step=0.5, description="Seconds")
-        self.guidance = w.FloatSlider(value=defaults.guidance_scale, min=1.0, max=10.0, step=0.5, description="Guidance")
-        self.temperature = w.FloatSlider(value=defaults.temperature, min=0.1, max=2.0, step=0.05, description="Temperature")
-        self.top_k = w.IntSlider(value=defaults.top_k, min=0, max=1000, step=10, description="Top-k")
+        self.seconds = self._bounded(w.BoundedFloatText, float(defaults.seconds), SECONDS_RANGE, step=0.5)
+        self.guidance = self._bounded(w.FloatSlider, float(defaults.guidance_scale), GUIDANCE_RANGE, step=0.5)
+        self.temperature = self._bounded(w.FloatSlider, float(defaults.temperature), TEMPERATURE_RANGE, step=0.05)
+        self.top_k = self._bounded(w.IntSlider, int(defaults.top_k), TOP_K_RANGE, step=10)
         self.seed = w.IntText(value=defaults.seed, description="Seed")
         choices = ["base", "lora", "both"] if has_adapter else ["base"]
-        wanted = defaults.variants(has_adapter)
-        self.compare = w.ToggleButtons(options=choices, value="both" if len(wanted) == 2 else wanted[0],
+        self.compare = w.ToggleButtons(options=choices, value=self._start_model(defaults, has_adapter),
                                        description="Model", tooltips=["base MusicGen", "with your LoRA", "A/B: same prompt and seed"][: len(choices)])
         self.button = w.Button(description="Generate", button_style="primary", icon="music")
         self.output = w.Output()
@@ -44,7 +63,20 @@ class Form:
         self.button.on_click(self.generate)
         controls = [self.prompt, w.HBox([self.seconds, self.seed]), self.guidance, self.temperature,
                     self.top_k, self.compare, self.button]
-        self.widget = w.VBox([*controls, self.output])
+        notes = [w.HTML("<br>".join(f"\u26a0\ufe0f {html.escape(i)}" for i in self.issues))] if self.issues else []
+        self.widget = w.VBox([*notes, *controls, self.output])
+
+    def _bounded(self, widget_class, value, limits, *, step):
+        label, lo, hi = limits
+        return widget_class(value=clamp(value, limits, self.issues), min=lo, max=hi, step=step, description=label)
+
+    def _start_model(self, defaults: generate.GenerateConfig, has_adapter: bool) -> str:
+        """The Model button to start on; without an adapter only base exists (noted, not an error)."""
+        if not has_adapter and defaults.compare in ("lora", "both"):
+            self.issues.append(f"compare={defaults.compare} needs a LoRA adapter and none is loaded: the form uses base.")
+            return "base"
+        wanted = defaults.variants(has_adapter)
+        return "both" if len(wanted) == 2 else wanted[0]
 
     def config(self) -> generate.GenerateConfig:
         """The ``GenerateConfig`` the current widget values describe."""

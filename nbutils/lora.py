@@ -22,7 +22,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from nbutils import atomic
+from nbutils import adapters, atomic
 from nbutils.errors import UserError
 
 _SELF = [f"self_attn.{p}_proj" for p in ("q", "k", "v", "out")]
@@ -146,10 +146,15 @@ def save_adapter(model, folder: str | os.PathLike, base_model: str) -> Path:
 
 
 def write_adapter(model, folder: Path, base_model: str) -> None:
-    """Write adapter files into an existing (temporary) folder."""
+    """Write adapter files into an existing (temporary) folder.
+
+    Next to peft's files goes ``base_model.json`` (``adapters.base_facts``): loading refuses the
+    adapter on a model with another type, codebook count, channel count or decoder width.
+    """
     model.peft_config["default"].base_model_name_or_path = str(base_model)
     # save_embedding_layers=False: no embedding is adapted, and "auto" would query the Hub each save
     model.save_pretrained(str(folder), safe_serialization=True, save_embedding_layers=False)
+    atomic.write_json(Path(folder) / adapters.BASE_RECORD, adapters.base_facts(model))
 
 
 def load_adapter(base_model, folder: str | os.PathLike, *, trainable: bool = False):

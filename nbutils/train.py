@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from nbutils import atomic, checkpoint, config, faults, lora, models, tracking
+from nbutils import adapters, atomic, checkpoint, config, faults, lora, models, tracking
 from nbutils import dataset as data
 from nbutils.config import option
 from nbutils.errors import UserError
@@ -387,6 +387,7 @@ class Trainer:
             "lora": lora.state_dict(self.unwrapped()),
             "lora_config": self.lora_config,
             "base_model": self.model_name,
+            "base_facts": adapters.base_facts(self.base),
             "config": config.to_dict(self.cfg),
             "identity": json.loads(json.dumps(self.identity())),
             "optimizer": self.optimizer.state_dict(),

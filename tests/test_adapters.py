@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -154,3 +155,104 @@ def test_adapter_config_written_by_newer_peft_still_loads(tmp_path):
     model, _ = models.build_tiny("tiny")
     attached, _ = adapters.load_onto(model, str(folder), "tiny")
     assert attached.targeted_module_names
+
+
+# ---------------------------------------------------------------------------------------------
+# Wrong base: Hub ids and the facts training records
+# ---------------------------------------------------------------------------------------------
+
+
+def test_different_hub_ids_are_a_wrong_base_even_when_shapes_fit(tmp_path):
+    """An adapter trained on musicgen-medium, loaded onto musicgen-small: refused by name."""
+    wrapped = peft_model("tiny")
+    wrapped.peft_config["default"].base_model_name_or_path = "facebook/musicgen-medium"
+    adapter_dir = save_peft(wrapped, tmp_path / "adapter")
+    model, _ = models.build_tiny("tiny")  # its weights fit: only the recorded names tell them apart
+    with pytest.raises(UserError, match=r"trained on 'facebook/musicgen-medium'.*model given is 'facebook/musicgen-small'"
+                                        r".*MODEL = 'facebook/musicgen-medium'"):
+        adapters.load_onto(model, str(adapter_dir), "facebook/musicgen-small")
+    assert not hasattr(model, "peft_config"), "nothing was attached"
+    # the same Hub id (spelled with other capitals) is the same model
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # not even a "names another base" warning
+        warnings.filterwarnings("ignore", message="Could not find a config file")  # peft, offline
+        attached, _ = adapters.load_onto(model, str(adapter_dir), "Facebook/MusicGen-Medium")
+    assert attached.targeted_module_names
+
+
+def _recorded_adapter(tmp_path, model_name: str = "tiny"):
+    """An adapter written the way training writes it (``lora.write_adapter``): with base_model.json."""
+    from nbutils import lora
+
+    wrapped = peft_model(model_name)
+    folder = tmp_path / "recorded"
+    folder.mkdir()
+    lora.write_adapter(wrapped, folder, model_name)
+    return folder
+
+
+def test_training_records_the_base_facts_in_every_adapter(tmp_path):
+    """A real (one-step) training run: adapters, step folders and latest.pt carry the base facts."""
+    from _train_helpers import small_config, tokens
+
+    from nbutils import train
+
+    out = tmp_path / "run"
+    train.run(small_config(tokens(tmp_path, batches=1, tracks_per_batch=1), out, max_steps=1, val_fraction=0.3))
+    model, _ = models.build_tiny("tiny")
+    expected = {"model_type": "musicgen", "num_codebooks": 4, "audio_channels": 1, "decoder_hidden_size": 32}
+    assert adapters.base_facts(model) == expected
+    for folder in (out / "adapters" / "final", *(out / "checkpoints").iterdir()):
+        assert json.loads((folder / adapters.BASE_RECORD).read_text()) == expected, folder
+    assert torch.load(out / "latest.pt", weights_only=True)["base_facts"] == expected
+    assert adapters.resolve(out / "latest.pt").base_facts == expected
+    adapters.load_onto(model, str(out / "adapters" / "final"), "tiny")  # its own base: loads
+
+
+@pytest.mark.parametrize("field, recorded, actual", [
+    ("model_type", "musicgen_melody", "musicgen"),
+    ("num_codebooks", 8, 4),
+    ("audio_channels", 2, 1),
+    ("decoder_hidden_size", 48, 32),
+])
+def test_each_recorded_fact_that_differs_is_named(tmp_path, field, recorded, actual):
+    folder = _recorded_adapter(tmp_path)
+    facts = json.loads((folder / adapters.BASE_RECORD).read_text())
+    assert facts[field] == actual
+    (folder / adapters.BASE_RECORD).write_text(json.dumps({**facts, field: recorded}))
+    model, _ = models.build_tiny("tiny")
+    with pytest.raises(UserError) as err:
+        adapters.load_onto(model, str(folder), "tiny")
+    message = str(err.value)
+    assert f"{field}: the adapter's base has {recorded}, the model given has {actual}" in message, message
+    assert "'tiny'" in message and "MODEL" in message
+    assert not hasattr(model, "peft_config"), "nothing was attached"
+
+
+def test_facts_of_a_training_state_are_compared_too(tmp_path):
+    state = lora_state(peft_model("tiny")) | {"base_facts": adapters.base_facts(models.build_tiny("tiny-stereo")[0])}
+    torch.save(state, tmp_path / "latest.pt")
+    model, _ = models.build_tiny("tiny")
+    with pytest.raises(UserError, match=r"num_codebooks: the adapter's base has 8, the model given has 4.*"
+                                        r"audio_channels: the adapter's base has 2, the model given has 1"):
+        adapters.load_onto(model, str(tmp_path / "latest.pt"), "tiny")
+
+
+def test_adapters_without_a_record_still_load(tmp_path):
+    folder = _recorded_adapter(tmp_path)
+    (folder / adapters.BASE_RECORD).unlink()
+    model, _ = models.build_tiny("tiny")
+    attached, adapter = adapters.load_onto(model, str(folder), "tiny")
+    assert adapter.base_facts is None and attached.targeted_module_names
+
+
+def test_fingerprint_follows_the_weights_file(tmp_path):
+    folder = save_peft(peft_model("tiny", seed=1), tmp_path / "adapter")
+    first = adapters.resolve(folder)
+    assert len(first.fingerprint) == adapters.FINGERPRINT_CHARS and first.describe()["fingerprint"] == first.fingerprint
+    assert adapters.fingerprint(tmp_path / "adapter") == first.fingerprint
+    save_peft(peft_model("tiny", seed=2), folder)  # retrained into the same folder
+    assert adapters.fingerprint(folder) != first.fingerprint
+    run = make_run(tmp_path / "run")
+    assert adapters.fingerprint(run) == adapters.fingerprint(run / "adapters" / "best")
+    assert adapters.resolve(run / "latest.pt").fingerprint == adapters.fingerprint(run / "latest.pt") != ""

@@ -10,10 +10,10 @@ import nbformat
 import numpy as np
 import pytest
 import soundfile as sf
-from _generate_helpers import make_run, make_tokens
+from _generate_helpers import make_run, make_tokens, peft_model, save_peft
 from conftest import last_json, run_cli
 
-from nbutils import colab, evaluate, generate, metrics, notebooks, shards
+from nbutils import atomic, colab, evaluate, generate, metrics, notebooks, shards
 from nbutils.errors import UserError
 
 # ---------------------------------------------------------------------------------------------
@@ -194,6 +194,37 @@ def test_rerun_resumes_and_other_settings_are_refused(data, tmp_path):
     assert (out / "summary.csv").read_text() == summary, "resumed equals uninterrupted"
     with pytest.raises(UserError, match=r"other settings \(seconds: 0.5 -> 2.0\).*delete this one"):
         evaluate.run(eval_config(data, out, samples_per_prompt=1, num_prompts=1, seconds=2.0))
+
+
+def test_retrained_adapter_regenerates_its_clips_and_reuses_the_base(data, tmp_path):
+    """Retraining into the same folder (same settings) must not reuse the old adapter's clips."""
+    run = make_run(tmp_path / "run", val_tracks=data["val_tracks"], train_tracks=data["train_tracks"], seed=1)
+    out = tmp_path / "eval"
+    cfg = eval_config(data, out, adapters=[str(run / "adapters" / "best")], samples_per_prompt=1, num_prompts=1)
+
+    def clips(results_dir):
+        ledger = atomic.read_jsonl(results_dir / "samples" / "index.jsonl")
+        return {r["unit"].split("|")[0]: sorted(c["path"] for c in r["clips"]) for r in ledger}
+
+    first = evaluate.run(cfg)
+    before = clips(out)
+    save_peft(peft_model("tiny", seed=2), run / "adapters" / "best")  # retrained: new weights, same folder
+    second = evaluate.run(cfg)
+    after = clips(out)
+    old_fp, new_fp = first["adapter_fingerprints"]["lora-best"], second["adapter_fingerprints"]["lora-best"]
+    assert old_fp and new_fp and old_fp != new_fp
+    assert after["base"] == before["base"], "base clips are reused"
+    old, new = after[f"lora-best@{old_fp}"], after[f"lora-best@{new_fp}"]
+    assert not set(old) & set(new), "the LoRA clips were generated again, into new files"
+    assert all(Path(p).is_file() for p in old + new), "the earlier clips are kept"
+    assert any(not np.array_equal(evaluate._read_wav(a), evaluate._read_wav(b)) for a, b in zip(old, new))
+    scores = {(r["model"], r["prompt"]): r["clap_text"] for r in second["per_prompt"]}
+    earlier = {(r["model"], r["prompt"]): r["clap_text"] for r in first["per_prompt"]}
+    assert all(scores[k] == v for k, v in earlier.items() if k[0] == "base")
+    assert any(scores[k] != v for k, v in earlier.items() if k[0] == "lora-best"), "scores of the new clips"
+    wavs = len(list(out.rglob("*.wav")))
+    evaluate.run(cfg)  # unchanged weights: everything reused
+    assert len(list(out.rglob("*.wav"))) == wavs
 
 
 def test_checkpoints_are_compared_too(data, tmp_path):

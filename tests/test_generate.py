@@ -233,6 +233,51 @@ def test_two_runs_in_the_same_second_keep_both(pipe, tmp_path):
     assert len(list((tmp_path / "out").glob("*.json"))) == 2
 
 
+def test_duplicate_prompts_each_get_their_own_files(ab_pipe, tmp_path):
+    """The same prompt twice, and a third that slugifies to the same name: six takes, none lost."""
+    records = generate.run(cfg(tmp_path, prompts=["rain", "rain", "Rain!"], seconds=0.3, compare="both", seed=2), ab_pipe)
+    assert [(r["prompt"], r["variant"]) for r in records] == [
+        ("rain", "base"), ("rain", "lora"), ("rain", "base"), ("rain", "lora"), ("Rain!", "base"), ("Rain!", "lora")]
+    paths = [Path(r["path"]) for r in records]
+    assert len(set(paths)) == 6 and all(p.is_file() and p.with_suffix(".json").is_file() for p in paths)
+    assert len(list((tmp_path / "out").glob("*.wav"))) == 6 and len(list((tmp_path / "out").glob("*.json"))) == 6
+    stems = [p.name.rsplit("_", 1)[0] for p in paths]
+    assert stems[0] == stems[1] != stems[2] == stems[3] != stems[4] == stems[5] and len(set(stems)) == 3
+    assert stems[2].endswith("-2") and stems[4].endswith("-3")
+    for base, lora in zip(records[::2], records[1::2]):  # each A/B pair points at its own partner
+        assert base["pair"] == Path(lora["path"]).name and lora["pair"] == Path(base["path"]).name
+    # the same prompt in one batch draws its own random numbers: every take is kept, none overwritten
+    audio = [read(r) for r in records]
+    assert not np.array_equal(audio[0], audio[2])
+
+
+def test_reserve_refuses_a_suffix_twice(tmp_path):
+    with pytest.raises(ValueError, match="same suffix twice"):
+        audio_io.reserve(tmp_path, "clip", ["_lora.wav", "_lora.wav"])
+    assert not list(tmp_path.iterdir()), "nothing reserved, no 10000 attempts"
+
+
+def test_cached_pipeline_is_rebuilt_when_the_adapter_is_retrained(tmp_path):
+    """The notebook's load cell reuses the loaded model, unless the adapter's weights changed."""
+    from peft import get_peft_model_state_dict
+
+    folder = save_peft(peft_model("tiny", seed=1), tmp_path / "adapter")
+    settings = cfg(tmp_path, adapter=str(folder))
+    try:
+        first = generate.pipeline(settings)
+        assert generate.pipeline(settings) is first, "same adapter: reused"
+        retrained = peft_model("tiny", seed=2)
+        save_peft(retrained, folder)  # same folder, new weights
+        second = generate.pipeline(settings)
+        assert second is not first and second.adapter.fingerprint != first.adapter.fingerprint
+        expected = get_peft_model_state_dict(retrained)
+        loaded = get_peft_model_state_dict(second._peft)
+        assert all(torch.equal(loaded[k], v) for k, v in expected.items()), "the new weights are the ones in use"
+        assert generate.pipeline(settings) is second
+    finally:
+        generate.release()
+
+
 # ---------------------------------------------------------------------------------------------
 # Interfaces
 # ---------------------------------------------------------------------------------------------
@@ -267,6 +312,9 @@ def test_notebook_executes_plain_cells_and_the_form_button(tmp_path):
     nb.cells.append(nbformat.v4.new_code_cell(
         "form.seconds.value = 0.6\nform.seed.value = 9\nform.compare.value = 'base'\n"
         "form.button.click()\nprint('FORM', [r['path'] for r in form.records])"))
+    # change two parameters and re-run only cell 4: it must use them, not the load cell's settings
+    plain = next(c for c in nb.cells if c.source.startswith("#@title 4."))
+    nb.cells.append(nbformat.v4.new_code_cell("SEED = 11\nSECONDS = 0.3\n" + plain.source))
     copy = tmp_path / "03_generate.ipynb"
     nbformat.write(nb, str(copy))
     params = {"PROJECT_ROOT": str(root), "MODEL": "tiny", "PROMPTS": "calm piano | dark techno",
@@ -279,11 +327,33 @@ def test_notebook_executes_plain_cells_and_the_form_button(tmp_path):
     assert sorted((s["prompt"], s["variant"]) for s in plain) == [
         ("calm piano", "base"), ("calm piano", "lora"), ("dark techno", "base"), ("dark techno", "lora")]
     assert all(s["adapter_loaded"]["location"].endswith("adapters/best") for s in plain)
+    rerun = [s for s in sidecars if s["seed"] == 11]
+    assert sorted((s["prompt"], s["variant"], s["samples"]) for s in rerun) == [
+        (p, v, int(0.3 * SR)) for p in ("calm piano", "dark techno") for v in ("base", "lora")]
     clicked = [s for s in sidecars if s["seed"] == 9]
     assert [(s["variant"], s["samples"]) for s in clicked] == [("base", int(0.6 * SR)), ("base", int(0.6 * SR))]
     assert "FORM" in text and all(str(generated) in line for line in text.splitlines() if line.startswith("FORM"))
     audio_outputs = [o for c in executed.cells for o in c.get("outputs", []) if "text/html" in o.get("data", {})]
     assert any("<audio" in o["data"]["text/html"] for o in audio_outputs), "inline players are shown"
+
+
+def test_form_clamps_out_of_range_settings_and_says_so():
+    from nbutils import generate_form
+
+    form = generate_form.form(model="tiny", prompts=["rain"], seconds=600.0, guidance_scale=0.0, temperature=5.0,
+                              top_k=2000, compare="both")
+    assert (form.seconds.value, form.guidance.value, form.temperature.value, form.top_k.value) == (300.0, 1.0, 2.0, 1000)
+    assert form.compare.value == "base"
+    joined = "\n".join(form.issues)
+    for expected in ("Seconds 600 is outside the form's range 0.5 to 300: the form uses 300",
+                     "Guidance 0 is outside", "Temperature 5 is outside", "Top-k 2000 is outside the form's range 0 to 1000",
+                     "compare=both needs a LoRA adapter"):
+        assert expected in joined, joined
+    assert "Seconds 600" in form.widget.children[0].value, "the notes are shown above the controls"
+    used = form.config()
+    assert (used.seconds, used.guidance_scale, used.temperature, used.top_k, used.compare) == (300.0, 1.0, 2.0, 1000, "base")
+    fine = generate_form.form(model="tiny", prompts=["rain"], seconds=4.0, top_k=250)
+    assert fine.issues == [] and fine.widget.children[0] is fine.prompt
 
 
 def test_merged_adapter_matches_the_attached_one(strong_adapter, ab_pipe, tmp_path):

@@ -166,6 +166,32 @@ def test_cells_after_setup_guard_the_run_order(notebook):
         assert "colab.current()" in cell.source, f"{name}: '{cell.source.splitlines()[0]}' lacks colab.current()"
 
 
+def _parameter_names(nb) -> set[str]:
+    return {node.targets[0].id for node in ast.parse(_code(nb)[0].source).body}
+
+
+def _calls(cell) -> set[str]:
+    return {node.func.attr for node in ast.walk(ast.parse(cell.source))
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)}
+
+
+def test_cells_read_the_parameters_as_they_are_when_run(notebook):
+    """Change a parameter, re-run one cell: that cell must use the new value. Settings saved by an
+    earlier cell (``last_config()``) would silently be the old ones."""
+    name, nb = notebook
+    for cell in _code(nb)[2:]:
+        assert "last_config" not in _calls(cell), f"{name}: '{cell.source.splitlines()[0]}' reuses an earlier cell's settings"
+    if name != "03_generate":
+        return
+    wanted = _parameter_names(nb) - {"PROJECT_ROOT", "MODEL"}  # those two are read by Connect
+    generating = [c for c in _code(nb)[2:] if _calls(c) & {"run", "form"}]
+    assert len(generating) == 2, "cell 4 (plain) and cell 5 (form) generate"
+    for cell in generating:
+        used = {n.id for n in ast.walk(ast.parse(cell.source)) if isinstance(n, ast.Name)}
+        assert "config_for" in _calls(cell) and wanted <= used, \
+            f"{name}: '{cell.source.splitlines()[0]}' does not build its settings from {sorted(wanted - used)}"
+
+
 def test_all_notebooks_are_there():
     missing = [n for n in NOTEBOOKS if not (NOTEBOOK_DIR / f"{n}.ipynb").exists()]
     assert missing == []
