@@ -82,6 +82,16 @@ def is_tiny(name: str) -> bool:
     return str(name) in TINY_MODELS
 
 
+def recorded_name(name: str) -> str:
+    """The name to write into checkpoints and adapters: an existing local folder as an absolute path.
+
+    A relative ``models/foo`` would later read like the Hub id ``models/foo`` (and mean nothing
+    from another working directory); Hub ids and ``tiny`` stay as they are.
+    """
+    path = Path(str(name)).expanduser()
+    return str(path.resolve()) if not is_tiny(name) and path.is_dir() else str(name)
+
+
 def quiet_transformers() -> None:
     """Hide transformers' warnings that fire for every real MusicGen checkpoint too.
 

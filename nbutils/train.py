@@ -217,7 +217,7 @@ class Trainer:
             raise UserError("Say where to write the run: --out DIR (re-using a folder resumes that run).")
         self.cfg = cfg
         self.out = Path(cfg.out).expanduser().absolute()
-        self.model_name = cfg.model or self._model_of_shards()
+        self.model_name = models.recorded_name(cfg.model or self._model_of_shards())
         refuse_melody(self.model_name)
         self.settings = _pick_device_settings(cfg, self.model_name)
         self.accelerator = _accelerator(self.settings["precision"])

@@ -76,3 +76,15 @@ def test_samples_during_training_change_nothing_and_reuse_prompts_and_seeds(tmp_
     infos += [json.loads(p.read_text()) for p in sorted((out / train.SAMPLES_DIR).glob("*/samples.json"))]
     assert len(infos) >= 3
     assert len({(tuple(i["prompts"]), tuple(i["seeds"])) for i in infos}) == 1
+
+
+def test_a_relative_model_folder_is_recorded_as_an_absolute_path(tmp_path, tiny_dir, monkeypatch):
+    import os
+
+    data = tokens(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    relative = os.path.relpath(tiny_dir, tmp_path)
+    summary = train.run(small_config(data, tmp_path / "run", model=relative, max_steps=1, save_every=1))
+    config = json.loads((tmp_path / "run" / "adapters" / "final" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(tiny_dir.resolve()) != relative
+    assert summary["step"] == 1
