@@ -196,6 +196,21 @@ def test_rerun_resumes_and_other_settings_are_refused(data, tmp_path):
         evaluate.run(eval_config(data, out, samples_per_prompt=1, num_prompts=1, seconds=2.0))
 
 
+def test_without_tokens_a_prompt_file_still_gives_tables_and_a_plot(data, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("lofi piano\nwarm tape hiss beat\n")
+    results = evaluate.run(eval_config(data, tmp_path / "e", tokens="", prompts=str(prompts), samples_per_prompt=1))
+    files = {k: Path(v) for k, v in results["files"].items()}
+    assert files["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = read_csv(files["summary_csv"])
+    assert {r["model"] for r in summary} == {"base", "lora-best"}, "no held-out row without a reference"
+    for row in summary:
+        assert -1 <= float(row["clap_text"]) <= 1
+        assert row["style_similarity"] == "" and row["frechet"] == "", "no reference: empty, not invented"
+    reference = json.loads(files["json"].read_text())["reference"]
+    assert reference["selection"].startswith("none (no token shards)") and reference["decoded"] == 0
+
+
 def test_retrained_adapter_regenerates_its_clips_and_reuses_the_base(data, tmp_path):
     """Retraining into the same folder (same settings) must not reuse the old adapter's clips."""
     run = make_run(tmp_path / "run", val_tracks=data["val_tracks"], train_tracks=data["train_tracks"], seed=1)

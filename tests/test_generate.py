@@ -297,6 +297,18 @@ def test_cli_contract(tmp_path):
     assert missing.returncode == 2 and "Missing --prompt" in missing.stderr
 
 
+def test_cli_with_an_adapter_generates_one_lora_clip_per_prompt(tmp_path):
+    adapter = save_peft(peft_model("tiny"), tmp_path / "adapter")
+    out = tmp_path / "gen"
+    proc = run_cli("generate", "--model", "tiny", "--adapter", str(adapter), "--prompt", "calm piano",
+                   "--prompt", "dark techno beat", "--seconds", "0.4", "--out", str(out), "--seed", "3")
+    summary = last_json(proc.stdout)
+    assert summary["clips"] == 2 and len(summary["files"]) == 2
+    for sidecar in summary["sidecars"]:
+        info = json.loads(Path(sidecar).read_text())
+        assert info["variant"] == "lora" and str(adapter) in json.dumps(info["adapter"]), info
+
+
 def _project_with_run(tmp_path) -> Path:
     root = tmp_path / "project"
     project = colab.create_project(root, model="tiny")
