@@ -27,9 +27,10 @@ from nbutils.paths import DEFAULT_RUN, PROJECT_FILE, Paths
 # The repository every badge and install line points at: change it here, and the notebook test
 # (tests/test_notebooks.py) will tell you which notebook cells still point elsewhere.
 REPO_SLUG = "musicgen-lora/musicgen-lora-colab"
-# One ref for the badges and for the install line, so an opened notebook always gets the package
-# it was written for. To release: tag the commit (e.g. v0.1.0), push the tag, set REPO_REF to it.
-REPO_REF = "main"
+# One pinned release for the badges and for the install line: a badge opens the notebooks of this
+# tag, and they install the package of the same tag, so they always match (main may move on).
+# To release: set the next tag here, commit, tag that commit with it, push the tag.
+REPO_REF = "v0.1.0"
 INSTALL_REF = REPO_REF
 # Where Colab mounts Drive. NBUTILS_DRIVE_MOUNT exists only so tests with a fake google.colab
 # can mount into a temporary folder; on Colab it is never set.
