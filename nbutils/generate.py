@@ -417,7 +417,7 @@ def sidecar(clip: Clip, cfg: GenerateConfig, pipe: Pipeline, wav: Path, written:
         "gain": written["gain"],
         "peak": written["peak"],
         "windows": clip.windows,
-        "generation_seconds": round(clip.generation_seconds, 3),
+        "generation_seconds": round(clip.generation_seconds, 4),
         "realtime_factor": round(clip.realtime_factor, 4),
         "parameters": config.to_dict(cfg),
         "pipeline": pipe.describe(),

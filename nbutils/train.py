@@ -816,9 +816,15 @@ def add_cli(parser) -> None:
 
 def run_cli(args) -> dict[str, Any]:
     """Entry point of ``python -m nbutils train``; returns the summary printed as the last JSON line."""
-    summary = run(config.from_args(TrainConfig, args))
     from accelerate.state import PartialState
 
+    try:
+        summary = run(config.from_args(TrainConfig, args))
+    finally:
+        # Under accelerate launch / torchrun, leave the process group before exiting: otherwise
+        # gloo's threads can still be talking to a peer that already exited, and the process
+        # aborts ("terminate called without an active exception") after training went well.
+        PartialState().destroy_process_group()
     if not PartialState().is_main_process:
         return None  # one JSON line per launch, from the main process
     return summary
