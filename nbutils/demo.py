@@ -35,7 +35,7 @@ FORMATS = ("wav", "flac", "mp3")
 # Small numbers keep the whole run to a few minutes on a 2-core CPU.
 STAGE_PARAMETERS: dict[str, dict[str, Any]] = {
     "00_setup": {"ASK_FOR_MISSING_SECRETS": False},
-    "01_tokenize": {"TEST_TRACKS": 2},
+    "01_tokenize": {"TEST_TRACKS": 2, "SEGMENT_SECONDS": 2.0},  # 3 segments per track: a held-out set for 04
     "02_train": {"SEGMENT_SECONDS": 1.0, "MAX_STEPS": 12, "SAVE_EVERY": 4, "BATCH_SIZE": 2, "GRAD_ACCUM": 1,
                  "SAMPLE_EVERY": 6, "SAMPLE_SECONDS": 1.0, "WANDB": "offline"},
     "03_generate": {"PROMPTS": "calm piano chords, slow | dark percussion noise bursts, energetic beat",

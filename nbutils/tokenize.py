@@ -90,6 +90,12 @@ class TokenizeConfig:
                 setattr(self, name, kind(getattr(self, name)))
         if self.segment_seconds <= 0:
             raise UserError(f"segment_seconds must be positive (got {self.segment_seconds}).")
+        # The defaults suit 30 s segments. Shorter segments scale them down (the tail in proportion)
+        # rather than refusing values the user never set.
+        if self.min_tail_seconds == audio.MIN_TAIL_SECONDS and self.segment_seconds < audio.MIN_TAIL_SECONDS:
+            self.min_tail_seconds = round(self.segment_seconds * audio.MIN_TAIL_SECONDS / audio.SEGMENT_SECONDS, 3)
+        if self.min_seconds == audio.MIN_SECONDS and self.segment_seconds < audio.MIN_SECONDS:
+            self.min_seconds = self.segment_seconds
         if not 0 <= self.min_seconds <= self.segment_seconds:
             raise UserError(f"min_seconds ({self.min_seconds}) must be between 0 and segment_seconds "
                             f"({self.segment_seconds}).")

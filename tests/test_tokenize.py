@@ -325,6 +325,17 @@ def test_missing_inputs_are_user_errors(tmp_path):
         tokenize.TokenizeConfig(workers=-1)
 
 
+def test_short_segments_scale_the_default_minimums_but_refuse_explicit_ones():
+    # notebook 01 exposes SEGMENT_SECONDS but not the minimums: 2 s segments must not fail on a
+    # 5 s minimum tail the user never set
+    short = tokenize.TokenizeConfig(segment_seconds=2)
+    assert short.min_tail_seconds == pytest.approx(2 * 5 / 30, abs=1e-3) and short.min_seconds == 1.0
+    assert tokenize.TokenizeConfig(segment_seconds=0.5).min_seconds == 0.5
+    assert tokenize.TokenizeConfig().min_tail_seconds == 5.0  # 30 s segments: the documented default
+    with pytest.raises(UserError, match="min_tail_seconds"):
+        tokenize.TokenizeConfig(segment_seconds=2, min_tail_seconds=3)
+
+
 def test_decode_workers_follow_the_cores(monkeypatch):
     for cores, expected in ((1, 2), (2, 2), (4, 3), (12, 8), (None, 2)):
         monkeypatch.setattr(os, "cpu_count", lambda cores=cores: cores)
