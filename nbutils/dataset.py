@@ -2,7 +2,8 @@
 
 * **Crops.** Each segment yields ``max(1, frames // crop_frames)`` crops per epoch. Training crops
   start at a random frame; validation crops are the segment's consecutive windows. A crop shorter
-  than ``crop_frames`` (a short segment) is padded and the padding is masked out of the loss.
+  than ``crop_frames`` (a short segment) is padded and the padding is masked out of the loss; a
+  batch is cut to its longest crop, so short tracks and tails do not pay for a full crop.
 * **Text.** A crop is trained with its track's description.
 * **Classifier-free guidance dropout.** With probability ``cfg_dropout`` the description is
   dropped: the text is replaced by an empty one whose attention mask is zero, so the decoder sees
@@ -247,8 +248,11 @@ class Collator:
         for row, text in enumerate(texts):
             if not text:
                 mask[row] = 0  # the null condition: zero text states, as generate() uses for guidance
-        codes = torch.from_numpy(np.stack([e.codes for e in examples]))
         lengths = torch.tensor([e.length for e in examples])
+        # Crop padding only costs compute: cut the batch to its longest crop (short tracks and tails
+        # would otherwise run at full crop length). The labels there were -100 anyway.
+        longest = int(lengths.max())
+        codes = torch.from_numpy(np.stack([e.codes[:longest] for e in examples]))
         labels = L.delay_labels(codes, lengths, self.pad_id, self.audio_channels)
         max_delay = L.delays(codes.shape[2], self.audio_channels)[-1]
         return Batch(

@@ -61,11 +61,37 @@ def test_short_segments_are_padded_and_masked(tmp_path):
     assert example.length == 7 and example.codes.shape == (20, 4)
     from nbutils.models import tiny_tokenizer
 
-    batch = data.Collator(tiny_tokenizer(), PAD, PAD)([example])
+    collate = data.Collator(tiny_tokenizer(), PAD, PAD)
+    batch = collate([example])
     assert batch.tokens == 7 * 4
+    assert batch.labels.shape == (1, 7 + 3, 4), "a batch of short crops is cut to its longest crop"
+    assert batch.decoder_attention_mask[0].tolist() == [1] * 10
+    assert int((batch.labels[0] != PAD).sum()) == 7 * 4
+    # next to a full crop, the short one is padded and the padding masked
+    full = data.Example(np.arange(80).reshape(20, 4) % PAD, 20, "drums", "b/y")
+    batch = collate([example, full])
     assert batch.decoder_attention_mask[0].tolist() == [1] * 10 + [0] * 13
     real = batch.labels[0] != -100
     assert int((batch.labels[0][real] != PAD).sum()) == 7 * 4 and not real[10:].any()
+
+
+def test_cutting_crop_padding_does_not_change_the_loss(tiny):
+    from nbutils import labels as L
+
+    model, processor = tiny
+    collate = data.Collator(processor.tokenizer, PAD, PAD)
+    rng = np.random.default_rng(0)
+    short = data.Example(np.pad(rng.integers(0, PAD, (9, 4)), ((0, 11), (0, 0))), 9, "calm piano", "b/x")
+    full = data.Example(rng.integers(0, PAD, (20, 4)), 20, "calm piano", "b/y")
+
+    def row_loss(examples):
+        batch = collate(examples)
+        with torch.no_grad():
+            logits = model(**batch.model_inputs()).logits
+        return L.codebook_ce(logits.reshape(len(examples), 4, *logits.shape[1:])[:1], batch.labels[:1], PAD)
+
+    alone, padded = row_loss([short]), row_loss([short, full])  # cut to 9 frames vs padded to 20
+    assert torch.equal(alone[1], padded[1]) and torch.allclose(alone[0], padded[0], rtol=1e-5)
 
 
 def test_cfg_dropout_rate_and_null_condition(opened, tiny):
