@@ -20,8 +20,7 @@ from nbutils.notebooks import NOTEBOOK_DIR, NOTEBOOKS
 MAX_CODE_LINES = 15  # per cell but the parameters (form fields), not counting #@title and comment lines
 BADGE_IMAGE = "https://colab.research.google.com/assets/colab-badge.svg"
 # Cells call nbutils; these few standard modules are what the install / guard lines need.
-ALLOWED_IMPORTS = {"importlib", "importlib.util", "importlib.metadata", "subprocess", "sys", "pathlib",
-                   "tempfile", "os", "json", "IPython.display"}
+ALLOWED_IMPORTS = {"importlib.util", "subprocess", "sys"}  # the install lines; everything else goes through nbutils
 # Every notebook gets the suite the same way (nbutils.install): 00_setup's install cell and the Connect
 # cell of 01-04 are these lines, then their own. A fresh runtime installs the suite's code with --no-deps
 # (nothing else can change); install.dependencies() adds what is missing with torch/numpy pinned.
