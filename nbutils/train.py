@@ -59,8 +59,10 @@ class TrainConfig:
     val_fraction: float = option(0.05, "Share of tracks held out for validation (whole tracks).")
     val_crops: int = option(256, "At most this many validation crops per evaluation (evenly spaced).")
     seed: int = option(0, "Seed of the split, data order, crops, CFG dropout and LoRA initialization.")
-    batch_size: int = option(0, "Crops per process per micro-batch; 0 = the GPU preset (nbutils.presets).")
-    grad_accum: int = option(0, "Micro-batches per optimizer step; 0 = the GPU preset.")
+    batch_size: int = option(0, "Crops per process per micro-batch; 0 = the GPU preset (nbutils.presets). "
+                                "Set alone, the accumulation makes up the preset's effective batch of 16.")
+    grad_accum: int = option(0, "Micro-batches per optimizer step; 0 = the GPU preset (or what makes up 16 "
+                                "crops with the batch_size you set).")
     precision: str = option("auto", "auto (bf16 on A100/H100/L4, fp16 with loss scaling on T4/V100, fp32 on "
                                     "CPU), bf16, fp16 or fp32.")
     grad_checkpointing: str = option("auto", "Recompute activations to save GPU memory: auto (GPU preset), on, off.")
@@ -161,9 +163,16 @@ def _pick_device_settings(cfg: TrainConfig, model_name: str) -> dict[str, Any]:
     preset = presets.suggest(model_name, segment_seconds=cfg.segment_seconds)
     precision = preset.precision if cfg.precision == "auto" else cfg.precision
     checkpointing = preset.grad_checkpointing if cfg.grad_checkpointing == "auto" else cfg.grad_checkpointing == "on"
+    batch_size, grad_accum = cfg.batch_size or preset.batch_size, cfg.grad_accum or preset.grad_accum
+    # One of the two set: the other completes presets.EFFECTIVE_BATCH, as the preset would, so the
+    # effective batch (part of what a run means) does not depend on which GPU Colab assigned.
+    if cfg.batch_size and not cfg.grad_accum:
+        grad_accum = max(1, presets.EFFECTIVE_BATCH // cfg.batch_size)
+    elif cfg.grad_accum and not cfg.batch_size:
+        batch_size = max(1, presets.EFFECTIVE_BATCH // cfg.grad_accum)
     return {
-        "batch_size": cfg.batch_size or preset.batch_size,
-        "grad_accum": cfg.grad_accum or preset.grad_accum,
+        "batch_size": batch_size,
+        "grad_accum": grad_accum,
         "precision": precision,
         "grad_checkpointing": bool(checkpointing),
         "preset": preset,

@@ -76,3 +76,16 @@ def test_cpu_is_never_bf16_native(fake_gpu, monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "get_device_capability", no_gpu)
     assert devices.bf16_native() is False and devices.bf16_native("cuda") is False
+
+
+@pytest.mark.parametrize("card", ["T4", "L4", "A100"])
+def test_one_batch_setting_completes_the_presets_effective_batch_on_every_gpu(fake_gpu, card):
+    # a run that keeps its effective batch can move between Colab GPUs (it is part of what a run means)
+    fake_gpu(card)
+    model = "facebook/musicgen-small"
+    for settings, expected in (({"batch_size": 4}, (4, 4)), ({"grad_accum": 4}, (4, 4)),
+                               ({"batch_size": 32}, (32, 1)), ({"batch_size": 3, "grad_accum": 5}, (3, 5))):
+        picked = train._pick_device_settings(train.TrainConfig(model=model, **settings), model)
+        assert (picked["batch_size"], picked["grad_accum"]) == expected, (card, settings)
+    preset = train._pick_device_settings(train.TrainConfig(model=model), model)
+    assert preset["batch_size"] * preset["grad_accum"] == presets.EFFECTIVE_BATCH
