@@ -128,10 +128,20 @@ def decoded_segments(zip_path: Path, work: Path, segment_seconds: float) -> list
     return segments
 
 
-def run_encoder_only(codec, segments: list[np.ndarray], batch_size: int, segment_samples: int) -> Timer:
+def bench_device() -> str:
+    """Where all three methods encode: the GPU when there is one (as the pipeline does), else the CPU."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def run_encoder_only(codec, segments: list[np.ndarray], segment_seconds: float) -> Timer:
+    """The pipeline's encoder (same device, precision and batch size) on already decoded segments."""
     from nbutils.encoder import Batcher, Encoder
 
-    batcher = Batcher(Encoder(codec, SPEC, device="cpu"), full_samples=segment_samples, batch_size=batch_size)
+    encoder = Encoder(codec, SPEC, device=bench_device())
+    batcher = Batcher(encoder, full_samples=int(segment_seconds * SPEC.sample_rate),
+                      batch_size=encoder.default_batch(segment_seconds))
     with Timer() as timer:
         for i, segment in enumerate(segments):
             batcher.add(i, segment)
@@ -140,11 +150,13 @@ def run_encoder_only(codec, segments: list[np.ndarray], batch_size: int, segment
 
 
 def run_naive(codec, zip_path: Path, work: Path) -> Timer:
-    """Extract, read, resample, encode the whole file, torch.save -- one file at a time."""
+    """Extract, read, resample, encode the whole file (float32), torch.save -- one file at a time."""
     import soundfile as sf
     import soxr
     import torch
 
+    device = bench_device()
+    codec.to(device)
     out = Path(tempfile.mkdtemp(dir=work))
     with Timer() as timer, zipfile.ZipFile(zip_path) as zf:
         for name in zf.namelist():
@@ -152,7 +164,7 @@ def run_naive(codec, zip_path: Path, work: Path) -> Timer:
             wave, sr = sf.read(path, dtype="float32", always_2d=True)
             wave = soxr.resample(wave.mean(axis=1), sr, SPEC.sample_rate)
             with torch.no_grad():
-                codes = codec.encode(torch.from_numpy(wave)[None, None]).audio_codes[0, 0]
+                codes = codec.encode(torch.from_numpy(wave)[None, None].to(device)).audio_codes[0, 0]
             torch.save(codes, out / (Path(name).stem + ".pt"))
             os.remove(path)
     return timer
@@ -208,8 +220,6 @@ def measure(args: argparse.Namespace, work: Path) -> None:
 def measure_speed(args: argparse.Namespace, work: Path) -> None:
     import torch
 
-    from nbutils.encoder import CPU_BATCH
-
     zips = work / "ab"
     zip_path = make_zip(zips / "batch_0001.zip", args.files, args.seconds)
     codec = real_codec()
@@ -218,12 +228,12 @@ def measure_speed(args: argparse.Namespace, work: Path) -> None:
     segments = decoded_segments(zip_path, work, segment_seconds)
     audio_seconds = sum(s.shape[-1] for s in segments) / SPEC.sample_rate
     print(f"{args.files} tracks x {args.seconds:g} s (44.1 kHz stereo mp3), {audio_seconds:.0f} s of audio; "
-          f"torch threads: {torch.get_num_threads()}, batch {CPU_BATCH}; load {os.getloadavg()[0]:.1f}", flush=True)
+          f"device {bench_device()}, torch threads: {torch.get_num_threads()}; load {os.getloadavg()[0]:.1f}", flush=True)
 
     # Interleaved, so a change in machine load (shared CPU) hits every method alike.
     runs = {"encoder": [], "pipeline": [], "naive": []}
     for round_ in range(args.rounds):
-        runs["encoder"].append(run_encoder_only(codec, segments, CPU_BATCH, int(segment_seconds * 32_000)))
+        runs["encoder"].append(run_encoder_only(codec, segments, segment_seconds))
         runs["pipeline"].append(run_pipeline(zips, work)[0])
         runs["naive"].append(run_naive(codec, zip_path, work))
         print(f"  round {round_ + 1} (load {os.getloadavg()[0]:.1f}): "

@@ -30,7 +30,11 @@ from nbutils.models import AudioSpec
 from nbutils.shards import CODE_DTYPE
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-GPU_BATCH = 16  # 16 x 30 s segments: ~2 GB of activations on a GPU
+GPU_BATCH = 16  # at most this many segments per batch on a GPU (fewer when memory is short, see gpu_batch)
+# Peak GPU memory per 30 s mono row while encoding with the real EnCodec 32 kHz architecture
+# (measured on the CPU allocator: 1.15 GiB in float32, ~0.7 GiB with fp16 convolutions; rounded up).
+ROW_GIB = {"fp32": 1.2, "half": 0.8}
+GPU_MEMORY_SHARE = 0.6  # of the free memory: leaves room for the allocator's fragmentation
 CPU_BATCH = 1  # on a CPU, one 30 s segment at a time is ~20% faster than pairs (real-size codec, 2 cores)
 
 
@@ -79,6 +83,16 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def gpu_batch(segment_seconds: float, audio_channels: int, half: bool, free_bytes: int) -> int:
+    """Segments per batch that fit in ``free_bytes`` of GPU memory (1 to ``GPU_BATCH``).
+
+    Stereo checkpoints encode each channel as its own row, so a stereo segment costs two rows.
+    """
+    per_row = ROW_GIB["half" if half else "fp32"] * 2**30 * max(segment_seconds, 1.0) / 30.0
+    rows = int(free_bytes * GPU_MEMORY_SHARE // per_row)
+    return max(1, min(GPU_BATCH, rows // max(1, audio_channels)))
+
+
 class Encoder:
     """Encode lists of ``(channels, samples)`` float32 segments into ``(frames, codebooks)`` codes."""
 
@@ -98,6 +112,15 @@ class Encoder:
             return
         with torch.autocast(self.device.split(":")[0], dtype=self.dtype), float32_quantizer(self.codec):
             yield
+
+    def default_batch(self, segment_seconds: float) -> int:
+        """``CPU_BATCH`` on a CPU; on a GPU, as many segments as its free memory holds (``gpu_batch``)."""
+        import torch
+
+        if not self.device.startswith("cuda"):
+            return CPU_BATCH
+        free, _ = torch.cuda.mem_get_info(torch.device(self.device))
+        return gpu_batch(segment_seconds, self.spec.audio_channels, self.dtype is not None, free)
 
     def encode(self, audios: list[np.ndarray]) -> list[np.ndarray]:
         """One batch of equal-length segments ``(channels, samples)``.
@@ -124,9 +147,14 @@ class Encoder:
         try:
             with torch.inference_mode(), self._precision():
                 codes = self.codec.encode(mono).audio_codes[0]  # (B * channels, K, frames)
-        except torch.cuda.OutOfMemoryError as err:
-            raise UserError(f"The GPU ran out of memory encoding {len(audios)} segments at once. "
-                            "Re-run with a smaller --batch-size (BATCH_SIZE); finished ZIPs are kept.") from err
+        except torch.cuda.OutOfMemoryError:
+            codes = None
+        if codes is None:  # raised outside the except: the error's frames would keep the activations
+            del mono
+            torch.cuda.empty_cache()
+            raise UserError(f"The GPU ran out of memory encoding {len(audios)} segments at once. Re-run with a "
+                            f"smaller batch: BATCH_SIZE = {max(1, len(audios) // 2)} in notebook 01 (--batch-size "
+                            "on the command line); finished ZIPs are kept.")
         per_channel, width = codes.shape[1], codes.shape[2]
         # (B, channels, K, F) -> (B, K, channels, F) -> (B, K * channels, F): L0, R0, L1, R1, ...
         codes = codes.reshape(len(audios), channels, per_channel, width).transpose(1, 2)

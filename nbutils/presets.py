@@ -188,15 +188,25 @@ def measure(cfg, steps: int = 3) -> dict[str, Any]:
         ``seconds_per_step``, ``steps_per_epoch``, ``epoch_seconds``, ``run_seconds`` (to
         ``max_steps`` or ``epochs``), and the batch settings used.
     """
+    import torch
+
     from nbutils import train
 
     with tempfile.TemporaryDirectory(prefix="nbutils-measure-") as scratch:
         trial = dataclasses.replace(cfg, out=scratch, wandb="disabled", sample_every=0, push_to_hub="")
         trainer = train.Trainer(trial, log=lambda message: None, quiet=True)
-        trainer.train_step()
-        started = time.perf_counter()
-        for _ in range(steps):
+        try:
             trainer.train_step()
+            started = time.perf_counter()
+            for _ in range(steps):
+                trainer.train_step()
+        except torch.cuda.OutOfMemoryError:
+            out_of_memory = train._out_of_memory(trainer)
+        else:
+            out_of_memory = None
+        if out_of_memory is not None:  # outside the except: the error's frames would keep the model alive
+            trainer.release()
+            raise out_of_memory
         per_step = (time.perf_counter() - started) / steps
         result = {
             "seconds_per_step": per_step,

@@ -68,7 +68,8 @@ class TokenizeConfig:
                                "skipped (dBFS).")
     limit: int = option(0, "Test mode: process only N tracks, keep nothing as done, print throughput and the "
                         "ETA for all ZIPs (0: process everything).")
-    batch_size: int = option(0, "Segments per EnCodec batch (0: 16 on a GPU, 1 on a CPU).")
+    batch_size: int = option(0, "Segments per EnCodec batch (0: as many as the GPU's free memory holds, up to 16; "
+                                "1 on a CPU).")
     workers: int = option(0, "Threads that extract, decode and resample the next files while the encoder works; "
                              "0 = one per CPU core beyond the first, 2 to 8 (a Colab A100 has 12 cores).")
     device: str = option("", "Device for the encoder: cuda, cpu, ... (empty: the GPU if there is one).")

@@ -440,6 +440,23 @@ class Trainer:
         self.rng_after_step = state["rng"]  # applied by run() right before the first step
         return notes
 
+    def release(self) -> None:
+        """Let go of the model, optimizer and scheduler, and of their GPU memory.
+
+        Called when training stops on an interrupt or an error: IPython keeps the last exception
+        and its frames (which hold this trainer), and the re-run that resumes must not find the
+        old model still filling the GPU next to the new one.
+        """
+        import gc
+
+        import torch
+
+        self.accelerator.free_memory()
+        self.model = self.optimizer = self.scheduler = self.peft = self.base = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
     def save(self) -> None:
         """Write latest.pt + a step folder (main process), after flushing the metrics."""
         if not self.main:
@@ -790,10 +807,16 @@ def run(cfg: TrainConfig, *, log: Callable[[str], None] | None = None) -> dict[s
         trainer.log(f"Stopped. Saved step {trainer.step} to {trainer.out / checkpoint.LATEST}; "
                     "run the same command (or cell) again to continue from there.")
         tracking.finish()
+        trainer.release()
         raise
-    except torch.cuda.OutOfMemoryError as err:
+    except torch.cuda.OutOfMemoryError:
+        out_of_memory = _out_of_memory(trainer)
+    else:
+        out_of_memory = None
+    if out_of_memory is not None:  # raised here, not in the except: the error's frames hold activations
         tracking.finish()
-        raise _out_of_memory(trainer) from err
+        trainer.release()
+        raise out_of_memory
     tracking.finish()
     trainer.accelerator.wait_for_everyone()
     return _summary(trainer, started)

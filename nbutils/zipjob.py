@@ -107,7 +107,7 @@ class Stage:
             config_hash: Their hash (stored in shards and ledger lines).
             total_files: Audio files in the ZIPs to do (for the overall progress bar).
         """
-        from nbutils.encoder import CPU_BATCH, GPU_BATCH, Batcher, Encoder
+        from nbutils.encoder import Batcher, Encoder
 
         self.cfg = cfg
         self.settings = settings
@@ -116,7 +116,7 @@ class Stage:
         codec, self.spec = models.load_codec(cfg.model)
         self.codec_id = models.HUB_CODEC if cfg.model.startswith("facebook/musicgen") else cfg.model
         self.encoder = Encoder(codec, self.spec, device=cfg.device or None, precision=cfg.precision)
-        batch = cfg.batch_size or (GPU_BATCH if self.encoder.device.startswith("cuda") else CPU_BATCH)
+        batch = cfg.batch_size or self.encoder.default_batch(cfg.segment_seconds)
         self.full_samples = int(round(cfg.segment_seconds * self.spec.sample_rate))
         self.make_batcher = lambda: Batcher(self.encoder, full_samples=self.full_samples, batch_size=batch)
         self.outside = metadata.Outside.load(cfg.zips, cfg.metadata or None)

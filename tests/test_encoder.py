@@ -168,3 +168,38 @@ def test_bf16_codes_equal_fp32_wherever_bf16_rounding_cannot_flip_them():
     np.testing.assert_array_equal(new[certain], reference[certain])
     assert (old[certain] == reference[certain]).mean() < 0.9, "the old whole-autocast path is measurably worse"
     assert (new == reference).mean() > 2 * (old == reference).mean()
+
+
+def test_gpu_batch_is_sized_by_free_memory_channels_and_precision():
+    from nbutils.encoder import GPU_BATCH, gpu_batch
+
+    gib = 2**30
+    assert gpu_batch(30, 1, True, 80 * gib) == GPU_BATCH  # A100 80 GB: the cap
+    t4 = gpu_batch(30, 1, True, 14.5 * gib)  # a T4's free memory, fp16 convolutions
+    assert 8 <= t4 < GPU_BATCH
+    assert gpu_batch(30, 2, True, 14.5 * gib) == t4 // 2, "a stereo segment is two rows"
+    assert gpu_batch(30, 1, False, 14.5 * gib) < t4, "float32 rows cost more"
+    assert gpu_batch(10, 1, True, 14.5 * gib) == GPU_BATCH, "shorter segments: more per batch"
+    assert gpu_batch(30, 2, False, 1 * gib) == 1, "never 0"
+
+
+def test_default_batch_reads_the_gpus_free_memory(monkeypatch):
+    codec, spec = models.load_codec("tiny")
+    enc = Encoder(codec, spec, device="cpu")
+    assert enc.default_batch(30) == 1  # CPU_BATCH
+    enc.device, enc.dtype = "cuda:0", torch.float16  # as on a T4 (nothing runs on it here)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (int(14.5 * 2**30), 15 * 2**30))
+    assert enc.default_batch(30) == 10
+
+
+def test_out_of_memory_says_which_batch_size_to_use_and_keeps_no_activations(monkeypatch):
+    codec, spec = models.load_codec("tiny")
+    enc = Encoder(codec, spec, device="cpu")
+
+    def full(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(enc.codec, "encode", full)
+    with pytest.raises(UserError, match=r"BATCH_SIZE = 2 in notebook 01") as err:
+        enc.encode([np.zeros((1, 6400), np.float32)] * 4)
+    assert err.value.__context__ is None, "the out-of-memory error's frames (activations) are not kept"

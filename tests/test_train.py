@@ -308,6 +308,44 @@ def test_stop_button_waits_for_the_optimizer_update():
     assert finished and signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def _live_musicgens() -> int:
+    import gc
+
+    from transformers import MusicgenForConditionalGeneration
+
+    gc.collect()
+    return sum(isinstance(o, MusicgenForConditionalGeneration) for o in gc.get_objects())
+
+
+def test_a_stopped_or_out_of_memory_run_lets_go_of_its_model(tmp_path, monkeypatch):
+    # IPython keeps the last exception with its frames; the re-run that resumes must not find the
+    # old model (on a GPU: its memory) still held by them.
+    data, before = tokens(tmp_path), _live_musicgens()
+    monkeypatch.setenv(faults.ENV, "interrupt:2")
+    try:
+        train.run(small_config(data, tmp_path / "stopped"))
+    except KeyboardInterrupt as err:
+        kept = err  # as sys.last_value
+    assert kept.__traceback__ is not None and _live_musicgens() == before
+    monkeypatch.delenv(faults.ENV)
+
+    calls = []
+    original = train.Trainer.train_step
+
+    def out_of_memory_on_step_2(self):
+        calls.append(1)
+        if len(calls) == 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return original(self)
+
+    monkeypatch.setattr(train.Trainer, "train_step", out_of_memory_on_step_2)
+    with pytest.raises(UserError, match=r"Out of GPU memory with batch_size 2\. Halve it") as caught:
+        train.run(small_config(data, tmp_path / "oom"))
+    assert caught.value.__context__ is None and _live_musicgens() == before
+    monkeypatch.undo()
+    assert train.run(small_config(data, tmp_path / "oom"))["step"] == 6, "and the re-run resumes"
+
+
 # ---------------------------------------------------------------------------------------------
 # Several processes
 # ---------------------------------------------------------------------------------------------
