@@ -53,14 +53,32 @@ def resolve_mode(mode: str) -> str:
         raise UserError(f"Unknown wandb mode '{mode}'. Use one of: {', '.join(MODES)}.")
     if mode != "auto":
         return mode
+    return "online" if _has_key() else "disabled"
+
+
+def _has_key() -> bool:
+    """A WandB API key in the environment or a prior ``wandb login`` (netrc)."""
     if os.environ.get("WANDB_API_KEY"):
-        return "online"
+        return True
     netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
     try:
-        has_login = netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
+        return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
     except OSError:
-        has_login = False
-    return "online" if has_login else "disabled"
+        return False
+
+
+NO_KEY = ("WandB mode 'online' needs an API key. In Colab: add WANDB_API_KEY in the Secrets panel (the key icon "
+          "on the left), allow this notebook to read it and re-run the Connect cell; elsewhere: set the "
+          "WANDB_API_KEY environment variable. Or set WANDB = \"offline\" (files to `wandb sync` later) or "
+          "\"disabled\". Nothing was lost: re-running continues where training stopped.")
+
+
+def check(mode: str) -> str:
+    """The resolved mode; a ``UserError`` now, not after the model has loaded, if online has no key."""
+    mode = resolve_mode(mode)
+    if mode == "online" and not _has_key():
+        raise UserError(NO_KEY)
+    return mode
 
 
 def scrub(values: Any) -> Any:
@@ -94,10 +112,13 @@ def start(*, mode: str, project: str, directory: str | os.PathLike, config: dict
 
     Path(directory).mkdir(parents=True, exist_ok=True)
     settings = wandb.Settings(save_code=False, disable_git=True, disable_job_creation=True)
-    run = wandb.init(
-        project=project, dir=str(directory), config=scrub(config), id=run_id, resume="allow" if run_id else None,
-        name=name or None, job_type=job_type, mode=mode, settings=settings, reinit="finish_previous",
-    )
+    try:
+        run = wandb.init(
+            project=project, dir=str(directory), config=scrub(config), id=run_id, resume="allow" if run_id else None,
+            name=name or None, job_type=job_type, mode=mode, settings=settings, reinit="finish_previous",
+        )
+    except (wandb.errors.UsageError, wandb.errors.AuthenticationError) as err:
+        raise UserError(f"WandB could not start ({err}). {NO_KEY}") from None
     return run.id
 
 

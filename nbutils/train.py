@@ -95,7 +95,10 @@ class TrainConfig:
     hub_private: bool = option(True, "Create the Hub repo as private.")
 
     def __post_init__(self) -> None:
+        if isinstance(self.sample_prompts, str):  # "a | b", as notebook 03's PROMPTS: not one prompt per letter
+            self.sample_prompts = [p.strip() for p in self.sample_prompts.split("|") if p.strip()]
         checks = [
+            (all(isinstance(p, str) for p in self.sample_prompts), "sample_prompts must be a list of texts"),
             (self.segment_seconds > 0, "segment_seconds must be positive"),
             (0 <= self.cfg_dropout < 1, "cfg_dropout must be in [0, 1)"),
             (0 <= self.val_fraction <= 0.5, "val_fraction must be in [0, 0.5]"),
@@ -429,6 +432,12 @@ class Trainer:
         lora.load_state_dict(self.unwrapped(), state["lora"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        # The schedule's length may have changed (max_steps/epochs raised): the next step's learning
+        # rate comes from the current schedule, not the one saved (identical when nothing changed).
+        for group, base, lr_lambda in zip(self.optimizer.param_groups, self.scheduler.base_lrs,
+                                          self.scheduler.lr_lambdas):
+            group["lr"] = base * lr_lambda(self.scheduler.last_epoch)
+        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
         scaler = self.accelerator.scaler
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
@@ -522,14 +531,18 @@ class Trainer:
             acc.unscale_gradients()
             grad_norm = torch.norm(torch.stack([p.grad.detach().float().norm() for p in params if p.grad is not None]))
         lr = self.scheduler.get_last_lr()[0]
-        with hold_interrupts():
-            self.optimizer.step()
-            if not acc.optimizer_step_was_skipped:
-                self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.cursor = self.sampler.advance(self.cursor)
-            self.step += 1
-            self.rng_after_step = checkpoint.rng_state()
+        interrupted = False
+        try:
+            with hold_interrupts():
+                self.optimizer.step()
+                if not acc.optimizer_step_was_skipped:
+                    self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.cursor = self.sampler.advance(self.cursor)
+                self.step += 1
+                self.rng_after_step = checkpoint.rng_state()
+        except KeyboardInterrupt:
+            interrupted = True  # the step is done: its metrics are recorded before the stop goes on
         per_codebook = acc.reduce(per_codebook, reduction="mean")
         tokens_all = int(acc.reduce(torch.tensor(tokens, device=self.device), reduction="sum"))
         seconds = time.perf_counter() - started
@@ -546,6 +559,9 @@ class Trainer:
         if torch.cuda.is_available():
             row["train/gpu_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
         self.last_train = row["train/loss"]
+        if interrupted:
+            self.record(row)
+            raise KeyboardInterrupt
         faults.point("step", step=self.step)
         return row
 
@@ -775,6 +791,7 @@ def run(cfg: TrainConfig, *, log: Callable[[str], None] | None = None) -> dict[s
     started = time.time()
     if cfg.push_to_hub:
         hub.check_token()  # before hours of training, not after
+    tracking.check(cfg.wandb)  # before the model loads
     trainer = Trainer(cfg, log=log)
     _begin(trainer)
     if trainer.step >= trainer.total_steps and _final_written(trainer):

@@ -88,3 +88,59 @@ def test_a_relative_model_folder_is_recorded_as_an_absolute_path(tmp_path, tiny_
     config = json.loads((tmp_path / "run" / "adapters" / "final" / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == str(tiny_dir.resolve()) != relative
     assert summary["step"] == 1
+
+
+def test_raising_max_steps_continues_on_the_new_schedule(tmp_path):
+    data, out = tokens(tmp_path), tmp_path / "run"
+    train.run(small_config(data, out, max_steps=6))
+    assert train.run(small_config(data, out, max_steps=10))["step"] == 10
+    lrs = losses_by_step(out, "train/lr")
+    # step 7 is the first update of the longer run: its rate comes from the 10-step cosine, not the
+    # finished 6-step one (which had decayed to 0 there)
+    assert lrs[7] == pytest.approx(3e-3 * train.lr_factor(6, total=10, warmup=2, kind="cosine"), rel=1e-6)
+    assert lrs[7] > lrs[8] > lrs[9] > lrs[10] > 0
+
+
+def test_stop_during_the_optimizer_update_keeps_that_steps_metrics_and_resumes_exactly(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from nbutils import checkpoint
+
+    data = tokens(tmp_path)
+    reference = tmp_path / "reference"
+    train.run(small_config(data, reference))
+    original, calls = checkpoint.rng_state, []
+
+    def stop_button_mid_update():  # taken once at the start, then inside each step's optimizer update
+        calls.append(1)
+        if len(calls) == 1 + 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original()
+
+    out = tmp_path / "stopped"
+    monkeypatch.setattr(checkpoint, "rng_state", stop_button_mid_update)
+    with pytest.raises(KeyboardInterrupt):
+        train.run(small_config(data, out))
+    monkeypatch.undo()
+    saved = torch.load(out / "latest.pt", weights_only=True)
+    assert saved["step"] == 3 and sorted(losses_by_step(out)) == [1, 2, 3], "step 3's metrics are kept"
+    assert saved["train_loss"] == losses_by_step(out)[3]
+    train.run(small_config(data, out))
+    assert losses_by_step(out) == losses_by_step(reference)
+    assert all(torch.equal(v, lora_weights(reference)[k]) for k, v in lora_weights(out).items())
+
+
+def test_online_wandb_without_a_key_is_refused_before_the_model_loads(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setattr(train, "Trainer", lambda *a, **k: pytest.fail("the model loaded before the check"))
+    with pytest.raises(train.UserError, match="needs an API key.*Secrets panel.*offline"):
+        train.run(small_config(tmp_path / "tokens", tmp_path / "run", wandb="online"))
+
+
+def test_sample_prompts_given_as_one_text_are_split_not_spelled():
+    config = train.TrainConfig(sample_prompts="dark techno | calm piano |")
+    assert config.sample_prompts == ["dark techno", "calm piano"]
+    with pytest.raises(train.UserError, match="sample_prompts"):
+        train.TrainConfig(sample_prompts=["ok", 3])
