@@ -8,7 +8,8 @@ So bf16 is chosen only where it is native, and float16 everywhere else on a GPU.
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from typing import Any, Iterator
 
 BF16_MIN_CAPABILITY = 8  # compute capability major version with bfloat16 tensor cores (Ampere)
 
@@ -32,3 +33,30 @@ def bf16_native(device: Any = None) -> bool:
     major, _minor = torch.cuda.get_device_capability(device)
     return major >= BF16_MIN_CAPABILITY
 
+
+
+@contextlib.contextmanager
+def without_autocast(module: Any, method: str = "forward") -> Iterator[None]:
+    """Inside the block, ``module.<method>`` runs in its own (float32) precision even under autocast.
+
+    Training and its samples run under bf16/fp16 autocast, which would otherwise also cast the
+    frozen T5 text encoder (whose fp16 activations can overflow) and EnCodec's decoder (whose
+    audio must stay exact). audiocraft, where these models come from, runs both in float32 too.
+    """
+    import torch
+
+    original, had_own = getattr(module, method), method in vars(module)
+    device_type = next(module.parameters()).device.type
+
+    def full_precision(*args: Any, **kwargs: Any) -> Any:
+        with torch.autocast(device_type, enabled=False):
+            return original(*args, **kwargs)
+
+    setattr(module, method, full_precision)  # an instance attribute shadows the class's method
+    try:
+        yield
+    finally:
+        if had_own:
+            setattr(module, method, original)
+        else:
+            delattr(module, method)

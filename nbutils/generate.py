@@ -202,9 +202,30 @@ class Pipeline:
             "melody_model": self.is_melody, **self.spec.to_dict(),
         }
 
+    def release(self) -> None:
+        """Unload the model (and free its GPU memory), e.g. before another one loads.
+
+        A notebook may still hold this pipeline in a variable; it must not keep a second model on
+        the GPU next to the new one (two musicgen-large do not fit a T4).
+        """
+        import gc
+
+        import torch
+
+        self.model = self._peft = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def _check_loaded(self) -> None:
+        if self.model is None:
+            raise UserError("This pipeline's model was unloaded to make room for another one: run the cell that "
+                            "loads the model (generate.pipeline) again.")
+
     @contextlib.contextmanager
     def using(self, variant: str) -> Iterator[None]:
         """Generate as ``base`` (adapter switched off) or ``lora`` within the block."""
+        self._check_loaded()
         if variant == "lora":
             if self.adapter is None:
                 raise UserError("No LoRA adapter is loaded; generate with the base model or pass an adapter.")
@@ -220,6 +241,7 @@ class Pipeline:
     # -- inputs -------------------------------------------------------------------------------
 
     def text_inputs(self, prompts: list[str]) -> dict:
+        self._check_loaded()
         tokenizer = getattr(self.processor, "tokenizer", self.processor)
         inputs = tokenizer(list(prompts), padding=True, return_tensors="pt")
         return {k: v.to(self.device) for k, v in inputs.items() if k in ("input_ids", "attention_mask")}
@@ -322,7 +344,9 @@ def pipeline(cfg: GenerateConfig) -> Pipeline:
     """The pipeline for ``cfg``'s model/adapter (and its weights)/device/dtype, loaded once and then reused."""
     global _LOADED
     if _LOADED is None or _LOADED.key != pipeline_key(cfg):
-        _LOADED = None  # free the old model before loading the new one
+        if _LOADED is not None:
+            _LOADED.release()  # free the old model before loading the new one, even if a notebook holds it
+        _LOADED = None
         _LOADED = Pipeline(cfg.model, cfg.adapter, device=cfg.device, dtype=cfg.dtype, merge=cfg.merge)
         what = f"{cfg.model} + adapter {_LOADED.adapter.location}" if _LOADED.adapter else f"{cfg.model} (no adapter)"
         print(f"Loaded {what} on {_LOADED.device} ({str(_LOADED.dtype).replace('torch.', '')}).", file=sys.stderr)

@@ -449,6 +449,15 @@ class Trainer:
         self.rng_after_step = state["rng"]  # applied by run() right before the first step
         return notes
 
+    @contextlib.contextmanager
+    def autocast(self):
+        """The training precision's autocast, with T5 and EnCodec's decoder kept in float32."""
+        from nbutils import devices
+
+        with self.accelerator.autocast(), devices.without_autocast(self.base.text_encoder), \
+                devices.without_autocast(self.base.audio_encoder, "decode"):
+            yield
+
     def release(self) -> None:
         """Let go of the model, optimizer and scheduler, and of their GPU memory.
 
@@ -517,7 +526,7 @@ class Trainer:
             tokens += batch.tokens
             sync = contextlib.nullcontext() if i == len(micro) - 1 else acc.no_sync(self.model)
             with sync:
-                with acc.autocast():
+                with self.autocast():
                     logits = self.model(**batch.model_inputs()).logits
                 loss, codebooks = L.mean_loss(*L.codebook_ce(logits, batch.labels, self.pad_id))
                 acc.backward(loss / len(micro))
@@ -557,7 +566,8 @@ class Trainer:
             "train/step_time": seconds,
         }
         if torch.cuda.is_available():
-            row["train/gpu_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
+            row["train/gpu_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30  # peak of this step
+            torch.cuda.reset_peak_memory_stats()
         self.last_train = row["train/loss"]
         if interrupted:
             self.record(row)
@@ -584,7 +594,7 @@ class Trainer:
         with torch.no_grad():
             for first in range(0, len(mine), size):
                 batch = self.collate([self.val_set.example(i) for i in mine[first : first + size]]).to(self.device)
-                with acc.autocast():
+                with self.autocast():
                     logits = model(**batch.model_inputs()).logits
                 s, c = L.codebook_ce(logits, batch.labels, self.pad_id)
                 sums += s
@@ -634,7 +644,7 @@ class Trainer:
         return samples.write(
             model, self.processor, self.spec, self.out / SAMPLES_DIR / checkpoint.step_name(self.step), kind=kind,
             step=self.step, prompts=self.prompts, seeds=[self.cfg.seed + i for i in range(len(self.prompts))],
-            seconds=self.cfg.sample_seconds, autocast=self.accelerator.autocast, info={"model": self.model_name},
+            seconds=self.cfg.sample_seconds, autocast=self.autocast, info={"model": self.model_name},
         )
 
 

@@ -34,6 +34,18 @@ def test_rng_state_round_trip_through_weights_only_load(tmp_path):
     assert _draws() == expected
 
 
+def test_cuda_rng_states_of_a_machine_with_more_gpus_restore_on_fewer(monkeypatch):
+    # a checkpoint from 2 GPUs resumed on a 1-GPU Colab (nothing runs on a GPU here)
+    state = checkpoint.rng_state()
+    state["cuda"] = [torch.ByteTensor([1, 2]), torch.ByteTensor([3, 4])]
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, device="cuda": restored.append((s.tolist(), device)))
+    checkpoint.set_rng_state(state)
+    assert restored == [([1, 2], 0)]
+
+
 def test_rotation_keeps_exactly_the_newest_folders(tmp_path):
     for step in (2, 4, 6, 8):
         checkpoint.save(tmp_path, _state(step), _adapter, keep=2)

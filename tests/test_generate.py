@@ -274,6 +274,10 @@ def test_cached_pipeline_is_rebuilt_when_the_adapter_is_retrained(tmp_path):
         loaded = get_peft_model_state_dict(second._peft)
         assert all(torch.equal(loaded[k], v) for k, v in expected.items()), "the new weights are the ones in use"
         assert generate.pipeline(settings) is second
+        # the notebook's variable still holds the first pipeline: its model is gone, and it says so
+        assert first.model is None
+        with pytest.raises(UserError, match="unloaded to make room"):
+            generate.run(settings, first)
     finally:
         generate.release()
 

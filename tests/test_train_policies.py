@@ -144,3 +144,27 @@ def test_sample_prompts_given_as_one_text_are_split_not_spelled():
     assert config.sample_prompts == ["dark techno", "calm piano"]
     with pytest.raises(train.UserError, match="sample_prompts"):
         train.TrainConfig(sample_prompts=["ok", 3])
+
+
+def test_half_precision_training_keeps_t5_and_encodec_in_float32(tmp_path):
+    # bf16 autocast runs on the CPU too: the decoder computes in bf16, the frozen T5 and EnCodec's
+    # decoder stay in float32 (as in audiocraft); training still runs end to end
+    trainer = train.Trainer(small_config(tokens(tmp_path), tmp_path / "run", precision="bf16"), quiet=True)
+    seen = {}
+
+    def hook(name):
+        def record(module, args, output):
+            seen.setdefault(name, output.dtype)  # the first call; returns None: the output is unchanged
+
+        return record
+
+    base = trainer.base
+    base.text_encoder.encoder.block[-1].layer[-1].DenseReluDense.wo.register_forward_hook(hook("t5"))
+    base.decoder.lm_heads[0].register_forward_hook(hook("decoder"))
+    with trainer.autocast():
+        decoded = base.audio_encoder.decode(torch.zeros(1, 1, 4, 10, dtype=torch.long), [None]).audio_values
+        batch = trainer.collate(trainer.sampler.micro_batches(trainer.cursor)[0])
+        trainer.model(**batch.model_inputs())
+    assert seen == {"t5": torch.float32, "decoder": torch.bfloat16} and decoded.dtype == torch.float32
+    assert "forward" not in vars(base.text_encoder) and "decode" not in vars(base.audio_encoder), "patches undone"
+    assert torch.isfinite(torch.tensor(trainer.train_step()["train/loss"]))
