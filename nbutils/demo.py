@@ -37,7 +37,7 @@ STAGE_PARAMETERS: dict[str, dict[str, Any]] = {
     "00_setup": {"ASK_FOR_MISSING_SECRETS": False},
     "01_tokenize": {"TEST_TRACKS": 2, "SEGMENT_SECONDS": 2.0},  # 3 segments per track: a held-out set for 04
     "02_train": {"SEGMENT_SECONDS": 1.0, "MAX_STEPS": 12, "SAVE_EVERY": 4, "BATCH_SIZE": 2, "GRAD_ACCUM": 1,
-                 "SAMPLE_EVERY": 6, "SAMPLE_SECONDS": 1.0, "WANDB": "offline"},
+                 "SAMPLE_EVERY": 6, "SAMPLE_SECONDS": 1.0, "WANDB": "offline", "MORE_SETTINGS": {"warmup_steps": 3}},
     "03_generate": {"PROMPTS": "calm piano chords, slow | dark percussion noise bursts, energetic beat",
                     "SECONDS": 2.0, "COMPARE": "both", "SEED": 1},
     "04_evaluate": {"CLAP": "tiny", "SECONDS": 1.0, "SAMPLES_PER_PROMPT": 1},

@@ -112,6 +112,7 @@ class TrainConfig:
             (self.save_every >= 1, "save_every must be >= 1"),
             (self.keep_checkpoints >= 0, "keep_checkpoints must be >= 0"),
             (self.lr > 0 and self.warmup_steps >= 0, "lr must be positive and warmup_steps >= 0"),
+            (self.val_crops >= 1, "val_crops must be >= 1 (to train without validation, set val_fraction 0)"),
         ]
         for ok, message in checks:
             if not ok:
@@ -700,6 +701,13 @@ def _begin(trainer: Trainer) -> None:
                     f"crops of {trainer.cfg.segment_seconds:g} s, {len(trainer.val_set)} validation crops, "
                     f"{trainer.total_steps} steps of {trainer.effective_batch} crops, "
                     f"{trainer.trainable:,} trainable of {trainer.total_params:,} parameters.")
+        longest = max((s.frames for shard in trainer.shards for s in shard.segments), default=0)
+        if longest < trainer.crop_frames:
+            trainer.log(f"Note: the token segments are at most {longest / trainer.spec.frame_rate:g} s long, shorter "
+                        f"than segment_seconds ({trainer.cfg.segment_seconds:g} s): each crop is a whole segment.")
+        if trainer.cfg.warmup_steps >= trainer.total_steps:
+            trainer.log(f"Note: warmup_steps ({trainer.cfg.warmup_steps}) is not below the run's {trainer.total_steps} "
+                        "steps, so the learning rate never reaches lr; lower warmup_steps for a short run.")
     else:
         state, path = found
         notes = trainer.restore(state)

@@ -168,3 +168,14 @@ def test_half_precision_training_keeps_t5_and_encodec_in_float32(tmp_path):
     assert seen == {"t5": torch.float32, "decoder": torch.bfloat16} and decoded.dtype == torch.float32
     assert "forward" not in vars(base.text_encoder) and "decode" not in vars(base.audio_encoder), "patches undone"
     assert torch.isfinite(torch.tensor(trainer.train_step()["train/loss"]))
+
+
+def test_start_notes_whole_segment_crops_and_a_warmup_longer_than_the_run(tmp_path):
+    logged = []
+    # the test shards hold segments of about a second; 5 s crops are whole segments
+    train.run(small_config(tokens(tmp_path), tmp_path / "run", segment_seconds=5.0, warmup_steps=6, max_steps=4),
+              log=logged.append)
+    text = "\n".join(logged)
+    assert "each crop is a whole segment" in text and "warmup_steps (6) is not below the run's 4 steps" in text
+    with pytest.raises(train.UserError, match="val_crops must be >= 1.*val_fraction 0"):
+        train.TrainConfig(val_crops=0)
