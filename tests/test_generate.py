@@ -73,6 +73,20 @@ def test_exact_durations_short_and_past_the_window(pipe, tmp_path, seconds):
     assert records[0]["windows"] == (1 if seconds < 1 else 4)
 
 
+@pytest.mark.parametrize("seconds, window, context", [(0.02, 0.0, 10.0), (0.04, 0.0, 10.0), (1.02, 1.0, 0.0)])
+def test_one_or_two_frames_have_the_exact_length(pipe, tmp_path, seconds, window, context):
+    """transformers needs 3 frames per call for the delay pattern: fewer are sampled as 3 and cut
+    (1.02 s in 1 s windows without context ends with a 1-frame window)."""
+    records = generate.run(cfg(tmp_path, seconds=seconds, window_seconds=window, context_seconds=context), pipe)
+    assert read(records[0]).shape == (int(round(seconds * SR)), 1)
+    inputs = pipe.text_inputs(["a"])
+    torch.manual_seed(0)
+    one = sampling.sample_window(pipe.model, inputs, torch.zeros((1, 4, 0), dtype=torch.long), 1, sampling.Sampling())
+    torch.manual_seed(0)
+    three = sampling.sample_window(pipe.model, inputs, torch.zeros((1, 4, 0), dtype=torch.long), 3, sampling.Sampling())
+    assert one.shape == (1, 4, 1) and torch.equal(one, three[:, :, :1]), "the first frames do not depend on the cut"
+
+
 def test_sixty_seconds_with_the_models_own_window(pipe, tmp_path):
     """The real default: 30 s windows, 10 s context; 61.3 s is not a multiple of anything."""
     records = generate.run(cfg(tmp_path, seconds=61.3, guidance_scale=3.0), pipe)
