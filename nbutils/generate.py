@@ -262,7 +262,16 @@ class Pipeline:
         if context_seconds >= window:
             raise UserError(f"context_seconds ({context_seconds}) must be shorter than the window ({window:g} s).")
         rate = self.spec.frame_rate
-        return sampling.Windows(window=int(round(window * rate)), context=int(round(context_seconds * rate)))
+        frames, context = int(round(window * rate)), int(round(context_seconds * rate))
+        if frames < 1:
+            raise UserError(f"window_seconds {window:g} is less than one code frame: use at least {1 / rate:g} s (or 0 for {own:g} s).")
+        if context >= frames:  # both round to whole code frames (1/rate s): a window must add at least one
+            raise UserError(
+                f"context_seconds ({context_seconds}) and window_seconds ({window:g}) round to {context} and {frames} "
+                f"code frames of 1/{rate} s: the context must be at least one frame shorter (e.g. context_seconds "
+                f"{(frames - 1) / rate:g}), or the window longer."
+            )
+        return sampling.Windows(window=frames, context=context)
 
     def generate(self, prompts: list[str], cfg: GenerateConfig, *, variant: str, seed: int, bar=None) -> tuple[list[np.ndarray], float, int, float]:
         """Sample one batch as ``variant``; returns ``(audio per prompt, seconds taken, windows, prompt seconds)``.

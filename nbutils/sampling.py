@@ -54,12 +54,18 @@ class Windows:
     context: int
     """Frames of earlier codes that prompt each following window."""
 
+    def __post_init__(self):
+        if not 0 <= self.context < self.window:
+            raise ValueError(f"Windows of {self.window} frames cannot hold a context of {self.context} frames and new ones.")
+
     def plan(self, existing: int, total_new: int) -> list[tuple[int, int]]:
         """``(context frames, new frames)`` per window, to add ``total_new`` frames after ``existing``."""
         windows, have, done = [], existing, 0
         while done < total_new:
             ctx = min(have, self.context)
             new = min(total_new - done, self.window - ctx)
+            if new <= 0:  # a window without new frames would repeat forever
+                raise ValueError(f"Windows of {self.window} frames with {self.context} frames of context add nothing.")
             windows.append((ctx, new))
             have, done = have + new, done + new
         return windows

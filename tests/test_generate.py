@@ -61,6 +61,20 @@ def test_window_plan_covers_the_request_exactly():
     assert sampling.Windows(window=50, context=20).plan(existing=35, total_new=10) == [(20, 10)]
 
 
+def test_context_that_rounds_to_the_whole_window_is_refused_not_looped(pipe, tmp_path):
+    """0.499 s and 0.5 s are both 25 frames: every window would add nothing, forever."""
+    with pytest.raises(UserError, match="round to 25 and 25 code frames.*context_seconds 0.48"):
+        generate.run(cfg(tmp_path, seconds=1.0, window_seconds=0.5, context_seconds=0.499), pipe)
+    with pytest.raises(UserError, match="less than one code frame"):
+        generate.run(cfg(tmp_path, seconds=1.0, window_seconds=0.001, context_seconds=0.0), pipe)
+    with pytest.raises(ValueError, match="cannot hold"):
+        sampling.Windows(window=25, context=25)
+    windows = sampling.Windows(window=25, context=10)
+    windows.context = 25  # changed after the check: the planner still stops
+    with pytest.raises(ValueError, match="add nothing"):
+        windows.plan(existing=30, total_new=10)
+
+
 @pytest.mark.parametrize("seconds", [0.37, 2.53])
 def test_exact_durations_short_and_past_the_window(pipe, tmp_path, seconds):
     """0.37 s is not a whole number of frames; 2.53 s spans four 1 s windows (0.4 s context)."""
