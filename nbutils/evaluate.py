@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from nbutils import adapters, atomic, clap, config, generate, metrics, shards, tracking
+from nbutils import adapters, atomic, audio_io, clap, config, generate, metrics, shards, tracking
 from nbutils.config import option
 from nbutils.errors import UserError
 
@@ -471,7 +471,7 @@ def _check_resumable(cfg: EvalConfig, out: Path) -> None:
 
 def run(cfg: EvalConfig) -> dict[str, Any]:
     """Generate (or reuse) every clip, score with CLAP, and write tables, plot and JSON."""
-    out = Path(cfg.out).expanduser()
+    out = audio_io.output_folder(cfg.out)
     _check_resumable(cfg, out)
     specs = adapter_specs(cfg)
     generate.release()  # a model loaded by notebook 03 in this runtime would double GPU memory

@@ -443,7 +443,7 @@ def save(clips: list[Clip], cfg: GenerateConfig, pipe: Pipeline, out: str | Path
     with the same slug, get ``-2``, ``-3``...). The WAV is written before its sidecar: a sidecar
     means its WAV is complete.
     """
-    out = Path(out)
+    out = Path(out).expanduser()
     stamp = audio_io.timestamp()
     groups: dict[tuple, list[Clip]] = {}
     for clip in clips:  # one name per prompt position: the same text twice is two takes
@@ -465,9 +465,10 @@ def save(clips: list[Clip], cfg: GenerateConfig, pipe: Pipeline, out: str | Path
 
 def run(cfg: GenerateConfig, pipe: Pipeline | None = None) -> list[dict[str, Any]]:
     """Generate and save everything ``cfg`` asks for; returns one record per WAV written."""
+    out = audio_io.output_folder(cfg.out)  # a file in the way is refused before the model loads
     pipe = pipe or pipeline(cfg)
     clips = sample_clips(pipe, cfg)
-    records = save(clips, cfg, pipe, cfg.out)
+    records = save(clips, cfg, pipe, out)
     for r in records:
         print(f"{r['variant']:>4}  {r['seconds']:.1f} s  x{r['realtime_factor']:.2f} real time  {r['path']}", file=sys.stderr)
     return records

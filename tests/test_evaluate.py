@@ -196,6 +196,20 @@ def test_rerun_resumes_and_other_settings_are_refused(data, tmp_path):
         evaluate.run(eval_config(data, out, samples_per_prompt=1, num_prompts=1, seconds=2.0))
 
 
+def test_out_that_is_a_file_is_refused_before_anything_is_loaded(data, tmp_path, monkeypatch):
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded before --out was checked")
+
+    monkeypatch.setattr(generate, "Pipeline", no_loading)
+    taken = tmp_path / "results.csv"
+    taken.write_text("earlier")
+    with pytest.raises(UserError, match="results.csv is a file"):
+        evaluate.run(eval_config(data, taken))
+    with pytest.raises(UserError, match=r"eval lies under .*results.csv, which is a file"):
+        evaluate.run(eval_config(data, taken / "eval"))
+    assert taken.read_text() == "earlier"
+
+
 def test_without_tokens_a_prompt_file_still_gives_tables_and_a_plot(data, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("lofi piano\nwarm tape hiss beat\n")

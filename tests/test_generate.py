@@ -225,6 +225,25 @@ def test_invalid_requests_say_what_to_do(pipe, tmp_path):
         generate.run(cfg(tmp_path, audio_prompt=str(tmp_path / "missing.wav")), pipe)
 
 
+def test_out_that_is_a_file_is_refused_before_loading_and_tilde_is_home(pipe, tmp_path, monkeypatch):
+    def no_loading(cfg):
+        raise AssertionError("the model was loaded before --out was checked")
+
+    monkeypatch.setattr(generate, "pipeline", no_loading)
+    taken = tmp_path / "taken.wav"
+    taken.write_bytes(b"earlier result")
+    with pytest.raises(UserError, match="taken.wav is a file"):
+        generate.run(cfg(tmp_path, out=str(taken)))
+    with pytest.raises(UserError, match=r"sub lies under .*taken.wav, which is a file"):
+        generate.run(cfg(tmp_path, out=str(taken / "sub")))
+    assert taken.read_bytes() == b"earlier result"
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    records = generate.run(cfg(tmp_path, out="~/clips", seconds=0.1), pipe)
+    assert Path(records[0]["path"]).parent == tmp_path / "home" / "clips" and Path(records[0]["path"]).is_file()
+    assert not (tmp_path / "~").exists(), "no literal ~ folder"
+
+
 # ---------------------------------------------------------------------------------------------
 # WAV writing
 # ---------------------------------------------------------------------------------------------
