@@ -283,6 +283,8 @@ def adapter_specs(cfg: EvalConfig) -> list[str]:
         if not steps:
             raise UserError(f"--checkpoints: no checkpoints/step-XXXXXX folders next to {specs[0]}.")
         specs += [str(s) for s in steps if str(s) not in specs]
+    for spec in specs:  # a missing adapter is reported now, not after the models before it have run
+        adapters.locate(spec)
     return specs
 
 
@@ -455,18 +457,25 @@ def log_wandb(samples: list[dict], summary: list[dict], sample_rate: int) -> boo
 
 
 def _check_resumable(cfg: EvalConfig, out: Path) -> None:
-    """Same settings in ``out``: continue. Other settings: refuse, saying what differs."""
+    """Same settings in ``out``: continue. Other settings: refuse, saying what differs.
+
+    Only checks: ``_record_settings`` writes the settings once the inputs are known to be valid,
+    so a run that failed on a typo does not claim the folder for its wrong settings.
+    """
     record = out / "eval_config.json"
-    new = config.to_dict(cfg)
     if record.exists():
         old = atomic.read_json(record)
-        diffs = config.differences(old, new, RESULT_KEYS)
+        diffs = config.differences(old, config.to_dict(cfg), RESULT_KEYS)
         if diffs:
             raise UserError(
                 f"{out} holds an evaluation with other settings ({'; '.join(diffs)}). Use another --out / "
                 "output folder, or delete this one to start fresh."
             )
-    atomic.write_json(record, new)
+
+
+def _record_settings(cfg: EvalConfig, out: Path) -> None:
+    """Write the settings that the results in ``out`` belong to (before the first clip is saved)."""
+    atomic.write_json(out / "eval_config.json", config.to_dict(cfg))
 
 
 def run(cfg: EvalConfig) -> dict[str, Any]:
@@ -480,6 +489,7 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
         raise UserError("Pass --tokens (the training shards: reference audio and prompts) or --prompts FILE.")
     sets = prompt_sets(cfg, all_shards)
     prompts = [p for name in PROMPT_SETS for p in sets.get(name, [])]
+    _record_settings(cfg, out)  # the inputs are valid: the folder now holds this evaluation
     store = Samples(out / "samples")
     gen = cfg.generation(prompts, out / "samples")
     samples, reference, spec, labels, fingerprints = [], None, None, [BASE], {}

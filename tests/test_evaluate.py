@@ -210,6 +210,19 @@ def test_out_that_is_a_file_is_refused_before_anything_is_loaded(data, tmp_path,
     assert taken.read_text() == "earlier"
 
 
+def test_a_failed_start_does_not_block_the_corrected_command(data, tmp_path):
+    """A typo in --adapter, or neither --tokens nor --prompts: the fixed command runs in the same folder."""
+    out = tmp_path / "eval"
+    with pytest.raises(UserError, match="neither an existing folder or file nor a Hub repo id"):
+        evaluate.run(eval_config(data, out, adapters=[str(data["run"] / "adapters" / "bets")]))
+    with pytest.raises(UserError, match="Pass --tokens"):
+        evaluate.run(eval_config(data, out, tokens=""))
+    assert not (out / "eval_config.json").exists()
+    results = evaluate.run(eval_config(data, out, samples_per_prompt=1, num_prompts=1))
+    assert Path(results["files"]["summary_csv"]).is_file()
+    assert (out / "eval_config.json").is_file(), "a real evaluation still claims its folder"
+
+
 def test_without_tokens_a_prompt_file_still_gives_tables_and_a_plot(data, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("lofi piano\nwarm tape hiss beat\n")
