@@ -126,11 +126,22 @@ def read_prompt_file(path: str) -> dict[str, list[str]]:
         raise UserError(f"Prompt file {file} does not exist.")
     text = file.read_text(encoding="utf-8")
     if file.suffix == ".json":
-        data = json.loads(text)
+        expected = ('expected a JSON object with "style" and/or "generic" lists of prompts, e.g. '
+                    '{"style": ["calm piano", "lofi beat"], "generic": ["opera aria"]}')
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise UserError(f"{file} is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg}); {expected}.") from err
         if not isinstance(data, dict) or not set(data) <= set(PROMPT_SETS):
-            raise UserError(f"{file}: expected a JSON object with 'style' and/or 'generic' lists of prompts.")
-        return {k: [str(p) for p in v] for k, v in data.items()}
-    return {"style": [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]}
+            raise UserError(f"{file}: {expected}.")
+        sets = {}
+        for name, prompts in data.items():
+            if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
+                raise UserError(f'{file}: "{name}" must be a list of text prompts, not {json.dumps(prompts)[:80]}; {expected}.')
+            sets[name] = [p.strip() for p in prompts if p.strip()]
+        return sets
+    lines = (line.strip() for line in text.splitlines())
+    return {"style": [line for line in lines if line and not line.startswith("#")]}
 
 
 def prompt_sets(cfg: EvalConfig, all_shards: list[shards.Shard]) -> dict[str, list[str]]:

@@ -137,6 +137,24 @@ def test_prompts_from_training_descriptions_or_a_file(data, tmp_path):
     assert evaluate.prompt_sets(evaluate.EvalConfig(prompts=str(both)), []) == {"style": ["lofi piano"], "generic": ["opera aria"]}
 
 
+def test_prompt_files_are_checked_and_cleaned(tmp_path):
+    file = tmp_path / "prompts.txt"
+    file.write_text("  # an indented comment\n  lofi piano  \n\t# another\n")
+    assert evaluate.read_prompt_file(str(file)) == {"style": ["lofi piano"]}
+    spaced = tmp_path / "spaced.json"
+    spaced.write_text(json.dumps({"style": ["  lofi piano ", "", "   "], "generic": ["opera aria"]}))
+    assert evaluate.read_prompt_file(str(spaced)) == {"style": ["lofi piano"], "generic": ["opera aria"]}
+    for bad in ({"style": "calm piano"}, {"style": ["calm piano", 3]}, {"generic": None}):
+        wrong = tmp_path / "wrong.json"
+        wrong.write_text(json.dumps(bad))
+        with pytest.raises(UserError, match=r'must be a list of text prompts.*e\.g\. \{"style": \["calm piano"'):
+            evaluate.read_prompt_file(str(wrong))
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"style": ["calm piano",\n  "lofi"\n')
+    with pytest.raises(UserError, match=r"broken.json is not valid JSON \(line 3, column 1"):
+        evaluate.read_prompt_file(str(broken))
+
+
 # ---------------------------------------------------------------------------------------------
 # End to end
 # ---------------------------------------------------------------------------------------------
