@@ -54,6 +54,7 @@ PROMPT_SETS = ("style", "generic")
 BASE = "base"
 REFERENCE = "held-out"
 LEDGER = "index.jsonl"
+MIN_REFERENCE_SECONDS = 0.1  # 5 code frames: shorter held-out audio is nothing CLAP can embed
 # settings that change the numbers: a folder holding results for other values is not resumed
 RESULT_KEYS = (
     "model", "adapters", "checkpoints", "clap", "prompts", "tokens", "zips", "num_prompts", "samples_per_prompt",
@@ -93,6 +94,11 @@ class EvalConfig:
             self.adapters = [self.adapters] if self.adapters else []
         if self.samples_per_prompt < 1 or self.seconds <= 0 or self.max_reference < 1:
             raise UserError("samples_per_prompt and max_reference must be at least 1 and seconds positive.")
+        if self.reference_seconds < MIN_REFERENCE_SECONDS:
+            raise UserError(f"reference_seconds must be at least {MIN_REFERENCE_SECONDS} (a few code frames of each "
+                            f"held-out segment; the default is 10), not {self.reference_seconds}.")
+        if not generate.seed_ok(self.seed, self.samples_per_prompt):
+            raise UserError(f"Invalid evaluation setting: {generate.seed_rule(self.samples_per_prompt)}.")
 
     def generation(self, prompts: list[str], out: Path) -> generate.GenerateConfig:
         """The generation settings every model gets (same prompts, seeds and sampling)."""

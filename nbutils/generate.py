@@ -35,8 +35,20 @@ from nbutils.errors import UserError
 
 VARIANTS = ("base", "lora")
 COMPARE_CHOICES = ("auto", "base", "lora", "both")
+SEED_MAX = 2**32 - 1  # the range every generator takes (numpy's too); torch.manual_seed raises past 2**64 - 1
 # progress in seconds of audio: the rate is then the real-time factor of the whole run
 BAR_FORMAT = "{l_bar}{bar}| {n:.1f}/{total:.1f} audio-s [{elapsed}<{remaining}, {rate_fmt}]"
+
+
+def seed_ok(seed: int, variations: int = 1) -> bool:
+    """Whether the seeds ``seed .. seed + variations - 1`` are all within ``0 .. SEED_MAX``."""
+    return 0 <= seed and seed + max(variations, 1) - 1 <= SEED_MAX
+
+
+def seed_rule(variations: int = 1) -> str:
+    """What ``seed_ok`` asks, for an error message."""
+    last = f" (seed + {variations - 1} for the last variation)" if variations > 1 else ""
+    return f"seed must be within 0 .. {SEED_MAX}{last}"
 
 
 @dataclasses.dataclass
@@ -70,6 +82,7 @@ class GenerateConfig:
         checks = [
             (self.seconds > 0, "seconds must be positive"),
             (self.variations >= 1, "variations must be at least 1"),
+            (seed_ok(self.seed, self.variations), seed_rule(self.variations)),
             (self.temperature > 0, "temperature must be positive (lower it towards 0.1 for safer output)"),
             (self.top_k >= 0 and 0 <= self.top_p <= 1, "top_k must be >= 0 and top_p within 0..1"),
             (self.guidance_scale >= 0, "guidance_scale must be >= 0 (1 turns guidance off)"),

@@ -228,6 +228,15 @@ def test_out_that_is_a_file_is_refused_before_anything_is_loaded(data, tmp_path,
     assert taken.read_text() == "earlier"
 
 
+def test_too_short_reference_or_huge_seed_is_refused_before_generating(data, tmp_path):
+    for seconds in (0, 0.01):
+        with pytest.raises(UserError, match="reference_seconds must be at least 0.1"):
+            eval_config(data, tmp_path / "r", reference_seconds=seconds)
+    with pytest.raises(UserError, match=r"seed must be within 0 \.\. 4294967295"):
+        eval_config(data, tmp_path / "r", seed=99999999999999999999)
+    assert not (tmp_path / "r").exists()
+
+
 def test_a_failed_start_does_not_block_the_corrected_command(data, tmp_path):
     """A typo in --adapter, or neither --tokens nor --prompts: the fixed command runs in the same folder."""
     out = tmp_path / "eval"

@@ -225,6 +225,13 @@ def test_invalid_requests_say_what_to_do(pipe, tmp_path):
         generate.run(cfg(tmp_path, audio_prompt=str(tmp_path / "missing.wav")), pipe)
 
 
+def test_seeds_outside_the_generators_range_are_refused(tmp_path):
+    for seed, variations in ((99999999999999999999, 1), (-1, 1), (2**32 - 1, 2)):
+        with pytest.raises(UserError, match=r"seed must be within 0 \.\. 4294967295"):
+            cfg(tmp_path, seed=seed, variations=variations)
+    assert cfg(tmp_path, seed=2**32 - 1).seed == 2**32 - 1
+
+
 def test_out_that_is_a_file_is_refused_before_loading_and_tilde_is_home(pipe, tmp_path, monkeypatch):
     def no_loading(cfg):
         raise AssertionError("the model was loaded before --out was checked")
