@@ -137,13 +137,17 @@ def read_prompt_file(path: str) -> dict[str, list[str]]:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as err:
-            raise UserError(f"{file} is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg}); {expected}.") from err
+            raise UserError(
+                f"{file} is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg}); {expected}."
+            ) from err
         if not isinstance(data, dict) or not set(data) <= set(PROMPT_SETS):
             raise UserError(f"{file}: {expected}.")
         sets = {}
         for name, prompts in data.items():
             if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
-                raise UserError(f'{file}: "{name}" must be a list of text prompts, not {json.dumps(prompts)[:80]}; {expected}.')
+                raise UserError(
+                    f'{file}: "{name}" must be a list of text prompts, not {json.dumps(prompts)[:80]}; {expected}.'
+                )
             sets[name] = [p.strip() for p in prompts if p.strip()]
         return sets
     lines = (line.strip() for line in text.splitlines())

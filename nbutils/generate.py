@@ -277,7 +277,9 @@ class Pipeline:
         rate = self.spec.frame_rate
         frames, context = int(round(window * rate)), int(round(context_seconds * rate))
         if frames < 1:
-            raise UserError(f"window_seconds {window:g} is less than one code frame: use at least {1 / rate:g} s (or 0 for {own:g} s).")
+            raise UserError(
+                f"window_seconds {window:g} is less than one code frame: use at least {1 / rate:g} s (or 0 for {own:g} s)."
+            )
         if context >= frames:  # both round to whole code frames (1/rate s): a window must add at least one
             raise UserError(
                 f"context_seconds ({context_seconds}) and window_seconds ({window:g}) round to {context} and {frames} "

@@ -56,7 +56,7 @@ class Windows:
 
     def __post_init__(self):
         if not 0 <= self.context < self.window:
-            raise ValueError(f"Windows of {self.window} frames cannot hold a context of {self.context} frames and new ones.")
+            raise ValueError(f"Windows of {self.window} frames cannot hold {self.context} frames of context and new ones.")
 
     def plan(self, existing: int, total_new: int) -> list[tuple[int, int]]:
         """``(context frames, new frames)`` per window, to add ``total_new`` frames after ``existing``."""
