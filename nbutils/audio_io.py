@@ -98,6 +98,26 @@ def timestamp() -> str:
     return _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
+def output_folder(path: str | os.PathLike) -> Path:
+    """``path`` (``~`` expanded) as a folder for results, checked before any work is done.
+
+    The folder may not exist yet (it is created when the first result is saved), but it must not
+    be a file, nor lie under one.
+
+    Raises:
+        UserError: ``path``, or one of the folders above it, is an existing file.
+    """
+    folder = Path(path).expanduser()
+    for part in (folder, *folder.parents):
+        if part.exists():  # the nearest existing part decides whether the folder can be created
+            if not part.is_dir():
+                where = "is a file" if part == folder else f"lies under {part}, which is a file"
+                raise UserError(f"The output folder {folder} {where}. Pass a folder path (new or existing) "
+                                "for --out / the output folder, e.g. next to that file.")
+            break
+    return folder
+
+
 def reserve(folder: str | os.PathLike, stem: str, suffixes: Iterable[str]) -> str:
     """Claim a free name ``stem`` (or ``stem-2``, ``stem-3``...) for every suffix at once.
 

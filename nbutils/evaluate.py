@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from nbutils import adapters, atomic, clap, config, generate, metrics, shards, tracking
+from nbutils import adapters, atomic, audio_io, clap, config, generate, metrics, shards, tracking
 from nbutils.config import option
 from nbutils.errors import UserError
 
@@ -54,6 +54,7 @@ PROMPT_SETS = ("style", "generic")
 BASE = "base"
 REFERENCE = "held-out"
 LEDGER = "index.jsonl"
+MIN_REFERENCE_SECONDS = 0.1  # 5 code frames: shorter held-out audio is nothing CLAP can embed
 # settings that change the numbers: a folder holding results for other values is not resumed
 RESULT_KEYS = (
     "model", "adapters", "checkpoints", "clap", "prompts", "tokens", "zips", "num_prompts", "samples_per_prompt",
@@ -93,6 +94,11 @@ class EvalConfig:
             self.adapters = [self.adapters] if self.adapters else []
         if self.samples_per_prompt < 1 or self.seconds <= 0 or self.max_reference < 1:
             raise UserError("samples_per_prompt and max_reference must be at least 1 and seconds positive.")
+        if self.reference_seconds < MIN_REFERENCE_SECONDS:
+            raise UserError(f"reference_seconds must be at least {MIN_REFERENCE_SECONDS} (a few code frames of each "
+                            f"held-out segment; the default is 10), not {self.reference_seconds}.")
+        if not generate.seed_ok(self.seed, self.samples_per_prompt):
+            raise UserError(f"Invalid evaluation setting: {generate.seed_rule(self.samples_per_prompt)}.")
 
     def generation(self, prompts: list[str], out: Path) -> generate.GenerateConfig:
         """The generation settings every model gets (same prompts, seeds and sampling)."""
@@ -126,11 +132,26 @@ def read_prompt_file(path: str) -> dict[str, list[str]]:
         raise UserError(f"Prompt file {file} does not exist.")
     text = file.read_text(encoding="utf-8")
     if file.suffix == ".json":
-        data = json.loads(text)
+        expected = ('expected a JSON object with "style" and/or "generic" lists of prompts, e.g. '
+                    '{"style": ["calm piano", "lofi beat"], "generic": ["opera aria"]}')
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise UserError(
+                f"{file} is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg}); {expected}."
+            ) from err
         if not isinstance(data, dict) or not set(data) <= set(PROMPT_SETS):
-            raise UserError(f"{file}: expected a JSON object with 'style' and/or 'generic' lists of prompts.")
-        return {k: [str(p) for p in v] for k, v in data.items()}
-    return {"style": [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]}
+            raise UserError(f"{file}: {expected}.")
+        sets = {}
+        for name, prompts in data.items():
+            if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
+                raise UserError(
+                    f'{file}: "{name}" must be a list of text prompts, not {json.dumps(prompts)[:80]}; {expected}.'
+                )
+            sets[name] = [p.strip() for p in prompts if p.strip()]
+        return sets
+    lines = (line.strip() for line in text.splitlines())
+    return {"style": [line for line in lines if line and not line.startswith("#")]}
 
 
 def prompt_sets(cfg: EvalConfig, all_shards: list[shards.Shard]) -> dict[str, list[str]]:
@@ -283,6 +304,8 @@ def adapter_specs(cfg: EvalConfig) -> list[str]:
         if not steps:
             raise UserError(f"--checkpoints: no checkpoints/step-XXXXXX folders next to {specs[0]}.")
         specs += [str(s) for s in steps if str(s) not in specs]
+    for spec in specs:  # a missing adapter is reported now, not after the models before it have run
+        adapters.locate(spec)
     return specs
 
 
@@ -455,23 +478,30 @@ def log_wandb(samples: list[dict], summary: list[dict], sample_rate: int) -> boo
 
 
 def _check_resumable(cfg: EvalConfig, out: Path) -> None:
-    """Same settings in ``out``: continue. Other settings: refuse, saying what differs."""
+    """Same settings in ``out``: continue. Other settings: refuse, saying what differs.
+
+    Only checks: ``_record_settings`` writes the settings once the inputs are known to be valid,
+    so a run that failed on a typo does not claim the folder for its wrong settings.
+    """
     record = out / "eval_config.json"
-    new = config.to_dict(cfg)
     if record.exists():
         old = atomic.read_json(record)
-        diffs = config.differences(old, new, RESULT_KEYS)
+        diffs = config.differences(old, config.to_dict(cfg), RESULT_KEYS)
         if diffs:
             raise UserError(
                 f"{out} holds an evaluation with other settings ({'; '.join(diffs)}). Use another --out / "
                 "output folder, or delete this one to start fresh."
             )
-    atomic.write_json(record, new)
+
+
+def _record_settings(cfg: EvalConfig, out: Path) -> None:
+    """Write the settings that the results in ``out`` belong to (before the first clip is saved)."""
+    atomic.write_json(out / "eval_config.json", config.to_dict(cfg))
 
 
 def run(cfg: EvalConfig) -> dict[str, Any]:
     """Generate (or reuse) every clip, score with CLAP, and write tables, plot and JSON."""
-    out = Path(cfg.out).expanduser()
+    out = audio_io.output_folder(cfg.out)
     _check_resumable(cfg, out)
     specs = adapter_specs(cfg)
     generate.release()  # a model loaded by notebook 03 in this runtime would double GPU memory
@@ -480,6 +510,7 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
         raise UserError("Pass --tokens (the training shards: reference audio and prompts) or --prompts FILE.")
     sets = prompt_sets(cfg, all_shards)
     prompts = [p for name in PROMPT_SETS for p in sets.get(name, [])]
+    _record_settings(cfg, out)  # the inputs are valid: the folder now holds this evaluation
     store = Samples(out / "samples")
     gen = cfg.generation(prompts, out / "samples")
     samples, reference, spec, labels, fingerprints = [], None, None, [BASE], {}

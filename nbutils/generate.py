@@ -35,8 +35,20 @@ from nbutils.errors import UserError
 
 VARIANTS = ("base", "lora")
 COMPARE_CHOICES = ("auto", "base", "lora", "both")
+SEED_MAX = 2**32 - 1  # the range every generator takes (numpy's too); torch.manual_seed raises past 2**64 - 1
 # progress in seconds of audio: the rate is then the real-time factor of the whole run
 BAR_FORMAT = "{l_bar}{bar}| {n:.1f}/{total:.1f} audio-s [{elapsed}<{remaining}, {rate_fmt}]"
+
+
+def seed_ok(seed: int, variations: int = 1) -> bool:
+    """Whether the seeds ``seed .. seed + variations - 1`` are all within ``0 .. SEED_MAX``."""
+    return 0 <= seed and seed + max(variations, 1) - 1 <= SEED_MAX
+
+
+def seed_rule(variations: int = 1) -> str:
+    """What ``seed_ok`` asks, for an error message."""
+    last = f" (seed + {variations - 1} for the last variation)" if variations > 1 else ""
+    return f"seed must be within 0 .. {SEED_MAX}{last}"
 
 
 @dataclasses.dataclass
@@ -70,6 +82,7 @@ class GenerateConfig:
         checks = [
             (self.seconds > 0, "seconds must be positive"),
             (self.variations >= 1, "variations must be at least 1"),
+            (seed_ok(self.seed, self.variations), seed_rule(self.variations)),
             (self.temperature > 0, "temperature must be positive (lower it towards 0.1 for safer output)"),
             (self.top_k >= 0 and 0 <= self.top_p <= 1, "top_k must be >= 0 and top_p within 0..1"),
             (self.guidance_scale >= 0, "guidance_scale must be >= 0 (1 turns guidance off)"),
@@ -284,7 +297,18 @@ class Pipeline:
         if context_seconds >= window:
             raise UserError(f"context_seconds ({context_seconds}) must be shorter than the window ({window:g} s).")
         rate = self.spec.frame_rate
-        return sampling.Windows(window=int(round(window * rate)), context=int(round(context_seconds * rate)))
+        frames, context = int(round(window * rate)), int(round(context_seconds * rate))
+        if frames < 1:
+            raise UserError(
+                f"window_seconds {window:g} is less than one code frame: use at least {1 / rate:g} s (or 0 for {own:g} s)."
+            )
+        if context >= frames:  # both round to whole code frames (1/rate s): a window must add at least one
+            raise UserError(
+                f"context_seconds ({context_seconds}) and window_seconds ({window:g}) round to {context} and {frames} "
+                f"code frames of 1/{rate} s: the context must be at least one frame shorter (e.g. context_seconds "
+                f"{(frames - 1) / rate:g}), or the window longer."
+            )
+        return sampling.Windows(window=frames, context=context)
 
     def generate(self, prompts: list[str], cfg: GenerateConfig, *, variant: str, seed: int, bar=None) -> tuple[list[np.ndarray], float, int, float]:
         """Sample one batch as ``variant``; returns ``(audio per prompt, seconds taken, windows, prompt seconds)``.
@@ -458,7 +482,7 @@ def save(clips: list[Clip], cfg: GenerateConfig, pipe: Pipeline, out: str | Path
     with the same slug, get ``-2``, ``-3``...). The WAV is written before its sidecar: a sidecar
     means its WAV is complete.
     """
-    out = Path(out)
+    out = Path(out).expanduser()
     stamp = audio_io.timestamp()
     groups: dict[tuple, list[Clip]] = {}
     for clip in clips:  # one name per prompt position: the same text twice is two takes
@@ -480,9 +504,10 @@ def save(clips: list[Clip], cfg: GenerateConfig, pipe: Pipeline, out: str | Path
 
 def run(cfg: GenerateConfig, pipe: Pipeline | None = None) -> list[dict[str, Any]]:
     """Generate and save everything ``cfg`` asks for; returns one record per WAV written."""
+    out = audio_io.output_folder(cfg.out)  # a file in the way is refused before the model loads
     pipe = pipe or pipeline(cfg)
     clips = sample_clips(pipe, cfg)
-    records = save(clips, cfg, pipe, cfg.out)
+    records = save(clips, cfg, pipe, out)
     for r in records:
         print(f"{r['variant']:>4}  {r['seconds']:.1f} s  x{r['realtime_factor']:.2f} real time  {r['path']}", file=sys.stderr)
     return records

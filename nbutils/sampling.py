@@ -54,12 +54,18 @@ class Windows:
     context: int
     """Frames of earlier codes that prompt each following window."""
 
+    def __post_init__(self):
+        if not 0 <= self.context < self.window:
+            raise ValueError(f"Windows of {self.window} frames cannot hold {self.context} frames of context and new ones.")
+
     def plan(self, existing: int, total_new: int) -> list[tuple[int, int]]:
         """``(context frames, new frames)`` per window, to add ``total_new`` frames after ``existing``."""
         windows, have, done = [], existing, 0
         while done < total_new:
             ctx = min(have, self.context)
             new = min(total_new - done, self.window - ctx)
+            if new <= 0:  # a window without new frames would repeat forever
+                raise ValueError(f"Windows of {self.window} frames with {self.context} frames of context add nothing.")
             windows.append((ctx, new))
             have, done = have + new, done + new
         return windows
@@ -173,6 +179,16 @@ def delay_steps(model) -> int:
     return decoder.num_codebooks // decoder.audio_channels - 1
 
 
+def frames_to_sample(model, context: int, new_frames: int) -> int:
+    """Frames one ``generate`` call must make to return ``new_frames`` after ``context`` frames.
+
+    transformers applies the delay pattern only when a call holds at least ``delay_steps`` frames
+    (context + new; shorter calls come back without it, in the wrong shape), so a very short
+    request samples that many and the surplus is cut off. Later frames never change earlier ones.
+    """
+    return max(new_frames, delay_steps(model) - context)
+
+
 def sample_window(model, inputs: dict, context, new_frames: int, sampling: Sampling, *,
                   features=None, progress: Progress | None = None):
     """Sample ``new_frames`` frames after ``context`` codes ``(B, K, C)`` (C may be 0).
@@ -184,7 +200,8 @@ def sample_window(model, inputs: dict, context, new_frames: int, sampling: Sampl
     from transformers import StoppingCriteriaList
 
     batch, num_codebooks, ctx = context.shape
-    kwargs = dict(inputs, max_new_tokens=new_frames + delay_steps(model), **sampling.generate_kwargs())
+    frames = frames_to_sample(model, ctx, new_frames)
+    kwargs = dict(inputs, max_new_tokens=frames + delay_steps(model), **sampling.generate_kwargs())
     if ctx:
         kwargs["decoder_input_ids"] = context.reshape(batch * num_codebooks, ctx)
     if features is not None:
@@ -194,9 +211,9 @@ def sample_window(model, inputs: dict, context, new_frames: int, sampling: Sampl
     with codes_only(model) as collected, torch.inference_mode():
         model.generate(**kwargs)
     codes = collected[-1]
-    if codes.shape != (batch, num_codebooks, ctx + new_frames):
-        raise RuntimeError(f"generate() returned codes {tuple(codes.shape)}, expected {(batch, num_codebooks, ctx + new_frames)}")
-    return codes[:, :, ctx:]
+    if codes.shape != (batch, num_codebooks, ctx + frames):
+        raise RuntimeError(f"generate() returned codes {tuple(codes.shape)}, expected {(batch, num_codebooks, ctx + frames)}")
+    return codes[:, :, ctx : ctx + new_frames]
 
 
 def sample_long(model, inputs: dict, prompt, total_new: int, windows: Windows, sampling: Sampling, *,
@@ -219,7 +236,8 @@ def sample_long(model, inputs: dict, prompt, total_new: int, windows: Windows, s
     for ctx, new in plan:
         start = history.shape[-1] - ctx
         features = features_at(start / frame_rate, windows.window / frame_rate) if features_at else None
-        step = batch * new / frame_rate / (new + delay_steps(model))  # audio seconds per decoding step
+        steps = frames_to_sample(model, ctx, new) + delay_steps(model)
+        step = batch * new / frame_rate / steps  # audio seconds per decoding step
         codes = sample_window(model, inputs, history[:, :, start:], new, sampling,
                               features=features, progress=Progress(bar, step))
         history = torch.cat([history, codes], dim=-1)

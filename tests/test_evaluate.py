@@ -137,6 +137,24 @@ def test_prompts_from_training_descriptions_or_a_file(data, tmp_path):
     assert evaluate.prompt_sets(evaluate.EvalConfig(prompts=str(both)), []) == {"style": ["lofi piano"], "generic": ["opera aria"]}
 
 
+def test_prompt_files_are_checked_and_cleaned(tmp_path):
+    file = tmp_path / "prompts.txt"
+    file.write_text("  # an indented comment\n  lofi piano  \n\t# another\n")
+    assert evaluate.read_prompt_file(str(file)) == {"style": ["lofi piano"]}
+    spaced = tmp_path / "spaced.json"
+    spaced.write_text(json.dumps({"style": ["  lofi piano ", "", "   "], "generic": ["opera aria"]}))
+    assert evaluate.read_prompt_file(str(spaced)) == {"style": ["lofi piano"], "generic": ["opera aria"]}
+    for bad in ({"style": "calm piano"}, {"style": ["calm piano", 3]}, {"generic": None}):
+        wrong = tmp_path / "wrong.json"
+        wrong.write_text(json.dumps(bad))
+        with pytest.raises(UserError, match=r'must be a list of text prompts.*e\.g\. \{"style": \["calm piano"'):
+            evaluate.read_prompt_file(str(wrong))
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"style": ["calm piano",\n  "lofi"\n')
+    with pytest.raises(UserError, match=r"broken.json is not valid JSON \(line 3, column 1"):
+        evaluate.read_prompt_file(str(broken))
+
+
 # ---------------------------------------------------------------------------------------------
 # End to end
 # ---------------------------------------------------------------------------------------------
@@ -194,6 +212,42 @@ def test_rerun_resumes_and_other_settings_are_refused(data, tmp_path):
     assert (out / "summary.csv").read_text() == summary, "resumed equals uninterrupted"
     with pytest.raises(UserError, match=r"other settings \(seconds: 0.5 -> 2.0\).*delete this one"):
         evaluate.run(eval_config(data, out, samples_per_prompt=1, num_prompts=1, seconds=2.0))
+
+
+def test_out_that_is_a_file_is_refused_before_anything_is_loaded(data, tmp_path, monkeypatch):
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded before --out was checked")
+
+    monkeypatch.setattr(generate, "Pipeline", no_loading)
+    taken = tmp_path / "results.csv"
+    taken.write_text("earlier")
+    with pytest.raises(UserError, match="results.csv is a file"):
+        evaluate.run(eval_config(data, taken))
+    with pytest.raises(UserError, match=r"eval lies under .*results.csv, which is a file"):
+        evaluate.run(eval_config(data, taken / "eval"))
+    assert taken.read_text() == "earlier"
+
+
+def test_too_short_reference_or_huge_seed_is_refused_before_generating(data, tmp_path):
+    for seconds in (0, 0.01):
+        with pytest.raises(UserError, match="reference_seconds must be at least 0.1"):
+            eval_config(data, tmp_path / "r", reference_seconds=seconds)
+    with pytest.raises(UserError, match=r"seed must be within 0 \.\. 4294967295"):
+        eval_config(data, tmp_path / "r", seed=99999999999999999999)
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_failed_start_does_not_block_the_corrected_command(data, tmp_path):
+    """A typo in --adapter, or neither --tokens nor --prompts: the fixed command runs in the same folder."""
+    out = tmp_path / "eval"
+    with pytest.raises(UserError, match="neither an existing folder or file nor a Hub repo id"):
+        evaluate.run(eval_config(data, out, adapters=[str(data["run"] / "adapters" / "bets")]))
+    with pytest.raises(UserError, match="Pass --tokens"):
+        evaluate.run(eval_config(data, out, tokens=""))
+    assert not (out / "eval_config.json").exists()
+    results = evaluate.run(eval_config(data, out, samples_per_prompt=1, num_prompts=1))
+    assert Path(results["files"]["summary_csv"]).is_file()
+    assert (out / "eval_config.json").is_file(), "a real evaluation still claims its folder"
 
 
 def test_without_tokens_a_prompt_file_still_gives_tables_and_a_plot(data, tmp_path):

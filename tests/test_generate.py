@@ -61,6 +61,20 @@ def test_window_plan_covers_the_request_exactly():
     assert sampling.Windows(window=50, context=20).plan(existing=35, total_new=10) == [(20, 10)]
 
 
+def test_context_that_rounds_to_the_whole_window_is_refused_not_looped(pipe, tmp_path):
+    """0.499 s and 0.5 s are both 25 frames: every window would add nothing, forever."""
+    with pytest.raises(UserError, match="round to 25 and 25 code frames.*context_seconds 0.48"):
+        generate.run(cfg(tmp_path, seconds=1.0, window_seconds=0.5, context_seconds=0.499), pipe)
+    with pytest.raises(UserError, match="less than one code frame"):
+        generate.run(cfg(tmp_path, seconds=1.0, window_seconds=0.001, context_seconds=0.0), pipe)
+    with pytest.raises(ValueError, match="cannot hold"):
+        sampling.Windows(window=25, context=25)
+    windows = sampling.Windows(window=25, context=10)
+    windows.context = 25  # changed after the check: the planner still stops
+    with pytest.raises(ValueError, match="add nothing"):
+        windows.plan(existing=30, total_new=10)
+
+
 @pytest.mark.parametrize("seconds", [0.37, 2.53])
 def test_exact_durations_short_and_past_the_window(pipe, tmp_path, seconds):
     """0.37 s is not a whole number of frames; 2.53 s spans four 1 s windows (0.4 s context)."""
@@ -71,6 +85,20 @@ def test_exact_durations_short_and_past_the_window(pipe, tmp_path, seconds):
         assert read(record).shape == (expected, 1)
         assert record["samples"] == expected and record["seconds"] == pytest.approx(seconds)
     assert records[0]["windows"] == (1 if seconds < 1 else 4)
+
+
+@pytest.mark.parametrize("seconds, window, context", [(0.02, 0.0, 10.0), (0.04, 0.0, 10.0), (1.02, 1.0, 0.0)])
+def test_one_or_two_frames_have_the_exact_length(pipe, tmp_path, seconds, window, context):
+    """transformers needs 3 frames per call for the delay pattern: fewer are sampled as 3 and cut
+    (1.02 s in 1 s windows without context ends with a 1-frame window)."""
+    records = generate.run(cfg(tmp_path, seconds=seconds, window_seconds=window, context_seconds=context), pipe)
+    assert read(records[0]).shape == (int(round(seconds * SR)), 1)
+    inputs = pipe.text_inputs(["a"])
+    torch.manual_seed(0)
+    one = sampling.sample_window(pipe.model, inputs, torch.zeros((1, 4, 0), dtype=torch.long), 1, sampling.Sampling())
+    torch.manual_seed(0)
+    three = sampling.sample_window(pipe.model, inputs, torch.zeros((1, 4, 0), dtype=torch.long), 3, sampling.Sampling())
+    assert one.shape == (1, 4, 1) and torch.equal(one, three[:, :, :1]), "the first frames do not depend on the cut"
 
 
 def test_sixty_seconds_with_the_models_own_window(pipe, tmp_path):
@@ -195,6 +223,32 @@ def test_invalid_requests_say_what_to_do(pipe, tmp_path):
         generate.run(cfg(tmp_path, window_seconds=31), pipe)
     with pytest.raises(UserError, match="does not exist"):
         generate.run(cfg(tmp_path, audio_prompt=str(tmp_path / "missing.wav")), pipe)
+
+
+def test_seeds_outside_the_generators_range_are_refused(tmp_path):
+    for seed, variations in ((99999999999999999999, 1), (-1, 1), (2**32 - 1, 2)):
+        with pytest.raises(UserError, match=r"seed must be within 0 \.\. 4294967295"):
+            cfg(tmp_path, seed=seed, variations=variations)
+    assert cfg(tmp_path, seed=2**32 - 1).seed == 2**32 - 1
+
+
+def test_out_that_is_a_file_is_refused_before_loading_and_tilde_is_home(pipe, tmp_path, monkeypatch):
+    def no_loading(cfg):
+        raise AssertionError("the model was loaded before --out was checked")
+
+    monkeypatch.setattr(generate, "pipeline", no_loading)
+    taken = tmp_path / "taken.wav"
+    taken.write_bytes(b"earlier result")
+    with pytest.raises(UserError, match="taken.wav is a file"):
+        generate.run(cfg(tmp_path, out=str(taken)))
+    with pytest.raises(UserError, match=r"sub lies under .*taken.wav, which is a file"):
+        generate.run(cfg(tmp_path, out=str(taken / "sub")))
+    assert taken.read_bytes() == b"earlier result"
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    records = generate.run(cfg(tmp_path, out="~/clips", seconds=0.1), pipe)
+    assert Path(records[0]["path"]).parent == tmp_path / "home" / "clips" and Path(records[0]["path"]).is_file()
+    assert not (tmp_path / "~").exists(), "no literal ~ folder"
 
 
 # ---------------------------------------------------------------------------------------------
