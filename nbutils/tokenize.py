@@ -30,6 +30,7 @@ import shutil
 import sys
 import time
 import typing
+import unicodedata
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -184,7 +185,29 @@ def find_zips(zips_dir: Path) -> list[Path]:
     found = sorted(p for p in zips_dir.iterdir() if p.suffix.lower() == ".zip" and not p.name.startswith("."))
     if not found:
         raise UserError(f"No .zip files in {zips_dir}. Put the ZIP batches there (archive_batch_0001.zip, ...).")
+    check_shard_names(found)
     return found
+
+
+def check_shard_names(zips: list[Path]) -> None:
+    """Refuse two ZIPs that would write the same shard (``shards/<stem>``).
+
+    The shard is named after the ZIP's stem, and Drive and macOS compare names without case (and
+    macOS without Unicode normalization form):
+    ``a.zip``, ``a.ZIP`` and ``A.zip`` would overwrite each other's shard, one batch's audio
+    lost while both read as done.
+
+    Raises:
+        UserError: names both ZIPs and says to rename one.
+    """
+    seen: dict[str, Path] = {}
+    for path in zips:
+        key = unicodedata.normalize("NFC", path.stem).casefold()
+        if key in seen:
+            raise UserError(f"{seen[key].name} and {path.name} in {path.parent} would write the same token shard "
+                            f"({shards.SHARD_DIR}/{path.stem}; names are compared without case, as on Drive "
+                            "and macOS), so one batch's audio would be lost. Rename one of them and run again.")
+        seen[key] = path
 
 
 def make_plan(cfg: TokenizeConfig, config_hash: str) -> list[ZipPlan]:

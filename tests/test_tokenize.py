@@ -325,6 +325,17 @@ def test_missing_inputs_are_user_errors(tmp_path):
         tokenize.TokenizeConfig(workers=-1)
 
 
+@pytest.mark.parametrize("other", ["a.ZIP", "A.zip"])
+def test_zips_that_would_share_a_shard_are_refused_before_any_work(tmp_path, other):
+    zips = tmp_path / "zips"
+    h.small_zip(zips, "a.zip", n=1)
+    h.small_zip(zips, "other.zip", n=1).rename(zips / other)  # a different batch, same shard name but for case
+    with pytest.raises(UserError, match=rf"a\.zip and {other}|{other} and a\.zip") as err:
+        _run(zips, tmp_path / "tokens", tmp_path / "scratch")
+    assert "Rename one" in str(err.value)
+    assert not ledger.records(tmp_path / "tokens") and not shards.list_shards(tmp_path / "tokens")
+
+
 def test_short_segments_scale_the_default_minimums_but_refuse_explicit_ones():
     # notebook 01 exposes SEGMENT_SECONDS but not the minimums: 2 s segments must not fail on a
     # 5 s minimum tail the user never set
