@@ -80,6 +80,8 @@ class ZipResult:
     failures: list = dataclasses.field(default_factory=list)
     skipped: list = dataclasses.field(default_factory=list)
     notes: list = dataclasses.field(default_factory=list)
+    metadata_bad: list = dataclasses.field(default_factory=list)
+    """Unusable lines of the ZIP's own metadata files (``metadata.BadLines``, also in ``notes``)."""
     seconds: float = 0.0
     """Wall time for this ZIP, copy included (model loading excluded)."""
     copy_seconds: float = 0.0
@@ -98,7 +100,8 @@ class _Track:
 class Stage:
     """What stays the same across the ZIPs of one run."""
 
-    def __init__(self, cfg: "TokenizeConfig", settings: dict[str, Any], config_hash: str, total_files: int):
+    def __init__(self, cfg: "TokenizeConfig", settings: dict[str, Any], config_hash: str, total_files: int,
+                 outside: metadata.Outside | None = None):
         """Load the codec and prepare the run.
 
         Args:
@@ -106,6 +109,7 @@ class Stage:
             settings: The code settings (stored in every shard's index).
             config_hash: Their hash (stored in shards and ledger lines).
             total_files: Audio files in the ZIPs to do (for the overall progress bar).
+            outside: The metadata beside the ZIPs, if already read (else it is read here).
         """
         from nbutils.encoder import Batcher, Encoder
 
@@ -119,7 +123,7 @@ class Stage:
         batch = cfg.batch_size or self.encoder.default_batch(cfg.segment_seconds)
         self.full_samples = int(round(cfg.segment_seconds * self.spec.sample_rate))
         self.make_batcher = lambda: Batcher(self.encoder, full_samples=self.full_samples, batch_size=batch)
-        self.outside = metadata.Outside.load(cfg.zips, cfg.metadata or None)
+        self.outside = outside or metadata.Outside.load(cfg.zips, cfg.metadata or None)
         self.limit_left = cfg.limit or None
         self.work_root = _scratch_root(cfg) / f"tokenize-{os.getpid()}"
         self.overall = _bar(cfg, total=total_files, desc="all ZIPs", position=0)
@@ -268,6 +272,9 @@ def _read_zip(stage: Stage, plan: ZipPlan, work: Path, result: ZipResult):
             result.failures.append({"path": entry.path, "reason": entry.reason})
         catalog = metadata.Catalog(plan.path.name, stage.outside, _read_texts(zf, entries, result),
                                    stage.cfg.default_description)
+        for bad in catalog.bad:
+            result.metadata_bad.append(dataclasses.replace(bad, file=f"{plan.path.name}/{bad.file}"))
+            result.notes.append({"path": bad.file, "reason": f"metadata: {bad.short()}"})
         tracks = [_Track(e) for e in entries if e.kind == archive.AUDIO]
         if stage.limit_left is not None:  # test mode: only the first N tracks of the run
             tracks = tracks[: stage.limit_left]

@@ -325,6 +325,32 @@ def test_missing_inputs_are_user_errors(tmp_path):
         tokenize.TokenizeConfig(workers=-1)
 
 
+def test_unusable_metadata_lines_are_reported_before_the_zips_are_done(tmp_path, capsys):
+    zips = tmp_path / "zips"
+    inside = json.dumps({"path": "b/track_00.wav", "description": "ok"}) + '\n{"path": "b/track_01.wav",}\n'
+    h.write_zip(zips / "b.zip", [("b/track_00.wav", h.tone(1.5)), ("metadata.jsonl", inside)])
+    (zips / "metadata.jsonl").write_text("\n".join([
+        json.dumps({"path": "b/track_00.wav", "description": "fine"}),
+        "{'path': 'b/x.wav', 'description': 'python dict'}",
+        '{"path": "b/y.wav", "description": "trailing comma",}',
+        json.dumps({"description": "no path"}),
+    ]) + "\n")
+    s = _run(zips, tmp_path / "tokens", tmp_path / "scratch")
+    out = capsys.readouterr().out
+    beside = {"file": str(zips / "metadata.jsonl"), "count": 3, "first": "line 2",
+              "reason": s["metadata_bad_lines"][0]["reason"]}
+    assert s["metadata_bad_lines"] == [beside, {"file": "b.zip/metadata.jsonl", "count": 1, "first": "line 2",
+                                                "reason": s["metadata_bad_lines"][1]["reason"]}]
+    assert beside["reason"].startswith("not JSON") and "double quotes" in beside["reason"]
+    warning = f"{zips / 'metadata.jsonl'}: 3 unusable lines skipped (first: line 2: not JSON"
+    assert out.index(warning) < out.index("b.zip: 1 ok")  # said before the ZIP is done
+    assert "b.zip/metadata.jsonl: 1 unusable line skipped (first: line 2" in out
+    assert any(warning in w for w in s["warnings"])
+    note = ledger.latest(tmp_path / "tokens")["b.zip"]["notes"]
+    assert [n["path"] for n in note] == ["metadata.jsonl"] and "1 unusable line" in note[0]["reason"]
+    assert "b.zip/metadata.jsonl: note: metadata: 1 unusable line" in tokenize.table(tmp_path / "tokens")
+
+
 @pytest.mark.parametrize("other", ["a.ZIP", "A.zip"])
 def test_zips_that_would_share_a_shard_are_refused_before_any_work(tmp_path, other):
     zips = tmp_path / "zips"
