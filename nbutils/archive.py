@@ -5,8 +5,8 @@ forks, ``.DS_Store``, cover images, names in cp437 or UTF-8 (NFC or macOS NFD), 
 name in two folders, entries that try to escape the extraction folder (``../x``, ``/etc/x``),
 and members that decompress to far more than they declare. This module:
 
-* classifies every member as audio, text (metadata / sidecars), junk or unsafe, from the
-  central directory alone (cheap even on Drive);
+* classifies every member as audio, unsupported audio (``.m4a``...: skipped with a reason), text
+  (metadata / sidecars), junk or unsafe, from the central directory alone (cheap even on Drive);
 * extracts one member at a time under a scratch folder, refusing any path that would land
   outside it, with a per-member size cap and a check that the data matches its declared size
   and CRC (the zip-bomb guard), so a bad member fails alone and the rest of the ZIP goes on.
@@ -27,7 +27,7 @@ import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
 
-from nbutils.audio import is_audio_name
+from nbutils.audio import is_audio_name, unsupported_reason
 
 MAX_MEMBER_MB = 2048.0  # default per-member cap (MiB): a 2 GiB WAV is ~3 h of 48 kHz stereo 24-bit
 TEXT_MEMBER_BYTES = 8 << 20  # metadata / sidecar members larger than 8 MiB are not read
@@ -36,7 +36,7 @@ UTF8_FLAG = 0x800  # general purpose bit 11: the member name is UTF-8
 JUNK_NAMES = {".ds_store", "thumbs.db", "desktop.ini"}
 TEXT_EXTENSIONS = (".txt", ".json", ".jsonl")
 
-AUDIO, TEXT, JUNK, UNSAFE = "audio", "text", "junk", "unsafe"
+AUDIO, TEXT, JUNK, UNSAFE, UNSUPPORTED = "audio", "text", "junk", "unsafe", "unsupported"
 
 
 class MemberError(Exception):
@@ -51,9 +51,9 @@ class Entry:
     path: str
     """Normalized POSIX path inside the ZIP: repaired and NFC-normalized name, ``/`` separators."""
     kind: str
-    """``audio``, ``text``, ``junk`` or ``unsafe``."""
+    """``audio``, ``text``, ``junk``, ``unsafe`` or ``unsupported`` (audio in a format we cannot decode)."""
     reason: str = ""
-    """Why a member is junk or unsafe."""
+    """Why a member is junk, unsafe or unsupported."""
 
     @property
     def size(self) -> int:
@@ -109,13 +109,15 @@ def junk_reason(path: str) -> str:
         return "macOS resource fork"
     if base.lower() in JUNK_NAMES or base.startswith("."):
         return "hidden / system file"
+    if unsupported_reason(base):
+        return ""
     if not (is_audio_name(base) or base.lower().endswith(TEXT_EXTENSIONS)):
         return "not audio"
     return ""
 
 
 def classify(info: zipfile.ZipInfo) -> Entry:
-    """Sort one member into audio / text / junk / unsafe."""
+    """Sort one member into audio / text / junk / unsafe / unsupported."""
     raw = decoded_name(info)
     path = normalize(raw)
     reason = unsafe_reason(raw) or unsafe_reason(path)
@@ -128,6 +130,9 @@ def classify(info: zipfile.ZipInfo) -> Entry:
     reason = junk_reason(path)
     if reason:
         return Entry(info, path, JUNK, reason)
+    reason = unsupported_reason(path)
+    if reason:
+        return Entry(info, path, UNSUPPORTED, reason)
     return Entry(info, path, AUDIO if is_audio_name(path) else TEXT)
 
 

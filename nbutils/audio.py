@@ -29,7 +29,10 @@ SILENCE_DB = -60.0  # a segment whose peak is below this (dBFS) counts as silent
 READ_BLOCK_SECONDS = 10.0  # decode this much source audio per read (bounds memory per file)
 RESAMPLE_QUALITY = "HQ"  # soxr quality; librosa's default "soxr_hq" is the same
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff")
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff")
+# Audio that libsndfile cannot decode: skipped with a reason that says to convert it (never "not audio").
+UNSUPPORTED_AUDIO_EXTENSIONS = (".m4a", ".m4b", ".mp4", ".aac", ".alac", ".wma", ".ape", ".wv", ".ac3", ".amr",
+                                ".mka", ".webm")
 
 
 class AudioError(Exception):
@@ -72,6 +75,14 @@ class TrackReport:
 
 def is_audio_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in AUDIO_EXTENSIONS
+
+
+def unsupported_reason(name: str) -> str:
+    """Why ``name`` is audio this stage cannot read ('' unless its extension is a known unsupported format)."""
+    ext = os.path.splitext(name)[1].lower()
+    if ext not in UNSUPPORTED_AUDIO_EXTENSIONS:
+        return ""
+    return f"unsupported audio format {ext}: convert to wav/flac/mp3/ogg"
 
 
 def frames_for(samples: int, hop_length: int = HOP_LENGTH) -> int:

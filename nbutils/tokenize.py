@@ -243,7 +243,7 @@ def _zip_line(result: ZipResult) -> str:
     line = (f"{result.name}: {c.files_ok} ok, {c.files_failed} failed, {c.files_skipped} skipped, "
             f"{c.segments} segments, {c.audio_seconds / 60:.1f} min of audio in {result.seconds:.1f} s "
             f"({speed:.1f}x realtime)")
-    return "\n".join([line] + [f"  Warning: {bad.message()}" for bad in result.metadata_bad])
+    return "\n".join([line] + [f"  Warning: {warning}" for warning in result.warnings])
 
 
 def _eta(seconds: float | None) -> str:
@@ -365,7 +365,7 @@ def _summary(cfg, plans, results, totals: Counts, sources: Counter, elapsed: flo
         "limit": cfg.limit,
         "out": str(cfg.out),
         "failures": failures[:MAX_LISTED_FAILURES],
-        "warnings": warnings,
+        "warnings": warnings + [f"{r.name}: {w}" for r in results for w in r.warnings],
     }
     _print_summary(summary, cfg)
     return summary
@@ -421,7 +421,7 @@ def table(tokens_dir: str | os.PathLike, *, max_failures: int = 50) -> str:
             problems.append(f"{name}: ZIP failed: {r.get('reason')}")
         problems += [f"{name}/{f['path']}: failed: {f['reason']}" for f in r.get("failures", [])]
         problems += [f"{name}/{f['path']}: skipped: {f['reason']}" for f in r.get("skipped", [])]
-        problems += [f"{name}/{f['path']}: note: {f['reason']}" for f in r.get("notes", [])]
+        problems += [f"{'/'.join(filter(None, (name, f['path'])))}: note: {f['reason']}" for f in r.get("notes", [])]
     if problems:
         lines += ["", f"Failed, skipped or noted ({len(problems)}):"] + problems[:max_failures]
         if len(problems) > max_failures:

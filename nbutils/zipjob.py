@@ -82,6 +82,8 @@ class ZipResult:
     notes: list = dataclasses.field(default_factory=list)
     metadata_bad: list = dataclasses.field(default_factory=list)
     """Unusable lines of the ZIP's own metadata files (``metadata.BadLines``, also in ``notes``)."""
+    warnings: list = dataclasses.field(default_factory=list)
+    """What the user should look at (shown under the ZIP's line, kept in the ledger's notes)."""
     seconds: float = 0.0
     """Wall time for this ZIP, copy included (model loading excluded)."""
     copy_seconds: float = 0.0
@@ -248,6 +250,12 @@ def _shard_meta(stage: Stage, plan: ZipPlan) -> dict[str, Any]:
     }
 
 
+def _warn(result: ZipResult, text: str) -> None:
+    """A warning about the whole ZIP: under its line now, in the ledger's notes (and ``tokenize.table``) later."""
+    result.warnings.append(text)
+    result.notes.append({"path": "", "reason": f"warning: {text}"})
+
+
 def uncommit(index: Path) -> None:
     """Remove an old shard of a ZIP about to be encoded again (index first: it is the commit record)."""
     index.unlink(missing_ok=True)
@@ -275,6 +283,15 @@ def _read_zip(stage: Stage, plan: ZipPlan, work: Path, result: ZipResult):
         for bad in catalog.bad:
             result.metadata_bad.append(dataclasses.replace(bad, file=f"{plan.path.name}/{bad.file}"))
             result.notes.append({"path": bad.file, "reason": f"metadata: {bad.short()}"})
+            result.warnings.append(result.metadata_bad[-1].message())
+        unsupported = [e for e in entries if e.kind == archive.UNSUPPORTED]
+        for entry in unsupported:  # recognisably audio, but libsndfile cannot decode it: say so, by name
+            result.counts.files_skipped += 1
+            result.skipped.append({"path": entry.path, "reason": entry.reason})
+        if unsupported:
+            formats = ", ".join(sorted({os.path.splitext(e.path)[1].lower() for e in unsupported}))
+            _warn(result, f"{len(unsupported)} audio files in unsupported formats ({formats}) skipped: convert "
+                          "them to wav/flac/mp3/ogg and replace the ZIP.")
         tracks = [_Track(e) for e in entries if e.kind == archive.AUDIO]
         if stage.limit_left is not None:  # test mode: only the first N tracks of the run
             tracks = tracks[: stage.limit_left]
@@ -310,6 +327,12 @@ def process_zip(stage: Stage, plan: ZipPlan, number: int) -> ZipResult:
         return result
     writer = None if testing else shards.ShardWriter(stage.tokens, plan.path.stem, _shard_meta(stage, plan))
     _collect(stage, result, tracks, catalog, codes, writer)
+    if not testing and not result.counts.files_ok:
+        c = result.counts
+        what = (f"{c.files_failed} failed, {c.files_skipped} skipped: see their reasons" if c.files
+                else f"it holds no {', '.join(audio.AUDIO_EXTENSIONS)} files")
+        _warn(result, f"no audio kept from this ZIP ({what}); it is recorded done with an empty shard. "
+                      "Replace the ZIP with readable audio to tokenize it.")
     if writer is not None:
         writer.meta["description_sources"] = dict(result.sources)
         index = writer.commit()

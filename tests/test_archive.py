@@ -33,6 +33,18 @@ def test_members_are_sorted_into_audio_text_junk_and_unsafe(tmp_path):
     assert archive.count_audio(path) == (5, 5)
 
 
+def test_audio_in_formats_we_cannot_decode_is_unsupported_not_junk(tmp_path):
+    path = write_zip(tmp_path / "u.zip", [("memo.m4a", b"1"), ("x/song.AAC", b"2"), ("old.wma", b"3"),
+                                          ("voice.opus", b"4"), ("a.aiff", b"5"), ("._memo.m4a", b"j")])
+    kinds = _kinds(path)
+    assert kinds["memo.m4a"] == ("unsupported", "unsupported audio format .m4a: convert to wav/flac/mp3/ogg")
+    assert kinds["x/song.AAC"] == ("unsupported", "unsupported audio format .aac: convert to wav/flac/mp3/ogg")
+    assert kinds["old.wma"][0] == "unsupported"
+    assert kinds["voice.opus"][0] == kinds["a.aiff"][0] == "audio"  # libsndfile reads these
+    assert kinds["._memo.m4a"] == ("junk", "macOS resource fork")
+    assert archive.count_audio(path) == (2, 2)
+
+
 def test_utf8_names_without_the_flag_and_nfd_names_are_repaired(tmp_path):
     name = "Björk – Jóga/日本の歌.wav"
     nfd = unicodedata.normalize("NFD", "Café/été.wav")

@@ -27,7 +27,8 @@ def _dominant_freq(wave, sr):
 
 @pytest.mark.parametrize("kind, sr, channels", [
     ("wav", 44_100, 2), ("wav24", 48_000, 1), ("wavf", 96_000, 1), ("wav8", 8_000, 1),
-    ("flac", 22_050, 2), ("ogg", 16_000, 1), ("mp3", 44_100, 2), ("wav", 32_000, 6),
+    ("flac", 22_050, 2), ("ogg", 16_000, 1), ("mp3", 44_100, 2), ("wav", 32_000, 6), ("opus", 48_000, 2),
+    ("aiff", 44_100, 1),
 ])
 def test_any_format_rate_and_channels_become_32k_float32(tmp_path, kind, sr, channels):
     path = _write(tmp_path, f"x.{kind[:4]}", encode_audio(_sine(2.0, sr, 440.0, channels), sr, kind))

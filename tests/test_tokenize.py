@@ -325,6 +325,28 @@ def test_missing_inputs_are_user_errors(tmp_path):
         tokenize.TokenizeConfig(workers=-1)
 
 
+def test_unsupported_audio_is_skipped_by_name_and_a_zip_without_audio_is_warned_about(tmp_path, capsys):
+    zips = tmp_path / "zips"
+    h.write_zip(zips / "mixed.zip", [("a.opus", h.tone(1.5, 48_000, "opus")), ("b.m4a", b"\0\0\0 ftypM4A ")])
+    h.write_zip(zips / "phone.zip", [("memo 1.m4a", b"\0\0\0 ftypM4A "), ("memo 2.M4A", b"x"), ("c.wma", b"x"),
+                                     ("cover.jpg", b"x")])
+    s = _run(zips, tmp_path / "tokens", tmp_path / "scratch")
+    out = capsys.readouterr().out
+    assert (s["files_ok"], s["files_skipped"], s["files_failed"], s["entries_ignored"]) == (1, 4, 0, 1)
+    latest = ledger.latest(tmp_path / "tokens")
+    assert latest["mixed.zip"]["skipped"] == [
+        {"path": "b.m4a", "reason": "unsupported audio format .m4a: convert to wav/flac/mp3/ogg"}]
+    assert [f["path"] for f in latest["phone.zip"]["skipped"]] == ["memo 1.m4a", "memo 2.M4A", "c.wma"]
+    assert "phone.zip: 0 ok, 0 failed, 3 skipped" in out
+    assert "3 audio files in unsupported formats (.m4a, .wma) skipped: convert them to wav/flac/mp3/ogg" in out
+    assert "Warning: no audio kept from this ZIP (0 failed, 3 skipped" in out
+    assert "no audio kept" not in str(latest["mixed.zip"]["notes"])
+    assert any(w.startswith("phone.zip: no audio kept") for w in s["warnings"])
+    text = tokenize.table(tmp_path / "tokens")
+    assert "phone.zip/memo 1.m4a: skipped: unsupported audio format .m4a" in text
+    assert "phone.zip: note: warning: no audio kept from this ZIP" in text
+
+
 def test_unusable_metadata_lines_are_reported_before_the_zips_are_done(tmp_path, capsys):
     zips = tmp_path / "zips"
     inside = json.dumps({"path": "b/track_00.wav", "description": "ok"}) + '\n{"path": "b/track_01.wav",}\n'
