@@ -54,6 +54,40 @@ def test_stereo_keeps_left_and_right_and_mono_is_their_mean(tmp_path):
     np.testing.assert_array_equal(both[0], both[1])
 
 
+def _multichannel(tmp_path, channels, **content):
+    """A ``channels``-channel float WAV: silent except the named channels (c1, c2...), each its own sine."""
+    wave = np.zeros((32_000, channels), np.float32)
+    for name, freq in content.items():
+        wave[:, int(name[1:]) - 1] = _sine(1.0, 32_000, freq)
+    path = tmp_path / f"{channels}ch.wav"
+    sf.write(path, wave, 32_000, subtype="FLOAT")
+    return path, wave
+
+
+def test_surround_is_downmixed_to_stereo_not_cut_to_its_first_two_channels(tmp_path):
+    # 5.1 in WAV order: FL FR C LFE SL SR. Only the centre channel has content (dialogue, a solo)
+    path, wave = _multichannel(tmp_path, 6, c3=440.0)
+    stereo = audio.load(path, channels=2)
+    scale = 1 + 2 * audio.MINUS_3DB
+    np.testing.assert_allclose(stereo[0], wave[:, 2] * audio.MINUS_3DB / scale, atol=1e-6)
+    np.testing.assert_allclose(stereo[1], stereo[0])
+    report = audio.TrackReport()
+    assert len(list(audio.iter_segments(path, report, channels=2))) == 1 and not report.skipped  # not "silent"
+    # surrounds go to their side, the LFE is dropped, mono is still the mean of all six
+    path, wave = _multichannel(tmp_path, 6, c4=50.0, c5=300.0, c6=500.0)
+    stereo = audio.load(path, channels=2)
+    np.testing.assert_allclose(stereo[0], wave[:, 4] * audio.MINUS_3DB / scale, atol=1e-6)
+    np.testing.assert_allclose(stereo[1], wave[:, 5] * audio.MINUS_3DB / scale, atol=1e-6)
+    np.testing.assert_allclose(audio.load(path, channels=1)[0], wave.mean(axis=1), atol=1e-6)
+    # other counts: odd channels left, even right; full-scale channels never clip
+    path, wave = _multichannel(tmp_path, 4, c1=300.0, c2=500.0, c3=700.0)
+    stereo = audio.load(path, channels=2)
+    np.testing.assert_allclose(stereo[0], (wave[:, 0] + wave[:, 2]) / 2, atol=1e-6)
+    np.testing.assert_allclose(stereo[1], wave[:, 1] / 2, atol=1e-6)
+    for channels in (3, 4, 5, 6, 7, 8, 12):
+        assert np.abs(audio.convert_channels(np.ones((4, channels), np.float32), 2)).max() <= 1.0 + 1e-6
+
+
 def test_streaming_resample_matches_one_shot(tmp_path):
     """Reading in blocks must not leave seams: same result as resampling the whole file."""
     import soxr
