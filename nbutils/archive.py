@@ -203,6 +203,13 @@ def _copy_checked(src, fout, declared: int) -> tuple[int, int]:
     return written, crc
 
 
+def _mib(size: int) -> str:
+    """``3 MiB``, ``1.5 MiB``; sizes under 1 MiB in bytes (a small cap must not read as ``0 MiB``)."""
+    if size < 1 << 20:
+        return f"{size} bytes"
+    return f"{size / (1 << 20):.2f}".rstrip("0").rstrip(".") + " MiB"
+
+
 def extract(zf: zipfile.ZipFile, entry: Entry, root: str | os.PathLike, *, max_bytes: int) -> Path:
     """Extract one member to ``root/<its path>``, checking size, CRC and destination.
 
@@ -216,9 +223,12 @@ def extract(zf: zipfile.ZipFile, entry: Entry, root: str | os.PathLike, *, max_b
     root = Path(root)
     dest = safe_destination(root, entry.path)
     if entry.size > max_bytes:
+        size, cap = _mib(entry.size), _mib(max_bytes)
+        if size == cap:  # 2.001 MiB over a 2 MiB cap: the bytes show the difference
+            size, cap = f"{entry.size} bytes", f"{max_bytes} bytes"
         raise MemberError(
-            f"refused: declares {entry.size >> 20} MiB, over the {max_bytes >> 20} MiB per-file "
-            "cap (zip-bomb guard; raise --max-member-mb if it is real)"
+            f"refused: declares {size}, over the {cap} per-file cap (zip-bomb guard; raise --max-member-mb "
+            "if it is real)"
         )
     # zipfile stops at the declared size (and then fails the CRC check). Let it go further, so a
     # member holding more than it declares is named as such: _copy_checked stops it one chunk

@@ -98,6 +98,19 @@ def test_member_over_the_cap_is_refused_before_reading(tmp_path):
     assert not (tmp_path / "x" / "big.wav").exists()
 
 
+@pytest.mark.parametrize("size, cap, message", [
+    (3000, 1000, "declares 3000 bytes, over the 1000 bytes per-file cap"),  # a tiny --max-member-mb
+    ((2 << 20) + 10, 2 << 20, f"declares {(2 << 20) + 10} bytes, over the {2 << 20} bytes per-file cap"),
+    (3 << 19, 1 << 20, "declares 1.5 MiB, over the 1 MiB per-file cap"),
+])
+def test_the_cap_message_never_rounds_both_sizes_to_the_same_number(tmp_path, size, cap, message):
+    path = write_zip(tmp_path / "big.zip", [("big.wav", bytes(size))])
+    with archive.open_zip(path) as zf:
+        (entry,) = archive.scan(zf)
+        with pytest.raises(archive.MemberError, match=message):
+            archive.extract(zf, entry, tmp_path / "x", max_bytes=cap)
+
+
 def test_corrupt_member_fails_alone(tmp_path):
     path = write_zip(tmp_path / "c.zip", [("bad.wav", tone(3.0)), ("good.wav", tone(1.0))])
     corrupt_member_data(path, "bad.wav")
