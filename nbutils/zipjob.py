@@ -10,6 +10,7 @@ the batch settings, the metadata beside the ZIPs, the overall progress bar.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import shutil
 import time
@@ -256,6 +257,16 @@ def _warn(result: ZipResult, text: str) -> None:
     result.notes.append({"path": "", "reason": f"warning: {text}"})
 
 
+def _os_reason(err: OSError, scratch: Path) -> str:
+    """Why a ZIP could not be staged: the scratch folder (a bad --scratch, a full disk) or the ZIP itself."""
+    detail = f"{type(err).__name__}: {err}"
+    in_scratch = bool(err.filename) and Path(os.path.abspath(err.filename)).is_relative_to(scratch)
+    if in_scratch or err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):  # only scratch is written here
+        return (f"could not write to the scratch folder {scratch} ({detail}): check --scratch (notebook: the "
+                "project's scratch folder) and the free space there")
+    return f"could not read the ZIP ({detail})"
+
+
 def uncommit(index: Path) -> None:
     """Remove an old shard of a ZIP about to be encoded again (index first: it is the commit record)."""
     index.unlink(missing_ok=True)
@@ -316,7 +327,7 @@ def process_zip(stage: Stage, plan: ZipPlan, number: int) -> ZipResult:
     except (zipfile.BadZipFile, zipfile.LargeZipFile) as err:
         result.status, result.reason, result.permanent = ledger.FAILED, f"corrupt or truncated ZIP ({err})", True
     except OSError as err:  # reading from Drive or copying to scratch: may work next time
-        result.status, result.reason = ledger.FAILED, f"could not read the ZIP ({type(err).__name__}: {err})"
+        result.status, result.reason = ledger.FAILED, _os_reason(err, stage.work_root.parent)
     finally:
         if work.exists():  # emptied after every ZIP, failed or not
             shutil.rmtree(work)

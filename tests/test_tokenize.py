@@ -235,6 +235,16 @@ def test_an_unreadable_zip_fails_for_now_and_is_retried(tmp_path):
     assert list((tmp_path / "scratch").iterdir()) == []
 
 
+def test_a_scratch_folder_that_cannot_be_written_is_named_as_such(tmp_path):
+    zips = tmp_path / "zips"
+    h.small_zip(zips, "good.zip", n=1, seconds=1.2)
+    (tmp_path / "scratch").write_text("a file, not a folder")  # a mistyped --scratch
+    s = _run(zips, tmp_path / "tokens", tmp_path / "scratch")
+    reason = s["failures"][0]["reason"]
+    assert s["zips_failed"] == 1 and reason.startswith(f"could not write to the scratch folder {tmp_path / 'scratch'}")
+    assert "check --scratch" in reason and not ledger.latest(tmp_path / "tokens")["good.zip"]["permanent"]
+
+
 def test_a_replaced_zip_is_encoded_again(tmp_path):
     zips = tmp_path / "zips"
     h.small_zip(zips, "a.zip", n=2, seconds=1.2)
