@@ -5,8 +5,8 @@ forks, ``.DS_Store``, cover images, names in cp437 or UTF-8 (NFC or macOS NFD), 
 name in two folders, entries that try to escape the extraction folder (``../x``, ``/etc/x``),
 and members that decompress to far more than they declare. This module:
 
-* classifies every member as audio, text (metadata / sidecars), junk or unsafe, from the
-  central directory alone (cheap even on Drive);
+* classifies every member as audio, unsupported audio (``.m4a``...: skipped with a reason), text
+  (metadata / sidecars), junk or unsafe, from the central directory alone (cheap even on Drive);
 * extracts one member at a time under a scratch folder, refusing any path that would land
   outside it, with a per-member size cap and a check that the data matches its declared size
   and CRC (the zip-bomb guard), so a bad member fails alone and the rest of the ZIP goes on.
@@ -27,7 +27,7 @@ import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
 
-from nbutils.audio import is_audio_name
+from nbutils.audio import is_audio_name, unsupported_reason
 
 MAX_MEMBER_MB = 2048.0  # default per-member cap (MiB): a 2 GiB WAV is ~3 h of 48 kHz stereo 24-bit
 TEXT_MEMBER_BYTES = 8 << 20  # metadata / sidecar members larger than 8 MiB are not read
@@ -36,7 +36,7 @@ UTF8_FLAG = 0x800  # general purpose bit 11: the member name is UTF-8
 JUNK_NAMES = {".ds_store", "thumbs.db", "desktop.ini"}
 TEXT_EXTENSIONS = (".txt", ".json", ".jsonl")
 
-AUDIO, TEXT, JUNK, UNSAFE = "audio", "text", "junk", "unsafe"
+AUDIO, TEXT, JUNK, UNSAFE, UNSUPPORTED = "audio", "text", "junk", "unsafe", "unsupported"
 
 
 class MemberError(Exception):
@@ -51,9 +51,9 @@ class Entry:
     path: str
     """Normalized POSIX path inside the ZIP: repaired and NFC-normalized name, ``/`` separators."""
     kind: str
-    """``audio``, ``text``, ``junk`` or ``unsafe``."""
+    """``audio``, ``text``, ``junk``, ``unsafe`` or ``unsupported`` (audio in a format we cannot decode)."""
     reason: str = ""
-    """Why a member is junk or unsafe."""
+    """Why a member is junk, unsafe or unsupported."""
 
     @property
     def size(self) -> int:
@@ -109,13 +109,15 @@ def junk_reason(path: str) -> str:
         return "macOS resource fork"
     if base.lower() in JUNK_NAMES or base.startswith("."):
         return "hidden / system file"
+    if unsupported_reason(base):
+        return ""
     if not (is_audio_name(base) or base.lower().endswith(TEXT_EXTENSIONS)):
         return "not audio"
     return ""
 
 
 def classify(info: zipfile.ZipInfo) -> Entry:
-    """Sort one member into audio / text / junk / unsafe."""
+    """Sort one member into audio / text / junk / unsafe / unsupported."""
     raw = decoded_name(info)
     path = normalize(raw)
     reason = unsafe_reason(raw) or unsafe_reason(path)
@@ -128,6 +130,9 @@ def classify(info: zipfile.ZipInfo) -> Entry:
     reason = junk_reason(path)
     if reason:
         return Entry(info, path, JUNK, reason)
+    reason = unsupported_reason(path)
+    if reason:
+        return Entry(info, path, UNSUPPORTED, reason)
     return Entry(info, path, AUDIO if is_audio_name(path) else TEXT)
 
 
@@ -198,6 +203,13 @@ def _copy_checked(src, fout, declared: int) -> tuple[int, int]:
     return written, crc
 
 
+def _mib(size: int) -> str:
+    """``3 MiB``, ``1.5 MiB``; sizes under 1 MiB in bytes (a small cap must not read as ``0 MiB``)."""
+    if size < 1 << 20:
+        return f"{size} bytes"
+    return f"{size / (1 << 20):.2f}".rstrip("0").rstrip(".") + " MiB"
+
+
 def extract(zf: zipfile.ZipFile, entry: Entry, root: str | os.PathLike, *, max_bytes: int) -> Path:
     """Extract one member to ``root/<its path>``, checking size, CRC and destination.
 
@@ -211,9 +223,12 @@ def extract(zf: zipfile.ZipFile, entry: Entry, root: str | os.PathLike, *, max_b
     root = Path(root)
     dest = safe_destination(root, entry.path)
     if entry.size > max_bytes:
+        size, cap = _mib(entry.size), _mib(max_bytes)
+        if size == cap:  # 2.001 MiB over a 2 MiB cap: the bytes show the difference
+            size, cap = f"{entry.size} bytes", f"{max_bytes} bytes"
         raise MemberError(
-            f"refused: declares {entry.size >> 20} MiB, over the {max_bytes >> 20} MiB per-file "
-            "cap (zip-bomb guard; raise --max-member-mb if it is real)"
+            f"refused: declares {size}, over the {cap} per-file cap (zip-bomb guard; raise --max-member-mb "
+            "if it is real)"
         )
     # zipfile stops at the declared size (and then fails the CRC check). Let it go further, so a
     # member holding more than it declares is named as such: _copy_checked stops it one chunk

@@ -29,7 +29,10 @@ SILENCE_DB = -60.0  # a segment whose peak is below this (dBFS) counts as silent
 READ_BLOCK_SECONDS = 10.0  # decode this much source audio per read (bounds memory per file)
 RESAMPLE_QUALITY = "HQ"  # soxr quality; librosa's default "soxr_hq" is the same
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff")
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff")
+# Audio that libsndfile cannot decode: skipped with a reason that says to convert it (never "not audio").
+UNSUPPORTED_AUDIO_EXTENSIONS = (".m4a", ".m4b", ".mp4", ".aac", ".alac", ".wma", ".ape", ".wv", ".ac3", ".amr",
+                                ".mka", ".webm")
 
 
 class AudioError(Exception):
@@ -74,6 +77,14 @@ def is_audio_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in AUDIO_EXTENSIONS
 
 
+def unsupported_reason(name: str) -> str:
+    """Why ``name`` is audio this stage cannot read ('' unless its extension is a known unsupported format)."""
+    ext = os.path.splitext(name)[1].lower()
+    if ext not in UNSUPPORTED_AUDIO_EXTENSIONS:
+        return ""
+    return f"unsupported audio format {ext}: convert to wav/flac/mp3/ogg"
+
+
 def frames_for(samples: int, hop_length: int = HOP_LENGTH) -> int:
     """Code frames EnCodec produces for ``samples`` samples (it pads the last frame)."""
     return math.ceil(samples / hop_length)
@@ -85,13 +96,45 @@ def peak_db(audio: np.ndarray) -> float:
     return 20 * math.log10(peak) if peak > 0 else -math.inf
 
 
+MINUS_3DB = 0.7071  # -3 dB: a centre or surround channel's share of each side in a stereo downmix
+# Stereo downmix weights ``(left, right)`` per source channel, in WAV (WAVE_FORMAT_EXTENSIBLE) order.
+# The LFE channel is dropped, as in ITU-R BS.775. Other channel counts: odd channels (1, 3, ...)
+# left, even channels right (``_DOWNMIX`` has no entry).
+_M = MINUS_3DB
+_DOWNMIX = {
+    3: ((1, 0, _M), (0, 1, _M)),  # FL FR FC
+    5: ((1, 0, _M, _M, 0), (0, 1, _M, 0, _M)),  # FL FR FC BL BR (5.0)
+    6: ((1, 0, _M, 0, _M, 0), (0, 1, _M, 0, 0, _M)),  # FL FR FC LFE SL SR (5.1)
+    8: ((1, 0, _M, 0, _M, 0, _M, 0), (0, 1, _M, 0, 0, _M, 0, _M)),  # FL FR FC LFE BL BR SL SR (7.1)
+}
+
+
+def downmix_matrix(channels: int) -> np.ndarray:
+    """``(channels, 2)`` weights that fold a multichannel file into stereo without clipping.
+
+    5.1 (FL, FR, C, LFE, SL, SR): L = FL + 0.707 C + 0.707 SL, R = FR + 0.707 C + 0.707 SR, LFE
+    dropped; 3.0, 5.0 and 7.1 likewise. Any other count: the odd channels make the left side and the
+    even ones the right. Each side is then divided by the sum of its weights, so full-scale
+    channels cannot add up past full scale.
+    """
+    if channels in _DOWNMIX:
+        matrix = np.array(_DOWNMIX[channels], dtype=np.float32).T
+    else:
+        matrix = np.zeros((channels, 2), np.float32)
+        matrix[0::2, 0] = matrix[1::2, 1] = 1.0
+    return matrix / matrix.sum(axis=0, keepdims=True)
+
+
 def convert_channels(block: np.ndarray, channels: int) -> np.ndarray:
-    """``(frames, c)`` to ``(frames, channels)``: mono is the mean; stereo keeps the first two
-    channels (L, R in WAV order) or duplicates a mono source."""
+    """``(frames, c)`` to ``(frames, channels)``: mono is the mean of all channels; stereo keeps
+    L, R, duplicates a mono source and downmixes more channels (``downmix_matrix``: 5.1 keeps its
+    centre and surrounds instead of only the first two channels)."""
     if channels == 1:
         return block.mean(axis=1, keepdims=True, dtype=np.float32) if block.shape[1] > 1 else block
-    if block.shape[1] >= 2:
-        return block[:, :2]
+    if block.shape[1] == 2:
+        return block
+    if block.shape[1] > 2:
+        return (block @ downmix_matrix(block.shape[1])).astype(np.float32, copy=False)
     return np.repeat(block, 2, axis=1)
 
 

@@ -19,6 +19,7 @@ the default text by accident.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import posixpath
@@ -58,35 +59,77 @@ def fold(record: dict[str, Any]) -> str:
     return ". ".join(parts)
 
 
-def parse_jsonl(text: str) -> tuple[dict[str, str], int]:
-    """``{path: text}`` from metadata.jsonl content, and the number of unusable lines."""
-    found, bad = {}, 0
-    for line in text.splitlines():
+@dataclasses.dataclass
+class BadLines:
+    """The unusable lines of one metadata file (their tracks get their text from another source)."""
+
+    file: str
+    """The metadata file (a path, or ``<zip>/<member>`` inside a ZIP)."""
+    count: int
+    """Unusable lines (metadata.jsonl) or items (metadata.json)."""
+    first: str
+    """Where the first one is: ``line 3`` (``item 3`` in a metadata.json list)."""
+    reason: str
+    """Why the first one is unusable."""
+
+    def short(self) -> str:
+        """``2 unusable lines skipped (first: line 3: ...)``."""
+        unit = ("item" if self.first.startswith("item") else "line") + ("s" if self.count != 1 else "")
+        return f"{self.count} unusable {unit} skipped (first: {self.first}: {self.reason})"
+
+    def message(self) -> str:
+        """The warning shown to the user: what is wrong, and what to do."""
+        return (f"{self.file}: {self.short()}. The tracks they describe get another description (sidecar, "
+                "default...). Fix the file before the ZIPs are done: ZIPs recorded done keep their texts.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _bad(file: str, problems: list[tuple[str, str]]) -> list[BadLines]:
+    """``[BadLines]`` for a file with unusable lines, ``[]`` for a clean one."""
+    return [BadLines(file, len(problems), *problems[0])] if problems else []
+
+
+def _json_error(err: json.JSONDecodeError) -> str:
+    hint = " (JSON needs double quotes, no trailing commas)" if "double quotes" in err.msg else ""
+    return f"not JSON: {err.msg} at column {err.colno}{hint}"
+
+
+def parse_jsonl(text: str) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """``{path: text}`` from metadata.jsonl content, and the unusable lines as ``(line N, reason)``."""
+    found, bad = {}, []
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
-            path = record["path"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            bad += 1
+        except json.JSONDecodeError as err:
+            bad.append((f"line {number}", _json_error(err)))
             continue
-        found[normalize(str(path))] = fold(record)
+        if not isinstance(record, dict):
+            bad.append((f"line {number}", f"a JSON {type(record).__name__}, not an object {{...}}"))
+        elif not record.get("path"):
+            bad.append((f"line {number}", 'no "path"'))
+        else:
+            found[normalize(str(record["path"]))] = fold(record)
     return found, bad
 
 
-def parse_json_list(text: str) -> tuple[dict[str, str], int]:
-    """``{path: text}`` from a metadata.json list of ``{"audio", "text"}``, and the bad items."""
+def parse_json_list(text: str) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """``{path: text}`` from a metadata.json list of ``{"audio", "text"}``, and the unusable items
+    as ``(item N, reason)`` (``(line N, reason)`` when the file is not JSON at all)."""
     try:
         items = json.loads(text)
-    except json.JSONDecodeError:
-        return {}, 1
+    except json.JSONDecodeError as err:
+        return {}, [(f"line {err.lineno}", _json_error(err))]
     if isinstance(items, dict):  # {"data": [...]} / {"items": [...]} wrappers are common
         items = next((v for v in items.values() if isinstance(v, list)), [])
-    found, bad = {}, 0
-    for item in items if isinstance(items, list) else []:
+    found, bad = {}, []
+    for number, item in enumerate(items if isinstance(items, list) else [], 1):
         path = (item.get("audio") or item.get("path")) if isinstance(item, dict) else None
         if not path:
-            bad += 1
+            bad.append((f"item {number}", 'no "audio" or "path"'))
             continue
         found[normalize(str(path))] = fold(item)
     return found, bad
@@ -105,11 +148,16 @@ class Outside:
     """The metadata files beside the ZIPs (or given with ``--metadata``), read once per run."""
 
     def __init__(self, jsonl: dict[str, str] | None = None, json_list: dict[str, str] | None = None,
-                 files: Iterable[str] = (), bad_lines: int = 0):
+                 files: Iterable[str] = (), bad: Iterable[BadLines] = ()):
         self.jsonl = jsonl or {}
         self.json_list = json_list or {}
         self.files = list(files)
-        self.bad_lines = bad_lines
+        self.bad = list(bad)
+        """The files with unusable lines (one ``BadLines`` each), to report before any ZIP is done."""
+
+    @property
+    def bad_lines(self) -> int:
+        return sum(b.count for b in self.bad)
 
     @classmethod
     def load(cls, zips_dir: str | os.PathLike, metadata_file: str | os.PathLike | None = None) -> "Outside":
@@ -131,7 +179,7 @@ class Outside:
             found, bad = parse_json_list(text) if is_list else parse_jsonl(text)
             (outside.json_list if is_list else outside.jsonl).update(found)
             outside.files.append(str(path))
-            outside.bad_lines += bad
+            outside.bad += _bad(str(path), bad)
         return outside
 
     def __len__(self) -> int:
@@ -159,7 +207,8 @@ class Catalog:
         """
         self.default = default.strip()
         self.counts: Counter = Counter()
-        self.bad_lines = 0
+        self.bad: list[BadLines] = []
+        """The ZIP's metadata files with unusable lines (``file`` is the path inside the ZIP)."""
         inner_jsonl: dict[str, str] = {}
         inner_json: dict[str, str] = {}
         for path, content in texts.items():
@@ -167,7 +216,7 @@ class Catalog:
             if base.lower() not in (JSONL, JSON):
                 continue
             found, bad = (parse_jsonl if base.lower() == JSONL else parse_json_list)(content)
-            self.bad_lines += bad
+            self.bad += _bad(path, bad)
             target = inner_jsonl if base.lower() == JSONL else inner_json
             # Paths are relative to the ZIP root; a metadata file in a subfolder may also use
             # paths relative to its own folder.
@@ -182,6 +231,10 @@ class Catalog:
             (JSON, inner_json),
         ]
         self.texts = texts
+
+    @property
+    def bad_lines(self) -> int:
+        return sum(b.count for b in self.bad)
 
     def _sidecar(self, path: str, suffix: str) -> str:
         stem = posixpath.splitext(path)[0]

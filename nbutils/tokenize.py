@@ -16,7 +16,8 @@ throughput and prints the ETA for everything, and leaves nothing that reads as d
         [--default-description TEXT] [--segment-seconds S] [--limit N]
 
 The last stdout line is a JSON summary (``zips_done``, ``zips_skipped``, ``zips_failed``,
-``files_ok``, ``files_failed``, ``files_skipped``, ``segments``, ``audio_seconds``, ``frames``...).
+``files_ok``, ``files_failed``, ``files_skipped``, ``segments``, ``audio_seconds``, ``frames``...;
+``metadata_bad_lines`` lists the metadata files with unusable lines, also warned about before any ZIP).
 """
 
 from __future__ import annotations
@@ -30,11 +31,12 @@ import shutil
 import sys
 import time
 import typing
+import unicodedata
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from nbutils import archive, atomic, audio, ledger, shards, tracking
+from nbutils import archive, atomic, audio, ledger, metadata, shards, tracking
 from nbutils.config import add_arguments, differences, from_args, option
 from nbutils.errors import UserError
 from nbutils.zipjob import Counts, Stage, ZipPlan, ZipResult, process_zip, remove_stale_scratch, uncommit
@@ -184,7 +186,29 @@ def find_zips(zips_dir: Path) -> list[Path]:
     found = sorted(p for p in zips_dir.iterdir() if p.suffix.lower() == ".zip" and not p.name.startswith("."))
     if not found:
         raise UserError(f"No .zip files in {zips_dir}. Put the ZIP batches there (archive_batch_0001.zip, ...).")
+    check_shard_names(found)
     return found
+
+
+def check_shard_names(zips: list[Path]) -> None:
+    """Refuse two ZIPs that would write the same shard (``shards/<stem>``).
+
+    The shard is named after the ZIP's stem, and Drive and macOS compare names without case (and
+    macOS without Unicode normalization form):
+    ``a.zip``, ``a.ZIP`` and ``A.zip`` would overwrite each other's shard, one batch's audio
+    lost while both read as done.
+
+    Raises:
+        UserError: names both ZIPs and says to rename one.
+    """
+    seen: dict[str, Path] = {}
+    for path in zips:
+        key = unicodedata.normalize("NFC", path.stem).casefold()
+        if key in seen:
+            raise UserError(f"{seen[key].name} and {path.name} in {path.parent} would write the same token shard "
+                            f"({shards.SHARD_DIR}/{path.stem}; names are compared without case, as on Drive "
+                            "and macOS), so one batch's audio would be lost. Rename one of them and run again.")
+        seen[key] = path
 
 
 def make_plan(cfg: TokenizeConfig, config_hash: str) -> list[ZipPlan]:
@@ -216,9 +240,10 @@ def _zip_line(result: ZipResult) -> str:
     if result.status != ledger.DONE:
         return f"{result.name}: FAILED - {result.reason}"
     speed = c.audio_seconds / max(result.seconds, 1e-9)
-    return (f"{result.name}: {c.files_ok} ok, {c.files_failed} failed, {c.files_skipped} skipped, "
+    line = (f"{result.name}: {c.files_ok} ok, {c.files_failed} failed, {c.files_skipped} skipped, "
             f"{c.segments} segments, {c.audio_seconds / 60:.1f} min of audio in {result.seconds:.1f} s "
             f"({speed:.1f}x realtime)")
+    return "\n".join([line] + [f"  Warning: {warning}" for warning in result.warnings])
 
 
 def _eta(seconds: float | None) -> str:
@@ -245,6 +270,8 @@ def run(cfg: TokenizeConfig) -> dict[str, Any]:
     code = code_settings(cfg)
     config_hash = settings_hash(code)
     warnings = check_folder(cfg, write=not testing)
+    outside = metadata.Outside.load(cfg.zips, cfg.metadata or None)
+    warnings += [bad.message() for bad in outside.bad]  # before any ZIP is done with the wrong texts
     for warning in warnings:
         _say(f"Warning: {warning}")
     atomic.remove_stale_temps(shards.shard_dir(cfg.out))
@@ -259,15 +286,17 @@ def run(cfg: TokenizeConfig) -> dict[str, Any]:
     totals, sources, results = Counts(), Counter(), []
     started = time.monotonic()
     if todo:
-        results = _run_zips(cfg, config_hash, todo, total_files)
+        results = _run_zips(cfg, config_hash, todo, total_files, outside)
         for result in results:
             totals.add(result.counts)
             sources.update(result.sources)
-    return _summary(cfg, plans, results, totals, sources, time.monotonic() - started, warnings)
+    bad_metadata = outside.bad + [bad for r in results for bad in r.metadata_bad]
+    return _summary(cfg, plans, results, totals, sources, time.monotonic() - started, warnings, bad_metadata)
 
 
-def _run_zips(cfg: TokenizeConfig, config_hash: str, todo: list[ZipPlan], total_files: int) -> list[ZipResult]:
-    stage = Stage(cfg, code_settings(cfg), config_hash, total_files)
+def _run_zips(cfg: TokenizeConfig, config_hash: str, todo: list[ZipPlan], total_files: int,
+              outside: metadata.Outside) -> list[ZipResult]:
+    stage = Stage(cfg, code_settings(cfg), config_hash, total_files, outside)
     remove_stale_scratch(stage.work_root.parent)
     results = []
     try:
@@ -318,7 +347,8 @@ def _throughput(cfg: TokenizeConfig, plans: list[ZipPlan], results: list[ZipResu
     }
 
 
-def _summary(cfg, plans, results, totals: Counts, sources: Counter, elapsed: float, warnings) -> dict[str, Any]:
+def _summary(cfg, plans, results, totals: Counts, sources: Counter, elapsed: float, warnings,
+             bad_metadata: list[metadata.BadLines]) -> dict[str, Any]:
     failures = [{"zip": r.name, "path": "", "reason": r.reason} for r in results if r.status != ledger.DONE]
     failures += [{"zip": r.name, **f} for r in results for f in r.failures]
     summary = {
@@ -329,12 +359,13 @@ def _summary(cfg, plans, results, totals: Counts, sources: Counter, elapsed: flo
         "zips_failed_before": sum(p.state == "failed_before" for p in plans),
         **totals.to_dict(),
         "description_sources": dict(sources),
+        "metadata_bad_lines": [bad.to_dict() for bad in bad_metadata],
         "seconds": round(elapsed, 2),
         **_throughput(cfg, plans, results),
         "limit": cfg.limit,
         "out": str(cfg.out),
         "failures": failures[:MAX_LISTED_FAILURES],
-        "warnings": warnings,
+        "warnings": warnings + [f"{r.name}: {w}" for r in results for w in r.warnings],
     }
     _print_summary(summary, cfg)
     return summary
@@ -356,6 +387,8 @@ def _print_summary(s: dict[str, Any], cfg: TokenizeConfig) -> None:
              f"{s['audio_seconds_per_s']:.1f} audio-seconds/s.")
     if s["description_sources"]:
         _say("Descriptions from: " + ", ".join(f"{k} {v}" for k, v in sorted(s["description_sources"].items())))
+    for bad in s["metadata_bad_lines"]:
+        _say(f"Warning: {metadata.BadLines(**bad).message()}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -372,7 +405,8 @@ def config_for(project, **overrides: Any) -> TokenizeConfig:
 
 
 def table(tokens_dir: str | os.PathLike, *, max_failures: int = 50) -> str:
-    """A text table of every ZIP in the ledger, then the failed files with their reasons."""
+    """A text table of every ZIP in the ledger, then the failed and skipped files and the notes (unusable
+    metadata lines, unreadable text files) with their reasons."""
     latest = ledger.latest(tokens_dir)
     if not latest:
         return f"No ZIP tokenized yet in {tokens_dir}."
@@ -387,8 +421,9 @@ def table(tokens_dir: str | os.PathLike, *, max_failures: int = 50) -> str:
             problems.append(f"{name}: ZIP failed: {r.get('reason')}")
         problems += [f"{name}/{f['path']}: failed: {f['reason']}" for f in r.get("failures", [])]
         problems += [f"{name}/{f['path']}: skipped: {f['reason']}" for f in r.get("skipped", [])]
+        problems += [f"{'/'.join(filter(None, (name, f['path'])))}: note: {f['reason']}" for f in r.get("notes", [])]
     if problems:
-        lines += ["", f"Failed or skipped ({len(problems)}):"] + problems[:max_failures]
+        lines += ["", f"Failed, skipped or noted ({len(problems)}):"] + problems[:max_failures]
         if len(problems) > max_failures:
             lines.append(f"... and {len(problems) - max_failures} more (see {ledger.path_of(tokens_dir)})")
     return "\n".join(lines)

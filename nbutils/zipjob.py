@@ -10,6 +10,7 @@ the batch settings, the metadata beside the ZIPs, the overall progress bar.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import shutil
 import time
@@ -80,6 +81,10 @@ class ZipResult:
     failures: list = dataclasses.field(default_factory=list)
     skipped: list = dataclasses.field(default_factory=list)
     notes: list = dataclasses.field(default_factory=list)
+    metadata_bad: list = dataclasses.field(default_factory=list)
+    """Unusable lines of the ZIP's own metadata files (``metadata.BadLines``, also in ``notes``)."""
+    warnings: list = dataclasses.field(default_factory=list)
+    """What the user should look at (shown under the ZIP's line, kept in the ledger's notes)."""
     seconds: float = 0.0
     """Wall time for this ZIP, copy included (model loading excluded)."""
     copy_seconds: float = 0.0
@@ -98,7 +103,8 @@ class _Track:
 class Stage:
     """What stays the same across the ZIPs of one run."""
 
-    def __init__(self, cfg: "TokenizeConfig", settings: dict[str, Any], config_hash: str, total_files: int):
+    def __init__(self, cfg: "TokenizeConfig", settings: dict[str, Any], config_hash: str, total_files: int,
+                 outside: metadata.Outside | None = None):
         """Load the codec and prepare the run.
 
         Args:
@@ -106,6 +112,7 @@ class Stage:
             settings: The code settings (stored in every shard's index).
             config_hash: Their hash (stored in shards and ledger lines).
             total_files: Audio files in the ZIPs to do (for the overall progress bar).
+            outside: The metadata beside the ZIPs, if already read (else it is read here).
         """
         from nbutils.encoder import Batcher, Encoder
 
@@ -119,7 +126,7 @@ class Stage:
         batch = cfg.batch_size or self.encoder.default_batch(cfg.segment_seconds)
         self.full_samples = int(round(cfg.segment_seconds * self.spec.sample_rate))
         self.make_batcher = lambda: Batcher(self.encoder, full_samples=self.full_samples, batch_size=batch)
-        self.outside = metadata.Outside.load(cfg.zips, cfg.metadata or None)
+        self.outside = outside or metadata.Outside.load(cfg.zips, cfg.metadata or None)
         self.limit_left = cfg.limit or None
         self.work_root = _scratch_root(cfg) / f"tokenize-{os.getpid()}"
         self.overall = _bar(cfg, total=total_files, desc="all ZIPs", position=0)
@@ -244,6 +251,22 @@ def _shard_meta(stage: Stage, plan: ZipPlan) -> dict[str, Any]:
     }
 
 
+def _warn(result: ZipResult, text: str) -> None:
+    """A warning about the whole ZIP: under its line now, in the ledger's notes (and ``tokenize.table``) later."""
+    result.warnings.append(text)
+    result.notes.append({"path": "", "reason": f"warning: {text}"})
+
+
+def _os_reason(err: OSError, scratch: Path) -> str:
+    """Why a ZIP could not be staged: the scratch folder (a bad --scratch, a full disk) or the ZIP itself."""
+    detail = f"{type(err).__name__}: {err}"
+    in_scratch = bool(err.filename) and Path(os.path.abspath(err.filename)).is_relative_to(scratch)
+    if in_scratch or err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):  # only scratch is written here
+        return (f"could not write to the scratch folder {scratch} ({detail}): check --scratch (notebook: the "
+                "project's scratch folder) and the free space there")
+    return f"could not read the ZIP ({detail})"
+
+
 def uncommit(index: Path) -> None:
     """Remove an old shard of a ZIP about to be encoded again (index first: it is the commit record)."""
     index.unlink(missing_ok=True)
@@ -268,6 +291,18 @@ def _read_zip(stage: Stage, plan: ZipPlan, work: Path, result: ZipResult):
             result.failures.append({"path": entry.path, "reason": entry.reason})
         catalog = metadata.Catalog(plan.path.name, stage.outside, _read_texts(zf, entries, result),
                                    stage.cfg.default_description)
+        for bad in catalog.bad:
+            result.metadata_bad.append(dataclasses.replace(bad, file=f"{plan.path.name}/{bad.file}"))
+            result.notes.append({"path": bad.file, "reason": f"metadata: {bad.short()}"})
+            result.warnings.append(result.metadata_bad[-1].message())
+        unsupported = [e for e in entries if e.kind == archive.UNSUPPORTED]
+        for entry in unsupported:  # recognisably audio, but libsndfile cannot decode it: say so, by name
+            result.counts.files_skipped += 1
+            result.skipped.append({"path": entry.path, "reason": entry.reason})
+        if unsupported:
+            formats = ", ".join(sorted({os.path.splitext(e.path)[1].lower() for e in unsupported}))
+            _warn(result, f"{len(unsupported)} audio files in unsupported formats ({formats}) skipped: convert "
+                          "them to wav/flac/mp3/ogg and replace the ZIP.")
         tracks = [_Track(e) for e in entries if e.kind == archive.AUDIO]
         if stage.limit_left is not None:  # test mode: only the first N tracks of the run
             tracks = tracks[: stage.limit_left]
@@ -292,7 +327,7 @@ def process_zip(stage: Stage, plan: ZipPlan, number: int) -> ZipResult:
     except (zipfile.BadZipFile, zipfile.LargeZipFile) as err:
         result.status, result.reason, result.permanent = ledger.FAILED, f"corrupt or truncated ZIP ({err})", True
     except OSError as err:  # reading from Drive or copying to scratch: may work next time
-        result.status, result.reason = ledger.FAILED, f"could not read the ZIP ({type(err).__name__}: {err})"
+        result.status, result.reason = ledger.FAILED, _os_reason(err, stage.work_root.parent)
     finally:
         if work.exists():  # emptied after every ZIP, failed or not
             shutil.rmtree(work)
@@ -303,6 +338,12 @@ def process_zip(stage: Stage, plan: ZipPlan, number: int) -> ZipResult:
         return result
     writer = None if testing else shards.ShardWriter(stage.tokens, plan.path.stem, _shard_meta(stage, plan))
     _collect(stage, result, tracks, catalog, codes, writer)
+    if not testing and not result.counts.files_ok:
+        c = result.counts
+        what = (f"{c.files_failed} failed, {c.files_skipped} skipped: see their reasons" if c.files
+                else f"it holds no {', '.join(audio.AUDIO_EXTENSIONS)} files")
+        _warn(result, f"no audio kept from this ZIP ({what}); it is recorded done with an empty shard. "
+                      "Replace the ZIP with readable audio to tokenize it.")
     if writer is not None:
         writer.meta["description_sources"] = dict(result.sources)
         index = writer.commit()

@@ -26,6 +26,8 @@ FORMATS = {  # extension: (soundfile format, subtype)
     "flac": ("FLAC", "PCM_24"),
     "ogg": ("OGG", "VORBIS"),
     "mp3": ("MP3", "MPEG_LAYER_III"),
+    "opus": ("OGG", "OPUS"),  # 8/12/16/24/48 kHz only
+    "aiff": ("AIFF", "PCM_16"),
 }
 
 

@@ -33,6 +33,18 @@ def test_members_are_sorted_into_audio_text_junk_and_unsafe(tmp_path):
     assert archive.count_audio(path) == (5, 5)
 
 
+def test_audio_in_formats_we_cannot_decode_is_unsupported_not_junk(tmp_path):
+    path = write_zip(tmp_path / "u.zip", [("memo.m4a", b"1"), ("x/song.AAC", b"2"), ("old.wma", b"3"),
+                                          ("voice.opus", b"4"), ("a.aiff", b"5"), ("._memo.m4a", b"j")])
+    kinds = _kinds(path)
+    assert kinds["memo.m4a"] == ("unsupported", "unsupported audio format .m4a: convert to wav/flac/mp3/ogg")
+    assert kinds["x/song.AAC"] == ("unsupported", "unsupported audio format .aac: convert to wav/flac/mp3/ogg")
+    assert kinds["old.wma"][0] == "unsupported"
+    assert kinds["voice.opus"][0] == kinds["a.aiff"][0] == "audio"  # libsndfile reads these
+    assert kinds["._memo.m4a"] == ("junk", "macOS resource fork")
+    assert archive.count_audio(path) == (2, 2)
+
+
 def test_utf8_names_without_the_flag_and_nfd_names_are_repaired(tmp_path):
     name = "Björk – Jóga/日本の歌.wav"
     nfd = unicodedata.normalize("NFD", "Café/été.wav")
@@ -84,6 +96,19 @@ def test_member_over_the_cap_is_refused_before_reading(tmp_path):
         with pytest.raises(archive.MemberError, match="over the 2 MiB per-file cap"):
             archive.extract(zf, entry, tmp_path / "x", max_bytes=2 << 20)
     assert not (tmp_path / "x" / "big.wav").exists()
+
+
+@pytest.mark.parametrize("size, cap, message", [
+    (3000, 1000, "declares 3000 bytes, over the 1000 bytes per-file cap"),  # a tiny --max-member-mb
+    ((2 << 20) + 10, 2 << 20, f"declares {(2 << 20) + 10} bytes, over the {2 << 20} bytes per-file cap"),
+    (3 << 19, 1 << 20, "declares 1.5 MiB, over the 1 MiB per-file cap"),
+])
+def test_the_cap_message_never_rounds_both_sizes_to_the_same_number(tmp_path, size, cap, message):
+    path = write_zip(tmp_path / "big.zip", [("big.wav", bytes(size))])
+    with archive.open_zip(path) as zf:
+        (entry,) = archive.scan(zf)
+        with pytest.raises(archive.MemberError, match=message):
+            archive.extract(zf, entry, tmp_path / "x", max_bytes=cap)
 
 
 def test_corrupt_member_fails_alone(tmp_path):

@@ -27,7 +27,8 @@ def _dominant_freq(wave, sr):
 
 @pytest.mark.parametrize("kind, sr, channels", [
     ("wav", 44_100, 2), ("wav24", 48_000, 1), ("wavf", 96_000, 1), ("wav8", 8_000, 1),
-    ("flac", 22_050, 2), ("ogg", 16_000, 1), ("mp3", 44_100, 2), ("wav", 32_000, 6),
+    ("flac", 22_050, 2), ("ogg", 16_000, 1), ("mp3", 44_100, 2), ("wav", 32_000, 6), ("opus", 48_000, 2),
+    ("aiff", 44_100, 1),
 ])
 def test_any_format_rate_and_channels_become_32k_float32(tmp_path, kind, sr, channels):
     path = _write(tmp_path, f"x.{kind[:4]}", encode_audio(_sine(2.0, sr, 440.0, channels), sr, kind))
@@ -51,6 +52,40 @@ def test_stereo_keeps_left_and_right_and_mono_is_their_mean(tmp_path):
     sf.write(mono_source, left, 32_000, subtype="FLOAT")
     both = audio.load(mono_source, channels=2)
     np.testing.assert_array_equal(both[0], both[1])
+
+
+def _multichannel(tmp_path, channels, **content):
+    """A ``channels``-channel float WAV: silent except the named channels (c1, c2...), each its own sine."""
+    wave = np.zeros((32_000, channels), np.float32)
+    for name, freq in content.items():
+        wave[:, int(name[1:]) - 1] = _sine(1.0, 32_000, freq)
+    path = tmp_path / f"{channels}ch.wav"
+    sf.write(path, wave, 32_000, subtype="FLOAT")
+    return path, wave
+
+
+def test_surround_is_downmixed_to_stereo_not_cut_to_its_first_two_channels(tmp_path):
+    # 5.1 in WAV order: FL FR C LFE SL SR. Only the centre channel has content (dialogue, a solo)
+    path, wave = _multichannel(tmp_path, 6, c3=440.0)
+    stereo = audio.load(path, channels=2)
+    scale = 1 + 2 * audio.MINUS_3DB
+    np.testing.assert_allclose(stereo[0], wave[:, 2] * audio.MINUS_3DB / scale, atol=1e-6)
+    np.testing.assert_allclose(stereo[1], stereo[0])
+    report = audio.TrackReport()
+    assert len(list(audio.iter_segments(path, report, channels=2))) == 1 and not report.skipped  # not "silent"
+    # surrounds go to their side, the LFE is dropped, mono is still the mean of all six
+    path, wave = _multichannel(tmp_path, 6, c4=50.0, c5=300.0, c6=500.0)
+    stereo = audio.load(path, channels=2)
+    np.testing.assert_allclose(stereo[0], wave[:, 4] * audio.MINUS_3DB / scale, atol=1e-6)
+    np.testing.assert_allclose(stereo[1], wave[:, 5] * audio.MINUS_3DB / scale, atol=1e-6)
+    np.testing.assert_allclose(audio.load(path, channels=1)[0], wave.mean(axis=1), atol=1e-6)
+    # other counts: odd channels left, even right; full-scale channels never clip
+    path, wave = _multichannel(tmp_path, 4, c1=300.0, c2=500.0, c3=700.0)
+    stereo = audio.load(path, channels=2)
+    np.testing.assert_allclose(stereo[0], (wave[:, 0] + wave[:, 2]) / 2, atol=1e-6)
+    np.testing.assert_allclose(stereo[1], wave[:, 1] / 2, atol=1e-6)
+    for channels in (3, 4, 5, 6, 7, 8, 12):
+        assert np.abs(audio.convert_channels(np.ones((4, channels), np.float32), 2)).max() <= 1.0 + 1e-6
 
 
 def test_streaming_resample_matches_one_shot(tmp_path):

@@ -82,6 +82,30 @@ def test_bad_lines_are_counted_not_fatal(tmp_path):
     assert outside.jsonl == {"a.wav": "ok"} and outside.bad_lines == 2
 
 
+@pytest.mark.parametrize("line, reason", [
+    ("{'path': 'a.wav', 'description': 'x'}", "not JSON: Expecting property name enclosed in double quotes at "
+                                              "column 2 (JSON needs double quotes, no trailing commas)"),
+    ('{"path": "a.wav", "description": "x",}', "not JSON: Expecting property name enclosed in double quotes at "
+                                               "column 38 (JSON needs double quotes, no trailing commas)"),
+    ('{"description": "no path"}', 'no "path"'),
+    ('["a.wav", "x"]', "a JSON list, not an object {...}"),
+])
+def test_bad_lines_say_which_line_and_why(tmp_path, line, reason):
+    (tmp_path / "metadata.jsonl").write_text(_jsonl({"path": "ok.wav", "description": "ok"}) + line + "\n" + line)
+    bad = metadata.Outside.load(tmp_path).bad
+    assert [b.to_dict() for b in bad] == [{"file": str(tmp_path / "metadata.jsonl"), "count": 2, "first": "line 2",
+                                           "reason": reason}]
+    assert bad[0].message().startswith(f"{tmp_path / 'metadata.jsonl'}: 2 unusable lines skipped (first: line 2: ")
+
+
+def test_bad_lines_inside_a_zip_are_named_by_file(tmp_path):
+    texts = {"sub/metadata.jsonl": "{oops\n", "metadata.json": json.dumps([{"audio": "a.wav"}, {"text": "x"}])}
+    catalog = metadata.Catalog("b.zip", metadata.Outside(), texts)
+    assert [(b.file, b.count, b.first) for b in catalog.bad] == [("sub/metadata.jsonl", 1, "line 1"),
+                                                                 ("metadata.json", 1, "item 2")]
+    assert catalog.bad_lines == 2
+
+
 def test_explicit_metadata_file_wins_and_must_exist(tmp_path):
     (tmp_path / "metadata.jsonl").write_text(_jsonl({"path": "a.wav", "description": "beside"}))
     mine = tmp_path / "mine.json"

@@ -235,6 +235,16 @@ def test_an_unreadable_zip_fails_for_now_and_is_retried(tmp_path):
     assert list((tmp_path / "scratch").iterdir()) == []
 
 
+def test_a_scratch_folder_that_cannot_be_written_is_named_as_such(tmp_path):
+    zips = tmp_path / "zips"
+    h.small_zip(zips, "good.zip", n=1, seconds=1.2)
+    (tmp_path / "scratch").write_text("a file, not a folder")  # a mistyped --scratch
+    s = _run(zips, tmp_path / "tokens", tmp_path / "scratch")
+    reason = s["failures"][0]["reason"]
+    assert s["zips_failed"] == 1 and reason.startswith(f"could not write to the scratch folder {tmp_path / 'scratch'}")
+    assert "check --scratch" in reason and not ledger.latest(tmp_path / "tokens")["good.zip"]["permanent"]
+
+
 def test_a_replaced_zip_is_encoded_again(tmp_path):
     zips = tmp_path / "zips"
     h.small_zip(zips, "a.zip", n=2, seconds=1.2)
@@ -323,6 +333,65 @@ def test_missing_inputs_are_user_errors(tmp_path):
         tokenize.TokenizeConfig(segment_seconds=5, min_seconds=6)
     with pytest.raises(UserError, match="workers must be >= 0"):
         tokenize.TokenizeConfig(workers=-1)
+
+
+def test_unsupported_audio_is_skipped_by_name_and_a_zip_without_audio_is_warned_about(tmp_path, capsys):
+    zips = tmp_path / "zips"
+    h.write_zip(zips / "mixed.zip", [("a.opus", h.tone(1.5, 48_000, "opus")), ("b.m4a", b"\0\0\0 ftypM4A ")])
+    h.write_zip(zips / "phone.zip", [("memo 1.m4a", b"\0\0\0 ftypM4A "), ("memo 2.M4A", b"x"), ("c.wma", b"x"),
+                                     ("cover.jpg", b"x")])
+    s = _run(zips, tmp_path / "tokens", tmp_path / "scratch")
+    out = capsys.readouterr().out
+    assert (s["files_ok"], s["files_skipped"], s["files_failed"], s["entries_ignored"]) == (1, 4, 0, 1)
+    latest = ledger.latest(tmp_path / "tokens")
+    assert latest["mixed.zip"]["skipped"] == [
+        {"path": "b.m4a", "reason": "unsupported audio format .m4a: convert to wav/flac/mp3/ogg"}]
+    assert [f["path"] for f in latest["phone.zip"]["skipped"]] == ["memo 1.m4a", "memo 2.M4A", "c.wma"]
+    assert "phone.zip: 0 ok, 0 failed, 3 skipped" in out
+    assert "3 audio files in unsupported formats (.m4a, .wma) skipped: convert them to wav/flac/mp3/ogg" in out
+    assert "Warning: no audio kept from this ZIP (0 failed, 3 skipped" in out
+    assert "no audio kept" not in str(latest["mixed.zip"]["notes"])
+    assert any(w.startswith("phone.zip: no audio kept") for w in s["warnings"])
+    text = tokenize.table(tmp_path / "tokens")
+    assert "phone.zip/memo 1.m4a: skipped: unsupported audio format .m4a" in text
+    assert "phone.zip: note: warning: no audio kept from this ZIP" in text
+
+
+def test_unusable_metadata_lines_are_reported_before_the_zips_are_done(tmp_path, capsys):
+    zips = tmp_path / "zips"
+    inside = json.dumps({"path": "b/track_00.wav", "description": "ok"}) + '\n{"path": "b/track_01.wav",}\n'
+    h.write_zip(zips / "b.zip", [("b/track_00.wav", h.tone(1.5)), ("metadata.jsonl", inside)])
+    (zips / "metadata.jsonl").write_text("\n".join([
+        json.dumps({"path": "b/track_00.wav", "description": "fine"}),
+        "{'path': 'b/x.wav', 'description': 'python dict'}",
+        '{"path": "b/y.wav", "description": "trailing comma",}',
+        json.dumps({"description": "no path"}),
+    ]) + "\n")
+    s = _run(zips, tmp_path / "tokens", tmp_path / "scratch")
+    out = capsys.readouterr().out
+    beside = {"file": str(zips / "metadata.jsonl"), "count": 3, "first": "line 2",
+              "reason": s["metadata_bad_lines"][0]["reason"]}
+    assert s["metadata_bad_lines"] == [beside, {"file": "b.zip/metadata.jsonl", "count": 1, "first": "line 2",
+                                                "reason": s["metadata_bad_lines"][1]["reason"]}]
+    assert beside["reason"].startswith("not JSON") and "double quotes" in beside["reason"]
+    warning = f"{zips / 'metadata.jsonl'}: 3 unusable lines skipped (first: line 2: not JSON"
+    assert out.index(warning) < out.index("b.zip: 1 ok")  # said before the ZIP is done
+    assert "b.zip/metadata.jsonl: 1 unusable line skipped (first: line 2" in out
+    assert any(warning in w for w in s["warnings"])
+    note = ledger.latest(tmp_path / "tokens")["b.zip"]["notes"]
+    assert [n["path"] for n in note] == ["metadata.jsonl"] and "1 unusable line" in note[0]["reason"]
+    assert "b.zip/metadata.jsonl: note: metadata: 1 unusable line" in tokenize.table(tmp_path / "tokens")
+
+
+@pytest.mark.parametrize("other", ["a.ZIP", "A.zip"])
+def test_zips_that_would_share_a_shard_are_refused_before_any_work(tmp_path, other):
+    zips = tmp_path / "zips"
+    h.small_zip(zips, "a.zip", n=1)
+    h.small_zip(zips, "other.zip", n=1).rename(zips / other)  # a different batch, same shard name but for case
+    with pytest.raises(UserError, match=rf"a\.zip and {other}|{other} and a\.zip") as err:
+        _run(zips, tmp_path / "tokens", tmp_path / "scratch")
+    assert "Rename one" in str(err.value)
+    assert not ledger.records(tmp_path / "tokens") and not shards.list_shards(tmp_path / "tokens")
 
 
 def test_short_segments_scale_the_default_minimums_but_refuse_explicit_ones():
