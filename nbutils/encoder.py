@@ -119,6 +119,7 @@ class Encoder:
 
         if not self.device.startswith("cuda"):
             return CPU_BATCH
+        torch.cuda.empty_cache()  # what an earlier run (the test-mode cell) left cached is free for this one
         free, _ = torch.cuda.mem_get_info(torch.device(self.device))
         return gpu_batch(segment_seconds, self.spec.audio_channels, self.dtype is not None, free)
 

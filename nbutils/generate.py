@@ -344,8 +344,10 @@ _LOADED: Pipeline | None = None
 
 
 def release() -> None:
-    """Forget the loaded pipeline (frees its GPU memory once nothing else holds it)."""
+    """Unload the loaded pipeline's model and free its GPU memory (even if a notebook variable holds it)."""
     global _LOADED
+    if _LOADED is not None:
+        _LOADED.release()
     _LOADED = None
     import gc
 

@@ -59,6 +59,9 @@ def fold(record: dict[str, Any]) -> str:
     return ". ".join(parts)
 
 
+WHOLE_FILE = "whole file"  # BadLines.first of a metadata.json that is not JSON: none of its entries count
+
+
 @dataclasses.dataclass
 class BadLines:
     """The unusable lines of one metadata file (their tracks get their text from another source)."""
@@ -73,7 +76,9 @@ class BadLines:
     """Why the first one is unusable."""
 
     def short(self) -> str:
-        """``2 unusable lines skipped (first: line 3: ...)``."""
+        """``2 unusable lines skipped (first: line 3: ...)``, or that the whole file was not read."""
+        if self.first.startswith(WHOLE_FILE):
+            return f"not read at all ({self.first.removeprefix(WHOLE_FILE + ', ')}: {self.reason}), none of its entries used"
         unit = ("item" if self.first.startswith("item") else "line") + ("s" if self.count != 1 else "")
         return f"{self.count} unusable {unit} skipped (first: {self.first}: {self.reason})"
 
@@ -122,7 +127,7 @@ def parse_json_list(text: str) -> tuple[dict[str, str], list[tuple[str, str]]]:
     try:
         items = json.loads(text)
     except json.JSONDecodeError as err:
-        return {}, [(f"line {err.lineno}", _json_error(err))]
+        return {}, [(f"{WHOLE_FILE}, line {err.lineno}", _json_error(err))]
     if isinstance(items, dict):  # {"data": [...]} / {"items": [...]} wrappers are common
         items = next((v for v in items.values() if isinstance(v, list)), [])
     found, bad = {}, []

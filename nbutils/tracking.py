@@ -117,8 +117,13 @@ def start(*, mode: str, project: str, directory: str | os.PathLike, config: dict
             project=project, dir=str(directory), config=scrub(config), id=run_id, resume="allow" if run_id else None,
             name=name or None, job_type=job_type, mode=mode, settings=settings, reinit="finish_previous",
         )
-    except (wandb.errors.UsageError, wandb.errors.AuthenticationError) as err:
-        raise UserError(f"WandB could not start ({err}). {NO_KEY}") from None
+    except wandb.errors.AuthenticationError as err:
+        raise UserError(f"WandB refused the API key ({err}). {NO_KEY}") from None
+    except wandb.errors.UsageError as err:
+        advice = NO_KEY if mode == "online" and not _has_key() else (
+            "Check the WandB settings (wandb_project, wandb_name), or set WANDB = \"offline\" or \"disabled\"; "
+            "re-running continues where training stopped.")
+        raise UserError(f"WandB could not start ({err}). {advice}") from None
     return run.id
 
 

@@ -60,7 +60,7 @@ class TrainConfig:
     val_crops: int = option(256, "At most this many validation crops per evaluation (evenly spaced).")
     seed: int = option(0, "Seed of the split, data order, crops, CFG dropout and LoRA initialization.")
     batch_size: int = option(0, "Crops per process per micro-batch; 0 = the GPU preset (nbutils.presets). "
-                                "Set alone, the accumulation makes up the preset's effective batch of 16.")
+                                "Set alone, the accumulation makes up the preset's effective batch of 16 (or as near as it divides).")
     grad_accum: int = option(0, "Micro-batches per optimizer step; 0 = the GPU preset (or what makes up 16 "
                                 "crops with the batch_size you set).")
     precision: str = option("auto", "auto (bf16 on A100/H100/L4, fp16 with loss scaling on T4/V100, fp32 on "
@@ -705,8 +705,8 @@ def _begin(trainer: Trainer) -> None:
         if longest < trainer.crop_frames:
             trainer.log(f"Note: the token segments are at most {longest / trainer.spec.frame_rate:g} s long, shorter "
                         f"than segment_seconds ({trainer.cfg.segment_seconds:g} s): each crop is a whole segment.")
-        if trainer.cfg.warmup_steps >= trainer.total_steps:
-            trainer.log(f"Note: warmup_steps ({trainer.cfg.warmup_steps}) is not below the run's {trainer.total_steps} "
+        if trainer.cfg.warmup_steps > trainer.total_steps:
+            trainer.log(f"Note: warmup_steps ({trainer.cfg.warmup_steps}) is more than the run's {trainer.total_steps} "
                         "steps, so the learning rate never reaches lr; lower warmup_steps for a short run.")
     else:
         state, path = found
@@ -836,6 +836,14 @@ def run(cfg: TrainConfig, *, log: Callable[[str], None] | None = None) -> dict[s
         bar.close()
         _finish(trainer)
     except KeyboardInterrupt:
+        failure = "stopped"
+    except torch.cuda.OutOfMemoryError:
+        failure = "out of memory"
+    else:
+        failure = None
+    # Handled here, not in the except blocks: the caught error's frames (the model's forward and its
+    # activations) are gone once they end, and IPython keeps only the fresh error raised below.
+    if failure == "stopped":
         bar.close()
         trainer.optimizer.zero_grad(set_to_none=True)  # a half-accumulated step is discarded
         trainer.save()
@@ -843,15 +851,13 @@ def run(cfg: TrainConfig, *, log: Callable[[str], None] | None = None) -> dict[s
                     "run the same command (or cell) again to continue from there.")
         tracking.finish()
         trainer.release()
-        raise
-    except torch.cuda.OutOfMemoryError:
-        out_of_memory = _out_of_memory(trainer)
-    else:
-        out_of_memory = None
-    if out_of_memory is not None:  # raised here, not in the except: the error's frames hold activations
+        raise KeyboardInterrupt
+    if failure == "out of memory":
+        bar.close()
+        error = _out_of_memory(trainer)
         tracking.finish()
         trainer.release()
-        raise out_of_memory
+        raise error
     tracking.finish()
     trainer.accelerator.wait_for_everyone()
     return _summary(trainer, started)

@@ -332,6 +332,8 @@ def test_cached_pipeline_is_rebuilt_when_the_adapter_is_retrained(tmp_path):
         assert first.model is None
         with pytest.raises(UserError, match="unloaded to make room"):
             generate.run(settings, first)
+        generate.release()  # as notebook 04 does before loading its models
+        assert second.model is None
     finally:
         generate.release()
 

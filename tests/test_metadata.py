@@ -114,3 +114,11 @@ def test_explicit_metadata_file_wins_and_must_exist(tmp_path):
     assert metadata.Catalog("b.zip", outside, {}).lookup("a.wav") == ("explicit", "metadata.json")
     with pytest.raises(UserError, match="does not exist"):
         metadata.Outside.load(tmp_path, tmp_path / "missing.jsonl")
+
+
+def test_a_metadata_json_that_is_not_json_is_reported_as_not_read_at_all(tmp_path):
+    (tmp_path / "metadata.json").write_text('[\n {"audio": "a.wav", "text": "x"},\n {"audio": "b.wav", "text": "y"},\n]\n')
+    outside = metadata.Outside.load(tmp_path)
+    assert outside.json_list == {}
+    message = outside.bad[0].message()
+    assert "metadata.json: not read at all (line 4: not JSON" in message and "none of its entries used" in message

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from nbutils import faults, tracking, train
+from nbutils.errors import UserError
 
 from _train_helpers import offline_runs, small_config, tokens, wandb_history, wandb_records
 
@@ -92,3 +93,9 @@ def test_scrub_hides_secret_keys_and_values():
                               "wandb_project": "musicgen-lora"})
     assert cleaned == {"lr": 1e-4, "hf_token": "<hidden>", "nested": {"api_key": "<hidden>", "x": ["<hidden>", "ok"]},
                        "wandb_project": "musicgen-lora"}
+
+
+def test_a_wandb_usage_error_says_what_to_check(tmp_path):
+    with pytest.raises(UserError, match="Invalid project name.*Check the WandB settings") as err:
+        tracking.start(mode="offline", project="bad/project", directory=tmp_path, config={})
+    assert "API key" not in str(err.value)

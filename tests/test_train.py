@@ -320,14 +320,25 @@ def _live_musicgens() -> int:
 def test_a_stopped_or_out_of_memory_run_lets_go_of_its_model(tmp_path, monkeypatch):
     # IPython keeps the last exception with its frames; the re-run that resumes must not find the
     # old model (on a GPU: its memory) still held by them.
+    from transformers import MusicgenForConditionalGeneration
+
     data, before = tokens(tmp_path), _live_musicgens()
-    monkeypatch.setenv(faults.ENV, "interrupt:2")
+    forward, calls = MusicgenForConditionalGeneration.forward, []
+
+    def stop_button_in_forward(self, *args, **kwargs):  # where a real stop usually lands
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(MusicgenForConditionalGeneration, "forward", stop_button_in_forward)
     try:
         train.run(small_config(data, tmp_path / "stopped"))
     except KeyboardInterrupt as err:
         kept = err  # as sys.last_value
     assert kept.__traceback__ is not None and _live_musicgens() == before
-    monkeypatch.delenv(faults.ENV)
+    assert torch.load(tmp_path / "stopped" / "latest.pt", weights_only=True)["step"] == 2
+    monkeypatch.undo()
 
     calls = []
     original = train.Trainer.train_step

@@ -176,6 +176,6 @@ def test_start_notes_whole_segment_crops_and_a_warmup_longer_than_the_run(tmp_pa
     train.run(small_config(tokens(tmp_path), tmp_path / "run", segment_seconds=5.0, warmup_steps=6, max_steps=4),
               log=logged.append)
     text = "\n".join(logged)
-    assert "each crop is a whole segment" in text and "warmup_steps (6) is not below the run's 4 steps" in text
+    assert "each crop is a whole segment" in text and "warmup_steps (6) is more than the run's 4 steps" in text
     with pytest.raises(train.UserError, match="val_crops must be >= 1.*val_fraction 0"):
         train.TrainConfig(val_crops=0)
