@@ -168,7 +168,8 @@ class Progress:
         import torch
 
         if self.bar is not None and self.step_size:
-            self.bar.update(self.step_size)
+            room = self.bar.total - self.bar.n if self.bar.total else self.step_size  # float sums may overshoot
+            self.bar.update(max(0.0, min(self.step_size, room)))
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
