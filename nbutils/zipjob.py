@@ -129,7 +129,8 @@ class Stage:
         self.outside = outside or metadata.Outside.load(cfg.zips, cfg.metadata or None)
         self.limit_left = cfg.limit or None
         self.work_root = _scratch_root(cfg) / f"tokenize-{os.getpid()}"
-        self.overall = _bar(cfg, total=total_files, desc="all ZIPs", position=0)
+        self.overall = _bar(cfg, total=min(total_files, cfg.limit) if cfg.limit else total_files, desc="all ZIPs",
+                            position=0)  # test mode stops after `limit` tracks
 
     def read_track(self, zf: zipfile.ZipFile, members: Path, item: tuple[int, _Track], emit) -> None:
         """Worker thread: extract one member, decode it, emit its segments, then its end."""

@@ -185,6 +185,15 @@ def test_limit_keeps_nothing_and_reports_throughput_and_eta(small, tmp_path, cap
     assert full["zips_done"] == 3 and h.snapshot(tmp_path / "tokens") == reference
 
 
+def test_test_mode_progress_counts_to_the_limit(small, tmp_path, capsys):
+    zips, _, _ = small
+    cfg = tokenize.TokenizeConfig(zips=str(zips), out=str(tmp_path / "tokens"), model="tiny",
+                                  scratch=str(tmp_path / "scratch"), limit=4)  # progress bars on
+    tokenize.run(cfg)
+    overall = [line for line in capsys.readouterr().err.replace("\r", "\n").splitlines() if "all ZIPs" in line]
+    assert "4/4" in overall[-1] and "100%" in overall[-1], overall[-1]  # not 4/9 (44%)
+
+
 def test_limit_in_a_folder_with_finished_zips_leaves_them_alone(small, tmp_path):
     zips, reference, finished = small
     shutil.copytree(finished, tmp_path / "tokens")
