@@ -397,8 +397,20 @@ def sample_batch(pipe: Pipeline, cfg: GenerateConfig, batch: list[str], *, varia
 
     ``start`` is the position of the batch's first prompt in the whole request (``Clip.index``).
     """
+    import torch
+
     seed = cfg.seed + variation
-    audio, took, windows, prompt_s = pipe.generate(batch, cfg, variant=variant, seed=seed, bar=bar)
+    try:
+        audio, took, windows, prompt_s = pipe.generate(batch, cfg, variant=variant, seed=seed, bar=bar)
+    except torch.cuda.OutOfMemoryError:
+        audio = None
+    if audio is None:  # raised outside the except: the error's frames would keep the activations
+        torch.cuda.empty_cache()
+        raise UserError(
+            f"Out of GPU memory generating {len(batch)} prompt(s) at once with {pipe.model_name}. Lower batch_size "
+            f"(e.g. {max(1, len(batch) // 2)}), generate shorter windows (window_seconds), or use dtype float16 / "
+            "a smaller model. Clips already saved are kept."
+        )
     return [
         Clip(prompt=p, variant=variant, variation=variation, seed=seed, audio=a, sample_rate=pipe.spec.sample_rate,
              batch=batch, generation_seconds=took, windows=windows, prompt_seconds=prompt_s, index=start + i)

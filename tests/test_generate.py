@@ -469,3 +469,14 @@ def test_device_and_dtype_choice():
     assert generate.pick_dtype("bfloat16", "cuda") == torch.bfloat16
     with pytest.raises(UserError, match="Unknown dtype 'fp8'"):
         generate.pick_dtype("fp8", "cpu")
+
+
+def test_out_of_memory_while_generating_says_what_to_lower(pipe, tmp_path, monkeypatch):
+    def full(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+
+    monkeypatch.setattr(pipe, "generate", full)
+    config = cfg(tmp_path, prompts=["a", "b", "c", "d"], seconds=0.2)
+    with pytest.raises(UserError, match=r"generating 4 prompt\(s\) at once.*batch_size \(e\.g\. 2\)") as err:
+        generate.run(config, pipe)
+    assert err.value.__context__ is None
