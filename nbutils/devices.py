@@ -9,7 +9,9 @@ So bf16 is chosen only where it is native, and float16 everywhere else on a GPU.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
+
+T = TypeVar("T")
 
 BF16_MIN_CAPABILITY = 8  # compute capability major version with bfloat16 tensor cores (Ampere)
 
@@ -37,19 +39,25 @@ def bf16_native(device: Any = None) -> bool:
 
 @contextlib.contextmanager
 def without_autocast(module: Any, method: str = "forward") -> Iterator[None]:
-    """Inside the block, ``module.<method>`` runs in its own (float32) precision even under autocast.
+    """Inside the block, ``module.<method>`` runs in float32 even under autocast.
 
-    Training and its samples run under bf16/fp16 autocast, which would otherwise also cast the
-    frozen T5 text encoder (whose fp16 activations can overflow) and EnCodec's decoder (whose
-    audio must stay exact). audiocraft, where these models come from, runs both in float32 too.
+    Floating-point tensor arguments are cast to float32 and autocast is off for the call. Used for
+    what must not run in half precision: EnCodec's quantizer (its nearest-entry distances cancel
+    in bf16), and, under the training autocast, the frozen T5 (fp16 activations can overflow) and
+    EnCodec's decoder (the audio must stay exact); audiocraft runs all three in float32 too.
+    The call is wrapped on this instance only; the class's method is back when the block ends.
     """
     import torch
 
     original, had_own = getattr(module, method), method in vars(module)
-    device_type = next(module.parameters()).device.type
 
     def full_precision(*args: Any, **kwargs: Any) -> Any:
-        with torch.autocast(device_type, enabled=False):
+        tensors = [v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor)]
+        device = tensors[0].device.type if tensors else "cpu"
+        args = [a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args]
+        kwargs = {k: v.float() if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+                  for k, v in kwargs.items()}
+        with torch.autocast(device, enabled=False):
             return original(*args, **kwargs)
 
     setattr(module, method, full_precision)  # an instance attribute shadows the class's method
@@ -60,3 +68,31 @@ def without_autocast(module: Any, method: str = "forward") -> Iterator[None]:
             setattr(module, method, original)
         else:
             delattr(module, method)
+
+
+def free_memory() -> None:
+    """Collect garbage and hand the GPU's cached blocks back (after a model or a failed step is dropped)."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def unless_out_of_memory(call: Callable[[], T]) -> tuple[T | None, bool]:
+    """``(call(), False)``, or ``(None, True)`` when the GPU ran out of memory during it.
+
+    The caller raises its own message (what to lower) after this returns. The out-of-memory error
+    is dropped here with its frames, and the activations they hold are freed: raised from inside an
+    ``except`` block, a new error would carry the old one along, and IPython keeps the last error.
+    """
+    import torch
+
+    try:
+        return call(), False
+    except torch.cuda.OutOfMemoryError:
+        pass
+    free_memory()
+    return None, True

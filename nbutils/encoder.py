@@ -51,32 +51,6 @@ def autocast_dtype(device: str, precision: str):
     return torch.bfloat16 if precision == "bf16" else torch.float16
 
 
-@contextlib.contextmanager
-def float32_quantizer(codec: Any) -> Iterator[None]:
-    """Within the block, ``codec``'s residual vector quantizer runs in float32, autocast or not.
-
-    ``EncodecModel._encode_frame`` calls ``self.encoder`` then ``self.quantizer.encode`` with
-    nothing in between to hook, so this wraps that one call on this instance (the rest of
-    transformers' ``encode`` -- chunking, normalisation, padding mask -- stays as it is). The
-    embeddings are cast to float32 and autocast is switched off for the distance computation.
-    The class method is back when the block ends.
-    """
-    import torch
-
-    quantizer = codec.quantizer
-    encode = type(quantizer).encode
-
-    def float32_encode(embeddings, bandwidth=None):
-        with torch.autocast(embeddings.device.type, enabled=False):
-            return encode(quantizer, embeddings.float(), bandwidth)
-
-    quantizer.encode = float32_encode
-    try:
-        yield
-    finally:
-        del quantizer.encode  # the instance attribute goes; the class method is back
-
-
 def default_device() -> str:
     import torch
 
@@ -110,7 +84,7 @@ class Encoder:
         if self.dtype is None:
             yield
             return
-        with torch.autocast(self.device.split(":")[0], dtype=self.dtype), float32_quantizer(self.codec):
+        with torch.autocast(self.device.split(":")[0], dtype=self.dtype), devices.without_autocast(self.codec.quantizer, "encode"):
             yield
 
     def default_batch(self, segment_seconds: float) -> int:
@@ -145,14 +119,12 @@ class Encoder:
         batch = torch.from_numpy(np.stack(audios))
         # Each channel is its own mono signal for EnCodec (left, right for stereo checkpoints).
         mono = batch.reshape(len(audios) * channels, 1, length).to(self.device)
-        try:
+        def encode_batch():
             with torch.inference_mode(), self._precision():
-                codes = self.codec.encode(mono).audio_codes[0]  # (B * channels, K, frames)
-        except torch.cuda.OutOfMemoryError:
-            codes = None
-        if codes is None:  # raised outside the except: the error's frames would keep the activations
-            del mono
-            torch.cuda.empty_cache()
+                return self.codec.encode(mono).audio_codes[0]  # (B * channels, K, frames)
+
+        codes, out_of_memory = devices.unless_out_of_memory(encode_batch)
+        if out_of_memory:
             raise UserError(f"The GPU ran out of memory encoding {len(audios)} segments at once. Re-run with a "
                             f"smaller batch: BATCH_SIZE = {max(1, len(audios) // 2)} in notebook 01 (--batch-size "
                             "on the command line); finished ZIPs are kept.")

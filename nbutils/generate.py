@@ -221,24 +221,12 @@ class Pipeline:
         A notebook may still hold this pipeline in a variable; it must not keep a second model on
         the GPU next to the new one (two musicgen-large do not fit a T4).
         """
-        import gc
-
-        import torch
-
         self.model = self._peft = None
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-
-    def _check_loaded(self) -> None:
-        if self.model is None:
-            raise UserError("This pipeline's model was unloaded to make room for another one: run the cell that "
-                            "loads the model (generate.pipeline) again.")
+        devices.free_memory()
 
     @contextlib.contextmanager
     def using(self, variant: str) -> Iterator[None]:
         """Generate as ``base`` (adapter switched off) or ``lora`` within the block."""
-        self._check_loaded()
         if variant == "lora":
             if self.adapter is None:
                 raise UserError("No LoRA adapter is loaded; generate with the base model or pass an adapter.")
@@ -254,7 +242,6 @@ class Pipeline:
     # -- inputs -------------------------------------------------------------------------------
 
     def text_inputs(self, prompts: list[str]) -> dict:
-        self._check_loaded()
         tokenizer = getattr(self.processor, "tokenizer", self.processor)
         inputs = tokenizer(list(prompts), padding=True, return_tensors="pt")
         return {k: v.to(self.device) for k, v in inputs.items() if k in ("input_ids", "attention_mask")}
@@ -318,6 +305,9 @@ class Pipeline:
         """
         import torch
 
+        if self.model is None:
+            raise UserError("This pipeline's model was unloaded to make room for another one: run the cell that "
+                            "loads the model (generate.pipeline) again.")
         samples, frames = sampling.frames_for(cfg.seconds, self.spec)
         inputs = self.text_inputs(prompts)
         prompt = self.prompt_codes(cfg.audio_prompt, len(prompts))
@@ -349,13 +339,7 @@ def release() -> None:
     if _LOADED is not None:
         _LOADED.release()
     _LOADED = None
-    import gc
-
-    gc.collect()
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    devices.free_memory()
 
 
 def pipeline_key(cfg: GenerateConfig) -> tuple:
@@ -370,9 +354,7 @@ def pipeline(cfg: GenerateConfig) -> Pipeline:
     """The pipeline for ``cfg``'s model/adapter (and its weights)/device/dtype, loaded once and then reused."""
     global _LOADED
     if _LOADED is None or _LOADED.key != pipeline_key(cfg):
-        if _LOADED is not None:
-            _LOADED.release()  # free the old model before loading the new one, even if a notebook holds it
-        _LOADED = None
+        release()  # the old model goes before the new one loads, even if a notebook variable holds it
         _LOADED = Pipeline(cfg.model, cfg.adapter, device=cfg.device, dtype=cfg.dtype, merge=cfg.merge)
         what = f"{cfg.model} + adapter {_LOADED.adapter.location}" if _LOADED.adapter else f"{cfg.model} (no adapter)"
         print(f"Loaded {what} on {_LOADED.device} ({str(_LOADED.dtype).replace('torch.', '')}).", file=sys.stderr)
@@ -397,20 +379,16 @@ def sample_batch(pipe: Pipeline, cfg: GenerateConfig, batch: list[str], *, varia
 
     ``start`` is the position of the batch's first prompt in the whole request (``Clip.index``).
     """
-    import torch
-
     seed = cfg.seed + variation
-    try:
-        audio, took, windows, prompt_s = pipe.generate(batch, cfg, variant=variant, seed=seed, bar=bar)
-    except torch.cuda.OutOfMemoryError:
-        audio = None
-    if audio is None:  # raised outside the except: the error's frames would keep the activations
-        torch.cuda.empty_cache()
+    result, out_of_memory = devices.unless_out_of_memory(
+        lambda: pipe.generate(batch, cfg, variant=variant, seed=seed, bar=bar))
+    if out_of_memory:
         raise UserError(
             f"Out of GPU memory generating {len(batch)} prompt(s) at once with {pipe.model_name}. Lower batch_size "
             f"(e.g. {max(1, len(batch) // 2)}), generate shorter windows (window_seconds), or use dtype float16 / "
             "a smaller model. Clips already saved are kept."
         )
+    audio, took, windows, prompt_s = result
     return [
         Clip(prompt=p, variant=variant, variation=variation, seed=seed, audio=a, sample_rate=pipe.spec.sample_rate,
              batch=batch, generation_seconds=took, windows=windows, prompt_seconds=prompt_s, index=start + i)

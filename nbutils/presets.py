@@ -12,7 +12,6 @@ Precision: bf16 where the GPU supports it (A100, H100, L4), otherwise fp16 with 
 from __future__ import annotations
 
 import dataclasses
-import gc
 import tempfile
 import time
 from typing import Any
@@ -188,26 +187,24 @@ def measure(cfg, steps: int = 3) -> dict[str, Any]:
         ``seconds_per_step``, ``steps_per_epoch``, ``epoch_seconds``, ``run_seconds`` (to
         ``max_steps`` or ``epochs``), and the batch settings used.
     """
-    import torch
-
-    from nbutils import train
+    from nbutils import devices, train
 
     with tempfile.TemporaryDirectory(prefix="nbutils-measure-") as scratch:
         trial = dataclasses.replace(cfg, out=scratch, wandb="disabled", sample_every=0, push_to_hub="")
         trainer = train.Trainer(trial, log=lambda message: None, quiet=True)
-        try:
+
+        def seconds_per_step() -> float:
             trainer.train_step()
             started = time.perf_counter()
             for _ in range(steps):
                 trainer.train_step()
-        except torch.cuda.OutOfMemoryError:
-            out_of_memory = train._out_of_memory(trainer)
-        else:
-            out_of_memory = None
-        if out_of_memory is not None:  # outside the except: the error's frames would keep the model alive
+            return (time.perf_counter() - started) / steps
+
+        per_step, out_of_memory = devices.unless_out_of_memory(seconds_per_step)
+        if out_of_memory:
+            error = train._out_of_memory(trainer)
             trainer.release()
-            raise out_of_memory
-        per_step = (time.perf_counter() - started) / steps
+            raise error
         result = {
             "seconds_per_step": per_step,
             "steps_per_epoch": trainer.sampler.steps_per_epoch,
@@ -217,17 +214,8 @@ def measure(cfg, steps: int = 3) -> dict[str, Any]:
             "grad_accum": trainer.grad_accum,
             "precision": trainer.settings["precision"],
         }
-    del trainer
-    _free_memory()
+        trainer.release()  # the training cell that follows needs the GPU memory
     return result
-
-
-def _free_memory() -> None:
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def _duration(seconds: float) -> str:

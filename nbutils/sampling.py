@@ -45,7 +45,7 @@ class Sampling:
         }
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Windows:
     """Window layout of a long request, in code frames."""
 
@@ -55,6 +55,7 @@ class Windows:
     """Frames of earlier codes that prompt each following window."""
 
     def __post_init__(self):
+        # every window then adds at least one frame, so ``plan`` always ends
         if not 0 <= self.context < self.window:
             raise ValueError(f"Windows of {self.window} frames cannot hold {self.context} frames of context and new ones.")
 
@@ -64,8 +65,6 @@ class Windows:
         while done < total_new:
             ctx = min(have, self.context)
             new = min(total_new - done, self.window - ctx)
-            if new <= 0:  # a window without new frames would repeat forever
-                raise ValueError(f"Windows of {self.window} frames with {self.context} frames of context add nothing.")
             windows.append((ctx, new))
             have, done = have + new, done + new
         return windows

@@ -466,15 +466,11 @@ class Trainer:
         and its frames (which hold this trainer), and the re-run that resumes must not find the
         old model still filling the GPU next to the new one.
         """
-        import gc
-
-        import torch
+        from nbutils import devices
 
         self.accelerator.free_memory()
         self.model = self.optimizer = self.scheduler = self.peft = self.base = None
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        devices.free_memory()
 
     def save(self) -> None:
         """Write latest.pt + a step folder (main process), after flushing the metrics."""

@@ -104,6 +104,16 @@ def cli_args(tokens_dir: Path, out: Path, *extra: str) -> list[str]:
     ]
 
 
+def live_musicgens() -> int:
+    """MusicGen models still reachable in this process (after a run that should have let go of its own)."""
+    import gc
+
+    from transformers import MusicgenForConditionalGeneration
+
+    gc.collect()
+    return sum(issubclass(type(o), MusicgenForConditionalGeneration) for o in gc.get_objects())
+
+
 def lora_weights(out: Path) -> dict:
     import torch
 

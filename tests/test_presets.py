@@ -4,7 +4,7 @@ import pytest
 
 from nbutils import presets
 
-from _train_helpers import small_config, tokens
+from _train_helpers import live_musicgens, small_config, tokens
 
 
 
@@ -73,3 +73,20 @@ def test_measure_times_real_steps_and_estimates_an_epoch(tmp_path):
     assert timing["epoch_seconds"] == pytest.approx(timing["seconds_per_step"] * 6)
     assert timing["run_seconds"] == pytest.approx(timing["seconds_per_step"] * 20)
     assert not out.exists(), "measuring never touches the real run folder"
+
+
+def test_measure_out_of_memory_says_what_to_lower_and_frees_the_model(tmp_path, monkeypatch):
+    import torch
+
+    from nbutils import train
+    from nbutils.errors import UserError
+
+    before = live_musicgens()
+
+    def full(self):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(train.Trainer, "train_step", full)
+    with pytest.raises(UserError, match=r"Out of GPU memory with batch_size 2\. Halve it") as err:
+        presets.measure(small_config(tokens(tmp_path), tmp_path / "run"), steps=2)
+    assert err.value.__context__ is None and live_musicgens() == before

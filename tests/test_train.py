@@ -13,7 +13,7 @@ import torch
 from nbutils import checkpoint, faults, shards, train
 from nbutils.errors import UserError
 
-from _train_helpers import cli_args, lora_weights, losses_by_step, small_config, tokens, write_shards
+from _train_helpers import cli_args, live_musicgens, lora_weights, losses_by_step, small_config, tokens, write_shards
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -308,21 +308,12 @@ def test_stop_button_waits_for_the_optimizer_update():
     assert finished and signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
-def _live_musicgens() -> int:
-    import gc
-
-    from transformers import MusicgenForConditionalGeneration
-
-    gc.collect()
-    return sum(issubclass(type(o), MusicgenForConditionalGeneration) for o in gc.get_objects())
-
-
 def test_a_stopped_or_out_of_memory_run_lets_go_of_its_model(tmp_path, monkeypatch):
     # IPython keeps the last exception with its frames; the re-run that resumes must not find the
     # old model (on a GPU: its memory) still held by them.
     from transformers import MusicgenForConditionalGeneration
 
-    data, before = tokens(tmp_path), _live_musicgens()
+    data, before = tokens(tmp_path), live_musicgens()
     forward, calls = MusicgenForConditionalGeneration.forward, []
 
     def stop_button_in_forward(self, *args, **kwargs):  # where a real stop usually lands
@@ -336,7 +327,7 @@ def test_a_stopped_or_out_of_memory_run_lets_go_of_its_model(tmp_path, monkeypat
         train.run(small_config(data, tmp_path / "stopped"))
     except KeyboardInterrupt as err:
         kept = err  # as sys.last_value
-    assert kept.__traceback__ is not None and _live_musicgens() == before
+    assert kept.__traceback__ is not None and live_musicgens() == before
     assert torch.load(tmp_path / "stopped" / "latest.pt", weights_only=True)["step"] == 2
     monkeypatch.undo()
 
@@ -352,7 +343,7 @@ def test_a_stopped_or_out_of_memory_run_lets_go_of_its_model(tmp_path, monkeypat
     monkeypatch.setattr(train.Trainer, "train_step", out_of_memory_on_step_2)
     with pytest.raises(UserError, match=r"Out of GPU memory with batch_size 2\. Halve it") as caught:
         train.run(small_config(data, tmp_path / "oom"))
-    assert caught.value.__context__ is None and _live_musicgens() == before
+    assert caught.value.__context__ is None and live_musicgens() == before
     monkeypatch.undo()
     assert train.run(small_config(data, tmp_path / "oom"))["step"] == 6, "and the re-run resumes"
 
