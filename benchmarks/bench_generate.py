@@ -42,7 +42,9 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from nbutils import clap, generate, sampling, synth
+    from nbutils.core import synth
+    from nbutils.evaluate import clap
+    from nbutils.generate import sampling, stage as generate
 
     torch.set_num_threads(args.threads)
     pipe = generate.Pipeline(args.model)

@@ -43,7 +43,7 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
-from nbutils import models, synth  # noqa: E402
+from nbutils.core import models, synth  # noqa: E402
 
 # facebook/encodec_32khz's config.json (the codec of every facebook/musicgen-* checkpoint)
 ENCODEC_32KHZ = dict(
@@ -105,7 +105,7 @@ def run_pipeline(zips: Path, work: Path, **overrides) -> tuple[Timer, dict]:
     from contextlib import redirect_stdout
     from io import StringIO
 
-    from nbutils import tokenize
+    from nbutils.tokenize import stage as tokenize
 
     out = Path(tempfile.mkdtemp(dir=work))
     cfg = tokenize.TokenizeConfig(zips=str(zips), out=str(out / "tokens"), model="bench",
@@ -117,7 +117,7 @@ def run_pipeline(zips: Path, work: Path, **overrides) -> tuple[Timer, dict]:
 
 def decoded_segments(zip_path: Path, work: Path, segment_seconds: float) -> list[np.ndarray]:
     """The segments the pipeline encodes, decoded up front (for the encoder-only figure)."""
-    from nbutils import audio
+    from nbutils.core import audio
 
     segments = []
     with zipfile.ZipFile(zip_path) as zf:
@@ -137,7 +137,7 @@ def bench_device() -> str:
 
 def run_encoder_only(codec, segments: list[np.ndarray], segment_seconds: float) -> Timer:
     """The pipeline's encoder (same device, precision and batch size) on already decoded segments."""
-    from nbutils.encoder import Batcher, Encoder
+    from nbutils.tokenize.encoder import Batcher, Encoder
 
     encoder = Encoder(codec, SPEC, device=bench_device())
     batcher = Batcher(encoder, full_samples=int(segment_seconds * SPEC.sample_rate),

@@ -42,7 +42,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nbutils import checkpoint, models, shards, synth, train  # noqa: E402
+from nbutils.core import models, synth  # noqa: E402
+from nbutils.tokenize import shards
+from nbutils.train import checkpoint, stage as train
 
 
 def small_config(quick: bool = False):

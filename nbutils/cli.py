@@ -13,14 +13,14 @@ import importlib
 import json
 import sys
 
-from nbutils.errors import UserError
+from nbutils.core.errors import UserError
 
 COMMANDS = {
-    "tokenize": ("nbutils.tokenize", "Encode ZIP batches of audio into EnCodec token shards."),
-    "train": ("nbutils.train", "LoRA-fine-tune MusicGen on token shards; re-running resumes."),
-    "generate": ("nbutils.generate", "Generate music from text with the base model or a LoRA adapter."),
-    "evaluate": ("nbutils.evaluate", "Compare base vs LoRA with CLAP scores, a table and a plot."),
-    "demo": ("nbutils.demo", "Run the whole pipeline offline on generated music by executing the notebooks."),
+    "tokenize": ("nbutils.tokenize.stage", "Encode ZIP batches of audio into EnCodec token shards."),
+    "train": ("nbutils.train.stage", "LoRA-fine-tune MusicGen on token shards; re-running resumes."),
+    "generate": ("nbutils.generate.stage", "Generate music from text with the base model or a LoRA adapter."),
+    "evaluate": ("nbutils.evaluate.stage", "Compare base vs LoRA with CLAP scores, a table and a plot."),
+    "demo": ("nbutils.colab.demo", "Run the whole pipeline offline on generated music by executing the notebooks."),
 }
 
 

@@ -21,7 +21,7 @@ def peft_model(model_name: str = "tiny", targets=OUR_TARGETS, *, strength: float
     """A tiny MusicGen with a LoRA whose weights are random and large enough to change the output."""
     from peft import LoraConfig, get_peft_model
 
-    from nbutils import models
+    from nbutils.core import models
 
     if model is None:
         model, _ = models.build_tiny(model_name)
@@ -94,7 +94,8 @@ def make_tokens(tokens_dir: Path, zips_dir: Path | None = None, *, tracks_per_st
 
     import soundfile as sf
 
-    from nbutils import models, shards, synth
+    from nbutils.core import models, synth
+    from nbutils.tokenize import shards
 
     codec, spec = models.load_codec("tiny")
     writer = shards.ShardWriter(tokens_dir, Path(ZIP_NAME).stem, {

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from nbutils import synth
+from nbutils.core import synth
 
 FORMATS = {  # extension: (soundfile format, subtype)
     "wav": ("WAV", "PCM_16"),
@@ -194,7 +194,7 @@ def small_zip(folder: Path, name: str, n: int = 3, seconds: float = 2.0, seed: i
 
 def snapshot(tokens: Path) -> dict[str, bytes]:
     """Every shard file's bytes plus the set of ZIPs the ledger records as done."""
-    from nbutils import ledger
+    from nbutils.tokenize import ledger
 
     files = {p.name: p.read_bytes() for p in sorted((tokens / "shards").glob("*")) if not p.name.startswith(".")}
     done = sorted(name for name, r in ledger.latest(tokens).items() if r["status"] == "done")

@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from nbutils import models, shards, synth
+from nbutils.core import models, synth
+from nbutils.tokenize import shards
 
 STYLES = ("chords", "arpeggio", "percussion")
 TRACK_SECONDS = 3.0
@@ -81,7 +82,7 @@ def tokens(tmp_path: Path, batches: int = 2, tracks_per_batch: int = 3) -> Path:
 
 def small_config(tokens_dir: Path, out: Path, **overrides: Any):
     """A TrainConfig that trains the tiny model in a second or two."""
-    from nbutils.train import TrainConfig
+    from nbutils.train.stage import TrainConfig
 
     values = dict(
         tokens=str(tokens_dir), out=str(out), model="tiny", segment_seconds=0.4, batch_size=2, grad_accum=2,
@@ -121,7 +122,7 @@ def lora_weights(out: Path) -> dict:
 
 
 def losses_by_step(out: Path, key: str = "train/loss") -> dict[int, float]:
-    from nbutils.train import read_metrics
+    from nbutils.train.stage import read_metrics
 
     return {r["step"]: r[key] for r in read_metrics(out) if key in r}
 

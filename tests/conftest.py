@@ -73,7 +73,7 @@ def sandbox() -> Path:
 @pytest.fixture(scope="session")
 def tiny():
     """The embedded tiny MusicGen and its processor (built once per test session)."""
-    from nbutils import models
+    from nbutils.core import models
 
     return models.load_musicgen("tiny")
 
@@ -81,7 +81,7 @@ def tiny():
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> Path:
     """The tiny model written to a folder with save_pretrained, as a user's local model would be."""
-    from nbutils import models
+    from nbutils.core import models
 
     model, processor = models.build_tiny("tiny")
     folder = tmp_path_factory.mktemp("tiny-musicgen")

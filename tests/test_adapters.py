@@ -9,8 +9,9 @@ import pytest
 import torch
 from _generate_helpers import OTHER_TOOL_TARGETS, lora_state, make_run, peft_model, save_peft
 
-from nbutils import adapters, models
-from nbutils.errors import UserError
+from nbutils.core import models
+from nbutils.generate import adapters
+from nbutils.core.errors import UserError
 
 
 def _logits(model, processor):
@@ -182,7 +183,7 @@ def test_different_hub_ids_are_a_wrong_base_even_when_shapes_fit(tmp_path):
 
 def _recorded_adapter(tmp_path, model_name: str = "tiny"):
     """An adapter written the way training writes it (``lora.write_adapter``): with base_model.json."""
-    from nbutils import lora
+    from nbutils.train import lora
 
     wrapped = peft_model(model_name)
     folder = tmp_path / "recorded"
@@ -195,15 +196,15 @@ def test_training_records_the_base_facts_in_every_adapter(tmp_path):
     """A real (one-step) training run: adapters, step folders and latest.pt carry the base facts."""
     from _train_helpers import small_config, tokens
 
-    from nbutils import train
+    from nbutils.train import stage as train
 
     out = tmp_path / "run"
     train.run(small_config(tokens(tmp_path, batches=1, tracks_per_batch=1), out, max_steps=1, val_fraction=0.3))
     model, _ = models.build_tiny("tiny")
     expected = {"model_type": "musicgen", "num_codebooks": 4, "audio_channels": 1, "decoder_hidden_size": 32}
-    assert adapters.base_facts(model) == expected
+    assert models.base_facts(model) == expected
     for folder in (out / "adapters" / "final", *(out / "checkpoints").iterdir()):
-        assert json.loads((folder / adapters.BASE_RECORD).read_text()) == expected, folder
+        assert json.loads((folder / models.BASE_RECORD).read_text()) == expected, folder
     assert torch.load(out / "latest.pt", weights_only=True)["base_facts"] == expected
     assert adapters.resolve(out / "latest.pt").base_facts == expected
     adapters.load_onto(model, str(out / "adapters" / "final"), "tiny")  # its own base: loads
@@ -217,9 +218,9 @@ def test_training_records_the_base_facts_in_every_adapter(tmp_path):
 ])
 def test_each_recorded_fact_that_differs_is_named(tmp_path, field, recorded, actual):
     folder = _recorded_adapter(tmp_path)
-    facts = json.loads((folder / adapters.BASE_RECORD).read_text())
+    facts = json.loads((folder / models.BASE_RECORD).read_text())
     assert facts[field] == actual
-    (folder / adapters.BASE_RECORD).write_text(json.dumps({**facts, field: recorded}))
+    (folder / models.BASE_RECORD).write_text(json.dumps({**facts, field: recorded}))
     model, _ = models.build_tiny("tiny")
     with pytest.raises(UserError) as err:
         adapters.load_onto(model, str(folder), "tiny")
@@ -230,7 +231,7 @@ def test_each_recorded_fact_that_differs_is_named(tmp_path, field, recorded, act
 
 
 def test_facts_of_a_training_state_are_compared_too(tmp_path):
-    state = lora_state(peft_model("tiny")) | {"base_facts": adapters.base_facts(models.build_tiny("tiny-stereo")[0])}
+    state = lora_state(peft_model("tiny")) | {"base_facts": models.base_facts(models.build_tiny("tiny-stereo")[0])}
     torch.save(state, tmp_path / "latest.pt")
     model, _ = models.build_tiny("tiny")
     with pytest.raises(UserError, match=r"num_codebooks: the adapter's base has 8, the model given has 4.*"
@@ -240,7 +241,7 @@ def test_facts_of_a_training_state_are_compared_too(tmp_path):
 
 def test_adapters_without_a_record_still_load(tmp_path):
     folder = _recorded_adapter(tmp_path)
-    (folder / adapters.BASE_RECORD).unlink()
+    (folder / models.BASE_RECORD).unlink()
     model, _ = models.build_tiny("tiny")
     attached, adapter = adapters.load_onto(model, str(folder), "tiny")
     assert adapter.base_facts is None and attached.targeted_module_names

@@ -3,7 +3,7 @@ import zipfile
 
 import pytest
 
-from nbutils import archive
+from nbutils.tokenize import archive
 from _tokenize_helpers import (clear_utf8_flag, corrupt_member_data, files_under, patch_declared_size, tone,
                                truncate, write_zip)
 

@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from nbutils import atomic
+from nbutils.core import atomic
 
 
 def test_write_json_replaces_and_leaves_no_temp(tmp_path):
@@ -34,7 +34,7 @@ def test_sigkill_mid_write_keeps_previous_file(tmp_path):
     script = textwrap.dedent(f"""
         import sys, time
         sys.path.insert(0, {str(os.getcwd())!r})
-        from nbutils import atomic
+        from nbutils.core import atomic
         with atomic.atomic_path({str(target)!r}) as tmp:
             with open(tmp, "wb") as fh:
                 fh.write(b"x" * 1000)

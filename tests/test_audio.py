@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from nbutils import audio, synth
+from nbutils.core import audio, synth
 from _tokenize_helpers import encode_audio, tone
 
 

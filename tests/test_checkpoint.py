@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from nbutils import atomic, checkpoint, faults
-from nbutils.errors import UserError
+from nbutils.core import atomic, faults
+from nbutils.train import checkpoint
+from nbutils.core.errors import UserError
 
 
 def _state(step):

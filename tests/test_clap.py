@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nbutils import clap, synth
-from nbutils.errors import UserError
+from nbutils.core import synth
+from nbutils.evaluate import clap
+from nbutils.core.errors import UserError
 
 
 @pytest.fixture(scope="module")

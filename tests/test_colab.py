@@ -20,8 +20,10 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from nbutils import colab, notebooks
-from nbutils.errors import UserError
+from nbutils import colab
+
+from nbutils.colab import notebooks
+from nbutils.core.errors import UserError
 
 FAKE_COLAB = Path(__file__).parent / "fake_colab"
 REPO = Path(__file__).resolve().parents[1]
@@ -68,8 +70,8 @@ def fake_colab(tmp_path, monkeypatch):
     fake = FakeColab(tmp_path)
     for name, value in fake.env().items():
         monkeypatch.setenv(name, value)
-    monkeypatch.setattr(colab, "DRIVE_MOUNT", fake.mount)
-    monkeypatch.setattr(colab, "_CURRENT", None)
+    monkeypatch.setattr(colab.drive, "DRIVE_MOUNT", fake.mount)
+    monkeypatch.setattr(colab.project, "_CURRENT", None)
     monkeypatch.syspath_prepend(str(FAKE_COLAB))
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("HF_TOKEN", raising=False)
@@ -82,8 +84,8 @@ def fake_colab(tmp_path, monkeypatch):
 @pytest.fixture
 def local(tmp_path, monkeypatch):
     """No Colab at all: the local fallbacks."""
-    monkeypatch.setattr(colab, "DRIVE_MOUNT", tmp_path / "content" / "drive")
-    monkeypatch.setattr(colab, "_CURRENT", None)
+    monkeypatch.setattr(colab.drive, "DRIVE_MOUNT", tmp_path / "content" / "drive")
+    monkeypatch.setattr(colab.project, "_CURRENT", None)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("HF_TOKEN", raising=False)
     assert not colab.in_colab()
@@ -124,7 +126,7 @@ def test_local_project_keeps_settings_and_needs_no_colab(local):
 def test_connect_reads_the_project_and_overrides_only_this_runtime(local, capsys, monkeypatch):
     root = local / "project"
     colab.create_project(root, model="tiny", zip_dir=str(local / "elsewhere"))
-    monkeypatch.setattr(colab, "_CURRENT", None)
+    monkeypatch.setattr(colab.project, "_CURRENT", None)
     monkeypatch.setenv("HF_TOKEN", SECRETS["HF_TOKEN"])
     project = colab.connect(root, notebook="02_train", model="tiny-stereo", zip_dir="")
     assert project.model == "tiny-stereo" and project.paths.zips == local / "elsewhere"
@@ -146,7 +148,7 @@ def test_missing_project_and_lost_runtime_say_which_cell_to_run(local):
 
 def test_drive_path_outside_colab_is_refused(local):
     with pytest.raises(UserError, match="not a Colab runtime"):
-        colab.create_project(colab.DRIVE_MOUNT / "MyDrive" / "project", model="tiny")
+        colab.create_project(colab.drive.DRIVE_MOUNT / "MyDrive" / "project", model="tiny")
     assert not (local / "content").exists()
 
 
@@ -170,11 +172,11 @@ def test_prompt_only_when_someone_can_answer(local, monkeypatch, capsys):
         return SECRETS["HF_TOKEN"] + "  "
 
     monkeypatch.setattr("getpass.getpass", getpass)
-    monkeypatch.setattr(colab, "_can_prompt", lambda: False)
+    monkeypatch.setattr(colab.secrets, "_can_prompt", lambda: False)
     assert colab.use_secrets(("HF_TOKEN",), prompt=True, report=True) == {"HF_TOKEN": None}
     assert asked == []
 
-    monkeypatch.setattr(colab, "_can_prompt", lambda: True)
+    monkeypatch.setattr(colab.secrets, "_can_prompt", lambda: True)
     assert colab.use_secrets(("HF_TOKEN",), prompt=True, report=True) == {"HF_TOKEN": "prompt"}
     assert os.environ["HF_TOKEN"] == SECRETS["HF_TOKEN"] and "hidden" in asked[0]
     assert SECRETS["HF_TOKEN"] not in capsys.readouterr().out
@@ -266,7 +268,7 @@ def test_setup_notebook_on_colab(tmp_path, monkeypatch):
     nb.cells.append(nbformat.v4.new_code_cell(ENV_HASHES))
     flush_at = next(i for i, c in enumerate(nb.cells) if "colab.flush_drive()" in c.source and c.cell_type == "code")
     nb.cells[flush_at:flush_at] = [  # a "long job" just before the flush cell: the flush is offered after it
-        nbformat.v4.new_code_cell("colab.LONG_CELL_SECONDS = 0.5"),
+        nbformat.v4.new_code_cell("colab.drive.LONG_CELL_SECONDS = 0.5"),
         nbformat.v4.new_code_cell("import time; time.sleep(0.6); print('long job done')")]
     source = tmp_path / "00_setup.ipynb"
     nbformat.write(nb, str(source))

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from nbutils import config
-from nbutils.errors import UserError
+from nbutils.core import config
+from nbutils.core.errors import UserError
 
 
 @dataclasses.dataclass

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from nbutils import dataset as data
-from nbutils import shards
-from nbutils.errors import UserError
+from nbutils.train import dataset as data
+from nbutils.tokenize import shards
+from nbutils.core.errors import UserError
 
 from _train_helpers import tokens as make_tokens
 
@@ -59,7 +59,7 @@ def test_short_segments_are_padded_and_masked(tmp_path):
     crops = data.CropDataset(opened, ["b/x"], 20, train=True, cfg_dropout=0.0)
     example = crops.example(0)
     assert example.length == 7 and example.codes.shape == (20, 4)
-    from nbutils.models import tiny_tokenizer
+    from nbutils.core.models import tiny_tokenizer
 
     collate = data.Collator(tiny_tokenizer(), PAD, PAD)
     batch = collate([example])
@@ -76,7 +76,7 @@ def test_short_segments_are_padded_and_masked(tmp_path):
 
 
 def test_cutting_crop_padding_does_not_change_the_loss(tiny):
-    from nbutils import labels as L
+    from nbutils.train import labels as L
 
     model, processor = tiny
     collate = data.Collator(processor.tokenizer, PAD, PAD)
@@ -168,7 +168,7 @@ def test_fingerprint_changes_with_codes_or_texts_only(tmp_path):
 
 
 def test_resume_refusal_summarises_a_large_data_change(tmp_path):
-    from nbutils import checkpoint
+    from nbutils.train import checkpoint
 
     old = {f"archive_batch_{i:04d}": f"h{i}" for i in range(1, 140)}
     new = {**{k: v for k, v in old.items() if k != "archive_batch_0003"}, "archive_batch_0007": "other",

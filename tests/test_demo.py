@@ -17,9 +17,10 @@ import pytest
 import soundfile as sf
 
 from conftest import last_json, run_cli
-from nbutils import demo, notebooks, synth
-from nbutils.errors import UserError
-from nbutils.paths import Paths
+from nbutils.colab import demo, notebooks
+from nbutils.core import synth
+from nbutils.core.errors import UserError
+from nbutils.core.paths import Paths
 
 
 @pytest.fixture(scope="session")
@@ -145,7 +146,7 @@ def test_demo_executed_every_notebook_with_the_tiny_model(demo_run):
 def test_demo_left_every_stage_output_in_the_project(demo_run):
     import torch
 
-    from nbutils import shards
+    from nbutils.tokenize import shards
 
     out, _, summary = demo_run
     paths = Paths.at(out)

@@ -11,7 +11,11 @@ import types
 import pytest
 import torch
 
-from nbutils import colab, devices, encoder, generate, presets, train
+from nbutils import colab
+from nbutils.core import devices
+from nbutils.generate import stage as generate
+from nbutils.tokenize import encoder
+from nbutils.train import presets, stage as train
 
 GPUS = {  # capability, name as the driver reports it, memory in GiB
     "T4": ((7, 5), "Tesla T4", 14.7),
@@ -51,7 +55,7 @@ def test_every_stage_picks_bf16_only_where_it_is_native(fake_gpu, card, native):
     assert devices.bf16_native(0) is native
     assert encoder.autocast_dtype("cuda", "auto") is half  # tokenize
     assert generate.pick_dtype("auto", "cuda") is half  # generate, evaluate
-    info = colab.gpu_info()
+    info = devices.gpu_info()
     assert info["bf16"] is native
     assert f"bf16 {'yes' if native else 'no'}" in colab.gpu_report("tiny", info)
     assert presets.suggest("facebook/musicgen-small").precision == precision

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from nbutils import audio, models, synth
-from nbutils.encoder import Batcher, Encoder, autocast_dtype
-from nbutils.errors import UserError
+from nbutils.core import audio, models, synth
+from nbutils.tokenize.encoder import Batcher, Encoder, autocast_dtype
+from nbutils.core.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +171,7 @@ def test_bf16_codes_equal_fp32_wherever_bf16_rounding_cannot_flip_them():
 
 
 def test_gpu_batch_is_sized_by_free_memory_channels_and_precision():
-    from nbutils.encoder import GPU_BATCH, gpu_batch
+    from nbutils.tokenize.encoder import GPU_BATCH, gpu_batch
 
     gib = 2**30
     assert gpu_batch(30, 1, True, 80 * gib) == GPU_BATCH  # A100 80 GB: the cap

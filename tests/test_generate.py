@@ -14,8 +14,12 @@ import torch
 from _generate_helpers import make_run, peft_model, save_peft
 from conftest import last_json, run_cli
 
-from nbutils import audio_io, colab, generate, notebooks, sampling, synth
-from nbutils.errors import UserError
+from nbutils import colab
+
+from nbutils.colab import notebooks
+from nbutils.core import synth
+from nbutils.generate import audio_io, sampling, stage as generate
+from nbutils.core.errors import UserError
 
 SR = 32_000
 
@@ -409,7 +413,7 @@ def test_notebook_executes_plain_cells_and_the_form_button(tmp_path):
 
 
 def test_form_clamps_out_of_range_settings_and_says_so():
-    from nbutils import generate_form
+    from nbutils.generate import form as generate_form
 
     form = generate_form.form(model="tiny", prompts=["rain"], seconds=600.0, guidance_scale=0.0, temperature=5.0,
                               top_k=2000, compare="both")

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from nbutils import hub, train
-from nbutils.errors import UserError
+from nbutils.train import hub, stage as train
+from nbutils.core.errors import UserError
 
 from _train_helpers import small_config, tokens
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from nbutils import __version__, install
+from nbutils import __version__
+from nbutils.colab import install
 
 
 def _distribution(site: Path, name: str, requires: list[str]) -> None:

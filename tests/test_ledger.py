@@ -1,6 +1,7 @@
 import numpy as np
 
-from nbutils import atomic, ledger, shards
+from nbutils.core import atomic
+from nbutils.tokenize import ledger, shards
 
 
 def _done(tokens, zip_path, config_hash="h1", **extra):

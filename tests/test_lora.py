@@ -7,9 +7,10 @@ import torch
 from peft import PeftModel
 from transformers import MusicgenForConditionalGeneration
 
-from nbutils import labels as L
-from nbutils import lora, models
-from nbutils.errors import UserError
+from nbutils.train import labels as L
+from nbutils.core import models
+from nbutils.train import lora
+from nbutils.core.errors import UserError
 
 
 

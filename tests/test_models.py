@@ -3,8 +3,8 @@ import json
 import pytest
 import torch
 
-from nbutils import models
-from nbutils.errors import UserError
+from nbutils.core import models
+from nbutils.core.errors import UserError
 
 
 def test_tiny_is_deterministic_and_small():
@@ -121,7 +121,7 @@ def test_stereo_tiny_has_interleaved_codebooks():
 
 def test_tiny_codec_codes_follow_the_audio_and_decoding_follows_the_codes():
     """transformers builds EnCodec codebooks as zeros; the tiny model fills them (k-means style)."""
-    from nbutils import synth
+    from nbutils.core import synth
 
     codec, _ = models.load_codec("tiny")
     with torch.no_grad():

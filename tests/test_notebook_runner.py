@@ -3,8 +3,8 @@
 import nbformat
 import pytest
 
-from nbutils import notebooks
-from nbutils.errors import UserError
+from nbutils.colab import notebooks
+from nbutils.core.errors import UserError
 
 
 def _write(path, *sources, tags=None):

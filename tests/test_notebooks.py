@@ -15,7 +15,7 @@ import nbformat
 import pytest
 
 from nbutils import colab
-from nbutils.notebooks import NOTEBOOK_DIR, NOTEBOOKS
+from nbutils.colab.notebooks import NOTEBOOK_DIR, NOTEBOOKS
 
 MAX_CODE_LINES = 15  # per cell but the parameters (form fields), not counting #@title and comment lines
 BADGE_IMAGE = "https://colab.research.google.com/assets/colab-badge.svg"
@@ -28,8 +28,8 @@ INSTALL_LINES = f'''import importlib.util, subprocess, sys
 if importlib.util.find_spec("nbutils") is None:  # a fresh runtime: the suite's own code only (--no-deps: torch/numpy stay)
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "{colab.install_url()}"], check=True)
     importlib.invalidate_caches()
-from nbutils import {{imports}}
-install.dependencies()  # what the suite needs and this runtime lacks, with its torch/numpy pinned
+from nbutils import colab
+colab.install.dependencies()  # what the suite needs and this runtime lacks, with its torch/numpy pinned
 '''
 INSTALL_TEMPLATE = "#@title 2. Install the suite (quick when it is already installed)\n" + INSTALL_LINES
 CONNECT_TEMPLATE = ("#@title 2. Connect (re-run this after a restart or disconnect)\n" + INSTALL_LINES
@@ -148,7 +148,7 @@ def test_cells_after_setup_guard_the_run_order(notebook):
     name, nb = notebook
     cells = _code(nb)
     if name == "00_setup":
-        assert cells[1].source == INSTALL_TEMPLATE.format(imports="install").strip(), \
+        assert cells[1].source == INSTALL_TEMPLATE.strip(), \
             f"{name}: the install cell differs from the shared install lines:\n{cells[1].source}"
         assert colab.INSTALL_CELL in cells[1].source.splitlines()[0]
         assert cells[2].source.startswith(f"#@title {colab.PROJECT_CELL}")
@@ -158,7 +158,7 @@ def test_cells_after_setup_guard_the_run_order(notebook):
                 assert "colab.current(cell=colab.PROJECT_CELL)" in cell.source, cell.source
         return
     connect = cells[1].source
-    expected = CONNECT_TEMPLATE.format(imports="colab, install", name=name)
+    expected = CONNECT_TEMPLATE.format(name=name)
     assert connect.startswith(expected), f"{name}: the Connect cell differs from the shared one:\n{connect}"
     assert connect.count("\n") == expected.count("\n"), f"{name}: Connect has extra lines"
     for cell in cells[2:]:

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from nbutils import prefetch
+from nbutils.tokenize import prefetch
 
 
 def test_results_come_in_item_order_whatever_the_worker_timing():

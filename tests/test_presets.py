@@ -2,7 +2,7 @@
 
 import pytest
 
-from nbutils import presets
+from nbutils.train import estimate, presets
 
 from _train_helpers import live_musicgens, small_config, tokens
 
@@ -68,7 +68,7 @@ def test_stereo_counts_its_eight_codebooks():
 
 def test_measure_times_real_steps_and_estimates_an_epoch(tmp_path):
     out = tmp_path / "run"
-    timing = presets.measure(small_config(tokens(tmp_path), out, max_steps=20), steps=2)
+    timing = estimate.measure(small_config(tokens(tmp_path), out, max_steps=20), steps=2)
     assert timing["seconds_per_step"] > 0 and timing["steps_per_epoch"] == 6
     assert timing["epoch_seconds"] == pytest.approx(timing["seconds_per_step"] * 6)
     assert timing["run_seconds"] == pytest.approx(timing["seconds_per_step"] * 20)
@@ -78,8 +78,8 @@ def test_measure_times_real_steps_and_estimates_an_epoch(tmp_path):
 def test_measure_out_of_memory_says_what_to_lower_and_frees_the_model(tmp_path, monkeypatch):
     import torch
 
-    from nbutils import train
-    from nbutils.errors import UserError
+    from nbutils.train import stage as train
+    from nbutils.core.errors import UserError
 
     before = live_musicgens()
 
@@ -88,5 +88,5 @@ def test_measure_out_of_memory_says_what_to_lower_and_frees_the_model(tmp_path, 
 
     monkeypatch.setattr(train.Trainer, "train_step", full)
     with pytest.raises(UserError, match=r"Out of GPU memory with batch_size 2\. Halve it") as err:
-        presets.measure(small_config(tokens(tmp_path), tmp_path / "run"), steps=2)
+        estimate.measure(small_config(tokens(tmp_path), tmp_path / "run"), steps=2)
     assert err.value.__context__ is None and live_musicgens() == before

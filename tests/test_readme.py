@@ -1,6 +1,6 @@
 """The README is the product's front page: its badges, commands, options and preset table must be true.
 
-Regenerate the GPU preset table after changing nbutils/presets.py with
+Regenerate the GPU preset table after changing nbutils/train/presets.py with
 ``python tests/test_readme.py`` and paste it into README.md.
 """
 
@@ -16,8 +16,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # also runnable as a script
     sys.path.insert(0, str(REPO))
 
-from nbutils import cli, colab  # noqa: E402
-from nbutils.notebooks import NOTEBOOKS  # noqa: E402
+from nbutils import cli  # noqa: E402
+from nbutils import colab
+from nbutils.colab.notebooks import NOTEBOOKS  # noqa: E402
 
 README = REPO / "README.md"
 BADGE_IMAGE = "https://colab.research.google.com/assets/colab-badge.svg"
@@ -29,7 +30,7 @@ def _readme() -> str:
 
 def preset_table() -> str:
     """The README's GPU preset table, rendered from ``nbutils.presets``."""
-    from nbutils import presets
+    from nbutils.train import presets
 
     rows = presets.table()
     sizes = list(dict.fromkeys(p.model for p in rows))

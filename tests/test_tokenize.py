@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 
 from conftest import REPO, last_json, run_cli
-from nbutils import audio, cli, ledger, models, shards, tokenize
-from nbutils.errors import UserError
+from nbutils import cli
+from nbutils.core import audio, models
+from nbutils.tokenize import ledger, shards, stage as tokenize
+from nbutils.core.errors import UserError
 import _tokenize_helpers as h
 
 KEPT_SECONDS = {  # seconds of each ok track of the "everything" batch that end up in the shard
@@ -109,8 +111,8 @@ def test_shard_index_codes_and_descriptions(everything):
     assert s["description_sources"] == {"metadata.jsonl": 2, "metadata.json": 1, "sidecar": 1, "txt": 1,
                                         "default": 6}
     # every segment holds what the codec gives for that segment (batch size 1, the CPU default)
-    from nbutils import archive
-    from nbutils.encoder import Encoder
+    from nbutils.tokenize import archive
+    from nbutils.tokenize.encoder import Encoder
 
     encoder = Encoder(*models.load_codec("tiny"), device="cpu")
     with archive.open_zip(root / "zips" / "batch_everything.zip") as zf:
@@ -290,7 +292,7 @@ def test_stereo_model_interleaves_left_and_right(tmp_path):
 
 def test_batches_end_to_end_map_each_segment_to_its_codes(tmp_path):
     """batch_size 2 with equal-length tracks: the shard holds exactly the codes of those batches."""
-    from nbutils.encoder import Encoder
+    from nbutils.tokenize.encoder import Encoder
 
     zips = tmp_path / "zips"
     names = [f"t{i}.wav" for i in range(3)]
@@ -508,7 +510,9 @@ def test_sigkill_at_an_arbitrary_moment_then_rerun_equals_uninterrupted(small, t
 def test_notebook_01_runs_headlessly(small, tmp_path, monkeypatch):
     import nbformat
 
-    from nbutils import colab, notebooks
+    from nbutils import colab
+
+    from nbutils.colab import notebooks
 
     zips, reference, _ = small
     monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))  # the kernel's local scratch

@@ -6,8 +6,9 @@ import time
 import pytest
 import torch
 
-from nbutils import faults, tracking, train
-from nbutils.errors import UserError
+from nbutils.core import faults, tracking
+from nbutils.train import stage as train
+from nbutils.core.errors import UserError
 
 from _train_helpers import offline_runs, small_config, tokens, wandb_history, wandb_records
 

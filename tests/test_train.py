@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from nbutils import checkpoint, faults, shards, train
-from nbutils.errors import UserError
+from nbutils.core import faults
+from nbutils.tokenize import shards
+from nbutils.train import checkpoint, stage as train
+from nbutils.core.errors import UserError
 
 from _train_helpers import cli_args, live_musicgens, lora_weights, losses_by_step, small_config, tokens, write_shards
 
@@ -267,7 +269,7 @@ def test_bad_inputs_say_what_to_do(tmp_path):
     npy.write_bytes(npy.read_bytes()[:-8])
     with pytest.raises(UserError, match="incomplete or corrupt"):
         train.run(small_config(data, tmp_path / "run"))
-    project = type("Project", (), {"paths": __import__("nbutils.paths").paths.Paths.at(tmp_path), "model": "tiny"})
+    project = type("Project", (), {"paths": __import__("nbutils.core.paths").core.paths.Paths.at(tmp_path), "model": "tiny"})
     with pytest.raises(UserError, match="Unknown training setting 'lora_rank'. Did you mean 'lora_r'"):
         train.notebook_config(project, "run", lora_rank=8)  # a typo in the notebook's MORE_SETTINGS
     with pytest.raises(UserError, match="cfg_dropout"):
@@ -389,7 +391,9 @@ def test_two_processes_with_accelerate_launch(tmp_path):
 def test_notebook_trains_resumes_and_shows_results(tmp_path, monkeypatch):
     import nbformat
 
-    from nbutils import colab, notebooks
+    from nbutils import colab
+
+    from nbutils.colab import notebooks
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     root = tmp_path / "project"

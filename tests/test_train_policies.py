@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 
-from nbutils import faults, train
+from nbutils.core import faults
+from nbutils.train import stage as train
 
 from _train_helpers import lora_weights, losses_by_step, small_config, tokens
 
@@ -105,7 +106,7 @@ def test_stop_during_the_optimizer_update_keeps_that_steps_metrics_and_resumes_e
     import os
     import signal
 
-    from nbutils import checkpoint
+    from nbutils.train import checkpoint
 
     data = tokens(tmp_path)
     reference = tmp_path / "reference"

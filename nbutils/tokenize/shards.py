@@ -1,0 +1,197 @@
+"""Token shards: one per ZIP batch, written atomically, read memory-mapped.
+
+A shard is two files in ``tokens/shards/``:
+
+* ``<name>.npy`` -- every segment's EnCodec codes, concatenated along time, as one int16 array
+  of shape ``(frames, num_codebooks)`` (frame-major, so a training crop is one contiguous read);
+* ``<name>.json`` -- the index: per segment its source path inside the ZIP, start second, frame
+  count and offset into the array, description and where the description came from; plus the
+  sample rate, model id, codebook count and the sha256 and byte size of the ``.npy``.
+
+The ``.npy`` is written first and the ``.json`` last, each through a temporary file and
+``os.replace``. The ``.json`` is the commit record: a shard without it (killed mid-write) does
+not exist for readers and is simply written again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from nbutils.core import atomic, faults
+from nbutils.core.errors import UserError
+
+SHARD_FORMAT = "nbutils-shard/1"
+SHARD_DIR = "shards"
+CODE_DTYPE = np.int16  # codebook ids are < 2048; int16 halves the size of int32
+
+
+@dataclasses.dataclass
+class Segment:
+    """One contiguous piece of one track, as stored in a shard index."""
+
+    path: str
+    """Path of the source file inside its ZIP (POSIX separators)."""
+    start: float
+    """Start of the segment in the source track, in seconds."""
+    frames: int
+    """Number of code frames (50 per second for MusicGen)."""
+    offset: int = 0
+    """First frame of this segment in the shard's code array (set by ``ShardWriter``)."""
+    description: str = ""
+    """The text the track is trained with."""
+    source: str = "default"
+    """Where the description came from (metadata.jsonl, metadata.json, sidecar, txt, default)."""
+    track: str = ""
+    """Stable id of the source track (``<zip>/<path>``): segments of one track share it, which
+    keeps a track on one side of the train / validation split."""
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def shard_dir(tokens_dir: str | os.PathLike) -> Path:
+    return Path(tokens_dir) / SHARD_DIR
+
+
+class ShardWriter:
+    """Collects the segments of one ZIP and commits them as one shard.
+
+    Codes are small next to audio (4 int16 per 640 samples: 1/320 of float32 audio), so a
+    ZIP's codes fit in memory while its audio is streamed.
+    """
+
+    def __init__(self, tokens_dir: str | os.PathLike, name: str, meta: dict[str, Any]):
+        self.dir = shard_dir(tokens_dir)
+        self.name = name
+        self.meta = dict(meta)
+        self.segments: list[Segment] = []
+        self._codes: list[np.ndarray] = []
+        self._frames = 0
+
+    def add(self, segment: Segment, codes: np.ndarray) -> None:
+        """Append one segment's codes, shape ``(frames, num_codebooks)``."""
+        codes = np.asarray(codes)
+        if codes.ndim != 2 or codes.shape[0] != segment.frames:
+            raise ValueError(f"codes of shape {codes.shape} do not match {segment.frames} frames")
+        if codes.size and (codes.min() < 0 or codes.max() > np.iinfo(CODE_DTYPE).max):
+            raise ValueError("code ids out of int16 range")
+        segment.offset = self._frames
+        self._frames += segment.frames
+        self.segments.append(segment)
+        self._codes.append(codes.astype(CODE_DTYPE, copy=False))
+
+    def commit(self) -> Path:
+        """Write ``.npy`` then ``.json`` atomically; return the index path."""
+        width = self._codes[0].shape[1] if self._codes else int(self.meta.get("num_codebooks", 0))
+        codes = np.concatenate(self._codes) if self._codes else np.zeros((0, width), CODE_DTYPE)
+        npy = self.dir / f"{self.name}.npy"
+        with atomic.atomic_path(npy) as tmp:
+            with open(tmp, "wb") as fh:
+                np.save(fh, codes)
+                faults.point("mid-npy", torn=fh)  # crash tests only (see nbutils.faults)
+        faults.point("after-npy")
+        index = {
+            "format": SHARD_FORMAT,
+            **self.meta,
+            "name": self.name,
+            "frames": int(codes.shape[0]),
+            "num_codebooks": int(width),
+            "nbytes": npy.stat().st_size,
+            "sha256": sha256_file(npy),
+            "segments": [dataclasses.asdict(s) for s in self.segments],
+        }
+        json_path = self.dir / f"{self.name}.json"
+        atomic.write_json(json_path, index)
+        return json_path
+
+
+@dataclasses.dataclass
+class Shard:
+    """A committed shard: its index and its codes, memory-mapped (nothing read until sliced)."""
+
+    index_path: Path
+    meta: dict[str, Any]
+    segments: list[Segment]
+    codes: np.ndarray
+
+    def segment_codes(self, i: int) -> np.ndarray:
+        s = self.segments[i]
+        return self.codes[s.offset : s.offset + s.frames]
+
+
+def read_index(index_path: str | os.PathLike) -> dict[str, Any]:
+    index = atomic.read_json(index_path)
+    if index.get("format") != SHARD_FORMAT:
+        raise UserError(f"{index_path} is not an nbutils shard index (format {index.get('format')!r}).")
+    return index
+
+
+def is_complete(index_path: str | os.PathLike, *, full: bool = False) -> bool:
+    """True if the shard's index exists and its ``.npy`` has the recorded size (and hash if ``full``)."""
+    index_path = Path(index_path)
+    try:
+        index = read_index(index_path)
+    except (OSError, ValueError, UserError):
+        return False
+    npy = index_path.with_suffix(".npy")
+    if not npy.exists() or npy.stat().st_size != index["nbytes"]:
+        return False
+    return not full or sha256_file(npy) == index["sha256"]
+
+
+def open_shard(index_path: str | os.PathLike, *, verify: bool = False) -> Shard:
+    """Open a shard memory-mapped. ``verify=True`` also checks the sha256 (reads the whole file)."""
+    index_path = Path(index_path)
+    if not is_complete(index_path, full=verify):
+        raise UserError(
+            f"Shard {index_path.stem} is incomplete or corrupt. Re-run tokenization on the same "
+            "folder: it re-encodes only this ZIP."
+        )
+    index = read_index(index_path)
+    codes = np.load(index_path.with_suffix(".npy"), mmap_mode="r")
+    segments = [Segment(**s) for s in index.pop("segments")]
+    return Shard(index_path=index_path, meta=index, segments=segments, codes=codes)
+
+
+def list_shards(tokens_dir: str | os.PathLike) -> list[Path]:
+    """Index paths of the committed shards in ``tokens_dir``, sorted by name."""
+    folder = shard_dir(tokens_dir)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.glob("*.json") if not p.name.startswith("."))
+
+
+def open_all(tokens_dir: str | os.PathLike, *, verify: bool = False) -> list[Shard]:
+    """Open every committed shard; ``UserError`` if there is none."""
+    paths = list_shards(tokens_dir)
+    if not paths:
+        raise UserError(
+            f"No token shards in {tokens_dir}. Run tokenization first "
+            "(notebook 01, or `python -m nbutils tokenize --zips DIR --out DIR`)."
+        )
+    return [open_shard(p, verify=verify) for p in paths]
+
+
+def check_compatible(shards: Iterable[Shard], keys: Iterable[str] = ("model", "sample_rate", "num_codebooks")) -> dict:
+    """All shards must come from the same model setup; return the shared values."""
+    shards = list(shards)
+    first = {k: shards[0].meta.get(k) for k in keys}
+    for shard in shards[1:]:
+        for k in keys:
+            if shard.meta.get(k) != first[k]:
+                raise UserError(
+                    f"Shards disagree on {k}: {shards[0].index_path.name} has {first[k]!r}, "
+                    f"{shard.index_path.name} has {shard.meta.get(k)!r}. Keep one model's tokens per folder."
+                )
+    return first

@@ -1,0 +1,237 @@
+"""Training checkpoints: ``OUT/latest.pt``, rotated step folders, RNG state, resume checks.
+
+Layout of a run folder ``OUT``::
+
+    latest.pt                          everything needed to continue (see ``train.Trainer.state``)
+    checkpoints/step-000200/           a PEFT adapter folder + state.pt (same content as latest.pt)
+    checkpoints/step-000400/           ... the last ``keep`` of them
+
+Every file is written through a temporary name and renamed into place (``nbutils.atomic``):
+a kill at any moment leaves the previous ``latest.pt`` intact. Older step folders are pruned
+only after the new one is complete. Checkpoints hold only tensors, numbers, strings, lists
+and dicts, so ``torch.load(path, weights_only=True)`` reads them (no pickled code).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from nbutils.core import atomic, faults
+from nbutils.core.errors import UserError
+
+LATEST = "latest.pt"
+CHECKPOINTS = "checkpoints"
+STATE = "state.pt"
+FORMAT = "nbutils-train/1"
+_STEP_DIR = re.compile(r"^step-(\d{6,})$")
+
+
+# ---------------------------------------------------------------------------------------------
+# RNG state, stored as tensors / ints / lists so weights_only loading works
+# ---------------------------------------------------------------------------------------------
+
+
+def rng_state() -> dict[str, Any]:
+    """Snapshot of every random generator training touches (torch, CUDA, python, numpy)."""
+    import torch
+
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else [],
+        "python": [int(version), [int(v) for v in internal], gauss],
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore a ``rng_state`` snapshot."""
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        # One state per GPU of the machine that saved; this one may have fewer (2 x T4 -> 1 GPU).
+        for index, generator in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(generator, index)
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+# ---------------------------------------------------------------------------------------------
+
+
+def step_name(step: int) -> str:
+    return f"step-{step:06d}"
+
+
+def step_dir(out: str | os.PathLike, step: int) -> Path:
+    return Path(out) / CHECKPOINTS / step_name(step)
+
+
+def list_steps(out: str | os.PathLike) -> list[int]:
+    """Steps of the complete step folders in ``OUT/checkpoints``, ascending."""
+    folder = Path(out) / CHECKPOINTS
+    if not folder.is_dir():
+        return []
+    steps = []
+    for entry in folder.iterdir():
+        match = _STEP_DIR.match(entry.name)
+        if match and (entry / STATE).exists():
+            steps.append(int(match.group(1)))
+    return sorted(steps)
+
+
+def save(out: str | os.PathLike, state: dict[str, Any], write_adapter: Callable[[Path], None], keep: int) -> Path:
+    """Write ``latest.pt`` and ``checkpoints/step-XXXXXX/``, then prune to the last ``keep`` folders.
+
+    Args:
+        out: The run folder.
+        state: The checkpoint (must contain an int ``step``).
+        write_adapter: Writes the PEFT adapter files into the folder it is given.
+        keep: Step folders to keep (0: only ``latest.pt``).
+
+    Returns:
+        The path of ``latest.pt``.
+    """
+    import torch
+
+    out = Path(out)
+    step = int(state["step"])
+    latest = out / LATEST
+    with atomic.atomic_path(latest) as tmp:
+        torch.save(state, tmp)
+        faults.point("latest-written", step=step)  # killed here: the previous latest.pt is untouched
+    if keep > 0:
+        with atomic.atomic_dir(step_dir(out, step)) as tmp:
+            write_adapter(tmp)
+            torch.save(state, tmp / STATE)
+            faults.point("checkpoint-dir", step=step)  # killed here: a stale temp folder, removed on resume
+    prune(out, keep)  # only now: the new checkpoint is complete
+    return latest
+
+
+def prune(out: str | os.PathLike, keep: int) -> list[int]:
+    """Delete all but the newest ``keep`` step folders; return the steps removed."""
+    steps = list_steps(out)
+    doomed = steps[:-keep] if keep > 0 else steps
+    for step in doomed:
+        shutil.rmtree(step_dir(out, step))
+    return doomed
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------------------------
+
+
+def _load(path: Path) -> dict[str, Any]:
+    import torch
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or "step" not in state:
+        raise ValueError("not a training checkpoint")
+    return state
+
+
+def clean(out: str | os.PathLike) -> None:
+    """Settle what a killed writer left behind: temporary files, and ``.old`` folders of an
+    ``atomic_dir`` replacement (restored if the new folder never arrived, else deleted)."""
+    out = Path(out)
+    for folder in (out, out / CHECKPOINTS, out / "adapters", out / "samples"):
+        atomic.remove_stale_temps(folder)
+        if not folder.is_dir():
+            continue
+        for entry in folder.iterdir():
+            if entry.is_dir() and entry.name.endswith(".old"):
+                target = entry.with_name(entry.name[: -len(".old")])
+                if target.exists():
+                    shutil.rmtree(entry)
+                else:
+                    atomic.recover_dir(target)
+
+
+def load(out: str | os.PathLike, log: Callable[[str], None] = print, *,
+         settle: bool = True) -> tuple[dict[str, Any], Path] | None:
+    """The newest readable checkpoint of ``out``: ``latest.pt``, else the newest step folder.
+
+    A damaged ``latest.pt`` (e.g. a Drive sync gone wrong) is reported and skipped rather than
+    ending the run: the step folders hold the same content.
+
+    Args:
+        out: The run folder.
+        log: Where to report a damaged file.
+        settle: Run ``clean`` first (the trainer does it on the main process only).
+
+    Returns:
+        ``(state, path)`` or None when the folder holds no checkpoint (a fresh start).
+    """
+    out = Path(out)
+    if settle:
+        clean(out)
+    candidates = [out / LATEST] + [step_dir(out, s) / STATE for s in reversed(list_steps(out))]
+    found = [p for p in candidates if p.exists()]
+    for path in found:
+        try:
+            return _load(path), path
+        except Exception as err:  # noqa: BLE001 - any unreadable file: say so, try the next copy
+            log(f"Warning: cannot read {path} ({type(err).__name__}: {err}); trying an older checkpoint.")
+    if found:
+        raise UserError(f"No readable checkpoint in {out} ({len(found)} damaged). Delete {out} to start fresh.")
+    return None
+
+
+def check_resume(saved: dict[str, Any], current: dict[str, Any], meaningful: Iterable[str],
+                 harmless: Iterable[str], out: str | os.PathLike) -> list[str]:
+    """Compare a checkpoint's settings with the current ones before continuing.
+
+    Args:
+        saved: The settings stored in the checkpoint.
+        current: The settings of this run.
+        meaningful: Keys whose change alters what the weights mean (model, LoRA, data, ...).
+        harmless: Keys that may change between sessions (max steps, save interval, logging ...).
+        out: The run folder, for the message.
+
+    Returns:
+        Human notes about the accepted (harmless) changes.
+
+    Raises:
+        UserError: listing every meaningful difference and how to start fresh instead.
+    """
+    refused = ["  " + _change(k, saved.get(k), current.get(k)) for k in meaningful if saved.get(k) != current.get(k)]
+    if refused:
+        raise UserError(
+            f"{out} holds a run with different settings, so it cannot be continued:\n" + "\n".join(refused)
+            + f"\nTo keep training that run, change these back. To start a new run, use another output "
+            f"folder (--out, or RUN_NAME in the notebook) or delete {out}."
+        )
+    return [_change(k, saved.get(k), current.get(k)) + " (accepted)" for k in harmless
+            if k in saved and saved.get(k) != current.get(k)]
+
+
+def _change(key: str, old: Any, new: Any, shown: int = 5) -> str:
+    """``key: old -> new``; for mappings (the data's shard table) which entries were added, changed, removed."""
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return f"{key}: {old!r} -> {new!r}"
+
+    def names(keys: list[str]) -> str:
+        more = f", ... ({len(keys) - shown} more)" if len(keys) > shown else ""
+        return ", ".join(keys[:shown]) + more
+
+    groups = (("added", sorted(new.keys() - old.keys())),
+              ("changed", sorted(k for k in old.keys() & new.keys() if old[k] != new[k])),
+              ("removed", sorted(old.keys() - new.keys())))
+    return f"{key}: " + "; ".join(f"{len(keys)} {what} ({names(keys)})" for what, keys in groups if keys)

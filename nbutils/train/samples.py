@@ -1,0 +1,66 @@
+"""Audio samples during training: fixed prompts and seeds, so samples of different steps compare.
+
+``samples/step-000000`` holds the base model's samples (adapter disabled), later step folders the
+LoRA's, with the same prompts and seeds; each folder has one WAV per prompt and ``samples.json``
+(prompts, seeds, length, guidance). Generation runs in a forked RNG: making samples never
+changes the training's random streams, so it cannot change the weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from nbutils.core import atomic, tracking
+from nbutils.core.models import AudioSpec
+
+GUIDANCE = 3.0  # MusicGen's default classifier-free guidance scale
+INFO_FILE = "samples.json"
+
+
+def write(model, processor, spec: AudioSpec, folder: Path, *, kind: str, step: int, prompts: Sequence[str],
+          seeds: Sequence[int], seconds: float, autocast: Callable[[], Any] = contextlib.nullcontext,
+          info: dict[str, Any] | None = None) -> Path:
+    """Generate one clip per (prompt, seed) into ``folder`` (replaced atomically) and log them to WandB.
+
+    Args:
+        model: A ``PeftModel`` around MusicGen (``kind="base"`` disables the adapter).
+        processor: The model's processor (tokenizer).
+        spec: The model's ``AudioSpec``.
+        folder: ``OUT/samples/step-XXXXXX``.
+        kind: ``base`` or ``lora`` (file names, WandB keys).
+        step: The training step (WandB step).
+        prompts: Texts; ``seeds``: one seed per prompt.
+        seconds: Length of each clip.
+        autocast: The training's autocast context factory (bf16 / fp16 on a GPU).
+        info: Extra facts for ``samples.json``.
+    """
+    import numpy as np
+    import soundfile as sf
+    import torch
+
+    from nbutils.train import labels as L
+
+    device = next(model.parameters()).device
+    frames = max(1, round(seconds * spec.frame_rate))
+    max_new = frames + L.delays(spec.num_codebooks, spec.audio_channels)[-1]  # the delay pattern's tail
+    devices = [device] if device.type == "cuda" else []
+    adapter_off = model.disable_adapter() if kind == "base" else contextlib.nullcontext()
+    files = []
+    with atomic.atomic_dir(folder) as tmp, torch.random.fork_rng(devices=devices), adapter_off, torch.no_grad():
+        for i, (prompt, seed) in enumerate(zip(prompts, seeds)):
+            torch.manual_seed(seed)
+            inputs = processor(text=[prompt], padding=True, return_tensors="pt").to(device)
+            with autocast():
+                audio = model.generate(**inputs, max_new_tokens=max_new, do_sample=True, guidance_scale=GUIDANCE)
+            wav = audio[0].float().cpu().numpy().T.astype(np.float32)  # (samples, channels)
+            name = f"{kind}-{i}.wav"
+            sf.write(tmp / name, np.clip(wav, -1, 1), spec.sample_rate, subtype="PCM_16")
+            files.append(name)
+            tracking.log_audio(f"samples/{kind}/{i}", wav, spec.sample_rate, f"{prompt} (seed {seed})", step=step)
+        atomic.write_json(tmp / INFO_FILE, {
+            "step": step, "kind": kind, "prompts": list(prompts), "seeds": list(seeds), "seconds": seconds,
+            "guidance_scale": GUIDANCE, "files": files, **(info or {}),
+        })
+    return folder
