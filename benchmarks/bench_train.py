@@ -5,8 +5,8 @@
 Everything is measured in one run on this machine and printed as ratios (targets from issue 3):
 
 1. **Loop overhead**: the training loop's time per optimizer step (data, delay-pattern labels,
-   per-codebook loss, clipping, scheduler, RNG snapshot, metrics, progress bar -- ``Trainer``
-   and ``_periodic`` exactly as ``train.run`` calls them) vs a bare forward + backward + AdamW
+   per-codebook loss, clipping, scheduler, RNG snapshot, metrics, progress bar -- the ``Trainer``'s
+   ``train_step`` and ``after_step`` exactly as ``train.run`` calls them) vs a bare forward + backward + AdamW
    step of the same LoRA model on the same, pre-collated batches. Target: <= 5 %.
    Steps are measured in pairs (loop step, then a bare step on its batches; the order alternates)
    and the median of the pair ratios is reported. The ratio uses this process's CPU time on one
@@ -44,7 +44,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nbutils.core import models, synth  # noqa: E402
 from nbutils.tokenize import shards
-from nbutils.train import checkpoint, stage as train
+from nbutils.train import checkpoint
+from nbutils.train import stage as train
+from nbutils.train.trainer import Trainer
 
 
 def small_config(quick: bool = False):
@@ -107,12 +109,9 @@ def bare_step(model, optimizer, batches) -> None:
 
 def start(cfg):
     """Model load + resume-or-start, as ``train.run`` does; returns the trainer."""
-    trainer = train.Trainer(cfg, log=lambda message: None, quiet=True)
-    train._begin(trainer)
-    if trainer.resumed_from is not None:
-        checkpoint.set_rng_state(trainer.rng_after_step)
-    else:
-        trainer.rng_after_step = checkpoint.rng_state()
+    trainer = Trainer(cfg, log=lambda message: None, quiet=True)
+    trainer.begin()
+    trainer.start()  # WandB is disabled and sample_every 0: only the training RNG streams start
     return trainer
 
 
@@ -133,12 +132,12 @@ def loop_step(trainer, bar) -> Clock:
         row = trainer.train_step()
         bar.update(1)
         bar.set_postfix(loss=f"{row['train/loss']:.3f}", refresh=False)
-        train._periodic(trainer, row)
+        trainer.after_step(row)
     return clock
 
 
 def timed_bare_step(trainer, model, optimizer, batches) -> Clock:
-    trainer._train_mode()  # as the loop: encoders in eval mode, the rest training
+    trainer.train_mode()  # as the loop: encoders in eval mode, the rest training
     with Clock() as clock:
         bare_step(model, optimizer, batches)
     return clock
@@ -193,7 +192,7 @@ def main() -> None:
     trainer = start(cfg)
     model = trainer.unwrapped()
     bare_optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
-    bar = train._progress(trainer)
+    bar = trainer.progress_bar()
     loop_step(trainer, bar)  # warm-up: allocations, first-call costs
     loops, bares, ratios = [], [], []
     for pair in range(args.pairs):

@@ -59,7 +59,7 @@ def test_every_stage_picks_bf16_only_where_it_is_native(fake_gpu, card, native):
     assert info["bf16"] is native
     assert f"bf16 {'yes' if native else 'no'}" in colab.gpu_report("tiny", info)
     assert presets.suggest("facebook/musicgen-small").precision == precision
-    settings = train._pick_device_settings(train.TrainConfig(model="tiny"), "tiny")  # train, precision=auto
+    settings = presets.settings_for(train.TrainConfig(model="tiny"), "tiny")  # train, precision=auto
     assert settings["precision"] == precision
 
 
@@ -89,7 +89,7 @@ def test_one_batch_setting_completes_the_presets_effective_batch_on_every_gpu(fa
     model = "facebook/musicgen-small"
     for settings, expected in (({"batch_size": 4}, (4, 4)), ({"grad_accum": 4}, (4, 4)),
                                ({"batch_size": 32}, (32, 1)), ({"batch_size": 3, "grad_accum": 5}, (3, 5))):
-        picked = train._pick_device_settings(train.TrainConfig(model=model, **settings), model)
+        picked = presets.settings_for(train.TrainConfig(model=model, **settings), model)
         assert (picked["batch_size"], picked["grad_accum"]) == expected, (card, settings)
-    preset = train._pick_device_settings(train.TrainConfig(model=model), model)
+    preset = presets.settings_for(train.TrainConfig(model=model), model)
     assert preset["batch_size"] * preset["grad_accum"] == presets.EFFECTIVE_BATCH

@@ -12,7 +12,7 @@ import torch
 
 from nbutils.core import faults
 from nbutils.tokenize import shards
-from nbutils.train import checkpoint, stage as train
+from nbutils.train import build, checkpoint, stage as train
 from nbutils.core.errors import UserError
 
 from _train_helpers import cli_args, live_musicgens, lora_weights, losses_by_step, small_config, tokens, write_shards
@@ -295,18 +295,18 @@ def test_melody_checkpoints_are_refused_before_anything_heavy(tmp_path):
 
 
 def test_learning_rate_schedule():
-    factors = [train.lr_factor(s, total=10, warmup=2, kind="cosine") for s in range(10)]
+    factors = [build.lr_factor(s, total=10, warmup=2, kind="cosine") for s in range(10)]
     assert factors[:3] == [0.5, 1.0, 1.0] and factors[-1] == pytest.approx(0.0381, abs=1e-3)
     assert all(a >= b for a, b in zip(factors[1:], factors[2:])), "cosine decays monotonically"
-    assert train.lr_factor(6, total=10, warmup=2, kind="linear") == pytest.approx(0.5)
-    assert train.lr_factor(9, total=10, warmup=2, kind="constant") == 1.0
+    assert build.lr_factor(6, total=10, warmup=2, kind="linear") == pytest.approx(0.5)
+    assert build.lr_factor(9, total=10, warmup=2, kind="constant") == 1.0
 
 
 def test_stop_button_waits_for_the_optimizer_update():
     import signal
 
     with pytest.raises(KeyboardInterrupt):
-        with train.hold_interrupts():
+        with checkpoint.hold_interrupts():
             os.kill(os.getpid(), signal.SIGINT)
             finished = True  # the block runs to its end before the interrupt is raised
     assert finished and signal.getsignal(signal.SIGINT) is signal.default_int_handler

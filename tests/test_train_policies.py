@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from nbutils.core import faults
-from nbutils.train import stage as train
+from nbutils.train import build, stage as train
+from nbutils.train.trainer import SAMPLES_DIR
 
 from _train_helpers import lora_weights, losses_by_step, small_config, tokens
 
@@ -73,8 +74,8 @@ def test_samples_during_training_change_nothing_and_reuse_prompts_and_seeds(tmp_
     train.run(cfg)
     assert losses_by_step(plain) == losses_by_step(out), "making samples does not move the training RNG"
     assert all(torch.equal(a, b) for a, b in zip(lora_weights(plain).values(), lora_weights(out).values()))
-    infos = [json.loads(p.read_text()) for p in sorted((out / train.SAMPLES_DIR).glob("*/*/samples.json"))]
-    infos += [json.loads(p.read_text()) for p in sorted((out / train.SAMPLES_DIR).glob("*/samples.json"))]
+    infos = [json.loads(p.read_text()) for p in sorted((out / SAMPLES_DIR).glob("*/*/samples.json"))]
+    infos += [json.loads(p.read_text()) for p in sorted((out / SAMPLES_DIR).glob("*/samples.json"))]
     assert len(infos) >= 3
     assert len({(tuple(i["prompts"]), tuple(i["seeds"])) for i in infos}) == 1
 
@@ -98,7 +99,7 @@ def test_raising_max_steps_continues_on_the_new_schedule(tmp_path):
     lrs = losses_by_step(out, "train/lr")
     # step 7 is the first update of the longer run: its rate comes from the 10-step cosine, not the
     # finished 6-step one (which had decayed to 0 there)
-    assert lrs[7] == pytest.approx(3e-3 * train.lr_factor(6, total=10, warmup=2, kind="cosine"), rel=1e-6)
+    assert lrs[7] == pytest.approx(3e-3 * build.lr_factor(6, total=10, warmup=2, kind="cosine"), rel=1e-6)
     assert lrs[7] > lrs[8] > lrs[9] > lrs[10] > 0
 
 

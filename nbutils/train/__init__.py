@@ -1,8 +1,9 @@
 """Stage 2 (notebook 02): LoRA fine-tuning of MusicGen on token shards, with exact resume.
 
-``stage`` holds the settings, the run and the CLI; the trainer, the data (``dataset``, ``labels``),
-LoRA (``lora``), checkpoints, GPU presets, samples, WandB and the Hub live beside it. The public
-names of ``stage`` are re-exported here (``train.run(train.notebook_config(project, ...))``).
+``stage`` holds the settings, the run and the CLI; the ``trainer`` (one step at a time) and what
+it is built from (``build``), the data (``dataset``, ``labels``), LoRA (``lora``), checkpoints,
+the metrics file (``history``), GPU presets and the time estimate, samples and the Hub live beside
+it. The public names of ``stage`` are re-exported here (``train.run(train.notebook_config(project, ...))``).
 """
 
 from nbutils.train import estimate, monitor, presets

@@ -2,7 +2,7 @@
 
 Layout of a run folder ``OUT``::
 
-    latest.pt                          everything needed to continue (see ``train.Trainer.state``)
+    latest.pt                          everything needed to continue (``state_of`` / ``restore``)
     checkpoints/step-000200/           a PEFT adapter folder + state.pt (same content as latest.pt)
     checkpoints/step-000400/           ... the last ``keep`` of them
 
@@ -14,17 +14,23 @@ and dicts, so ``torch.load(path, weights_only=True)`` reads them (no pickled cod
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import random
 import re
 import shutil
+import signal
+import threading
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from nbutils.core import atomic, faults
+from nbutils.core import atomic, config, faults, models
 from nbutils.core.errors import UserError
+from nbutils.train import build, lora
+from nbutils.train import dataset as data
 
 LATEST = "latest.pt"
 CHECKPOINTS = "checkpoints"
@@ -34,8 +40,28 @@ _STEP_DIR = re.compile(r"^step-(\d{6,})$")
 
 
 # ---------------------------------------------------------------------------------------------
-# RNG state, stored as tensors / ints / lists so weights_only loading works
+# A step's state: taken as one piece, RNG stored as tensors / ints / lists (weights_only loads it)
 # ---------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def hold_interrupts():
+    """Delay Ctrl-C / Colab's stop button until the block is done (an optimizer update is atomic).
+
+    The trainer updates the weights, the data cursor, the step and the RNG snapshot inside it, so
+    a checkpoint never holds some of them from one step and the rest from the next.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def rng_state() -> dict[str, Any]:
@@ -67,6 +93,73 @@ def set_rng_state(state: dict[str, Any]) -> None:
     n = state["numpy"]
     np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
                          n["cached_gaussian"]))
+
+
+# ---------------------------------------------------------------------------------------------
+# What a checkpoint holds: a trainer's state, both ways
+# ---------------------------------------------------------------------------------------------
+
+
+def state_of(trainer) -> dict[str, Any]:
+    """Everything ``latest.pt`` holds for ``trainer`` (loads with ``torch.load(..., weights_only=True)``)."""
+    import peft
+    import torch
+    import transformers
+
+    scaler = trainer.accelerator.scaler
+    return {
+        "format": FORMAT,
+        "step": int(trainer.step),
+        "epoch": int(trainer.cursor.epoch),
+        "cursor": trainer.cursor.to_dict(),
+        "lora": lora.state_dict(trainer.unwrapped()),
+        "lora_config": trainer.lora_config,
+        "base_model": trainer.model_name,
+        "base_facts": models.base_facts(trainer.base),
+        "config": config.to_dict(trainer.cfg),
+        "identity": json.loads(json.dumps(trainer.identity())),
+        "optimizer": trainer.optimizer.state_dict(),
+        "scheduler": trainer.scheduler.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "rng": trainer.rng_after_step,
+        "wandb_run_id": trainer.wandb_run_id,
+        "train_loss": trainer.last_train,
+        "val_loss": trainer.last_val,
+        "best_val_loss": trainer.best_val,
+        "best_step": trainer.best_step,
+        "total_steps": int(trainer.total_steps),
+        "world_size": int(trainer.accelerator.num_processes),
+        "spec": trainer.spec.to_dict(),
+        "versions": {"torch": str(torch.__version__), "transformers": str(transformers.__version__),
+                     "peft": str(peft.__version__)},
+    }
+
+
+def restore(trainer, state: dict[str, Any], meaningful: Iterable[str], harmless: Iterable[str]) -> list[str]:
+    """Continue ``trainer`` from ``state``: weights, optimizer, scheduler, scaler, cursor, RNG.
+
+    Returns:
+        Notes about accepted (``harmless``) setting changes.
+
+    Raises:
+        UserError: when a ``meaningful`` setting differs (see ``check_resume``).
+    """
+    saved = {**state["config"], **state.get("identity", {})}
+    notes = check_resume(saved, trainer.identity(), meaningful, harmless, trainer.out)
+    lora.load_state_dict(trainer.unwrapped(), state["lora"])
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    trainer.scheduler.load_state_dict(state["scheduler"])
+    build.follow_current_schedule(trainer.optimizer, trainer.scheduler)
+    scaler = trainer.accelerator.scaler
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    trainer.step = trainer.resumed_from = trainer.saved_at = int(state["step"])
+    trainer.cursor = data.Cursor.from_dict(state["cursor"])
+    trainer.best_val, trainer.best_step = state.get("best_val_loss"), state.get("best_step")
+    trainer.last_val, trainer.last_train = state.get("val_loss"), state.get("train_loss")
+    trainer.wandb_run_id = state.get("wandb_run_id")
+    trainer.rng_after_step = state["rng"]  # applied by Trainer.start() right before the first step
+    return notes
 
 
 # ---------------------------------------------------------------------------------------------

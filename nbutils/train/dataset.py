@@ -102,6 +102,52 @@ def track_of(segment: shards.Segment, shard: shards.Shard) -> str:
     return segment.track or f"{shard.index_path.stem}/{segment.path}"
 
 
+def model_of_shards(tokens_dir: str | Path) -> str:
+    """The model the shards in ``tokens_dir`` were tokenized with (what ``--model`` defaults to)."""
+    paths = shards.list_shards(tokens_dir)
+    if not paths:
+        shards.open_all(tokens_dir)  # raises the "run tokenization first" message
+    name = shards.read_index(paths[0]).get("model")
+    if not name:
+        raise UserError("The shards do not record their model; pass --model M.")
+    return str(name)
+
+
+def other_model_note(opened: Sequence[shards.Shard], model_name: str) -> str | None:
+    """A note when the shards were tokenized with another model than the one trained."""
+    recorded = {str(s.meta.get("model")) for s in opened if s.meta.get("model")}
+    if not recorded or model_name in recorded:
+        return None
+    return (f"Note: the shards were tokenized with {', '.join(sorted(recorded))}; training {model_name}. "
+            "That is fine when both use the same codec (all facebook/musicgen-* mono models do).")
+
+
+def unlabelled_note(opened: Sequence[shards.Shard]) -> str | None:
+    """A note counting the segments without a description (they teach the model to ignore text)."""
+    segments = [s for shard in opened for s in shard.segments]
+    empty = [s for s in segments if not (s.description or "").strip()]
+    if not empty:
+        return None
+    return (f"Note: {len(empty)} of {len(segments)} segments ({len(empty) / len(segments):.0%}) have no "
+            "description, so they train the model to ignore the prompt (like CFG dropout). To label them, "
+            "re-tokenize into a new folder with metadata, sidecar .txt/.json files or --default-description.")
+
+
+def sample_prompts(opened: Sequence[shards.Shard], split: dict[str, list[str]]) -> list[str]:
+    """Up to 3 descriptions for training samples: the validation tracks', else the training tracks'."""
+    found: list[str] = []
+    for side in ("val_tracks", "train_tracks"):
+        wanted = set(split[side])
+        for shard in opened:
+            for segment in shard.segments:
+                text = segment.description
+                if text and text not in found and track_of(segment, shard) in wanted:
+                    found.append(text)
+        if found:
+            break
+    return sorted(found)[:3] or ["music"]
+
+
 # ---------------------------------------------------------------------------------------------
 # Shards
 # ---------------------------------------------------------------------------------------------

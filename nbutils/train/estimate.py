@@ -9,7 +9,7 @@ from typing import Any
 
 from nbutils.core import devices
 from nbutils.train import presets
-from nbutils.train import stage as train
+from nbutils.train.trainer import Trainer
 
 
 def measure(cfg, steps: int = 3) -> dict[str, Any]:
@@ -23,7 +23,7 @@ def measure(cfg, steps: int = 3) -> dict[str, Any]:
     """
     with tempfile.TemporaryDirectory(prefix="nbutils-measure-") as scratch:
         trial = dataclasses.replace(cfg, out=scratch, wandb="disabled", sample_every=0, push_to_hub="")
-        trainer = train.Trainer(trial, log=lambda message: None, quiet=True)
+        trainer = Trainer(trial, log=lambda message: None, quiet=True)
 
         def seconds_per_step() -> float:
             trainer.train_step()
@@ -34,7 +34,7 @@ def measure(cfg, steps: int = 3) -> dict[str, Any]:
 
         per_step, out_of_memory = devices.unless_out_of_memory(seconds_per_step)
         if out_of_memory:
-            error = train.out_of_memory_error(trainer)
+            error = presets.out_of_memory_error(trainer.batch_size, trainer.grad_accum)
             trainer.release()
             raise error
         result = {

@@ -12,17 +12,16 @@ from typing import Any
 
 from nbutils.core import atomic
 from nbutils.core.errors import UserError
+from nbutils.train import history
 
 LOSS_PLOT = "loss.png"
 
 
 def curves(out: str | os.PathLike) -> dict[str, list[tuple[int, float]]]:
     """``{"train": [(step, loss)], "val": [...]}`` from metrics.jsonl (last line per step wins)."""
-    from nbutils.train.stage import read_metrics
-
     train: dict[int, float] = {}
     val: dict[int, float] = {}
-    for row in read_metrics(out):
+    for row in history.read(out):
         if "train/loss" in row:
             train[row["step"]] = row["train/loss"]
         if "val/loss" in row:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from nbutils.core.errors import UserError
+
 EFFECTIVE_BATCH = 16  # crops per optimizer step on every GPU
 USABLE = 0.75  # share of VRAM we plan to use: an estimate, so leave room (fragmentation, spikes)
 CONTEXT_GB = 1.5  # CUDA context + allocator slack
@@ -161,6 +163,41 @@ def suggest(model_name: str, gpu: GPU | dict | None | str = "detect", segment_se
         gpu = detect(gpu)
     label, shape = shape_of(model_name)
     return plan(label, shape, gpu, segment_seconds)
+
+
+def settings_for(cfg: Any, model_name: str) -> dict[str, Any]:
+    """Batch size, accumulation, precision and checkpointing of a training config, else the preset.
+
+    Args:
+        cfg: A ``TrainConfig`` (``0`` / ``"auto"`` fields take the preset's value).
+        model_name: The model trained (its size picks the preset).
+    """
+    preset = suggest(model_name, segment_seconds=cfg.segment_seconds)
+    precision = preset.precision if cfg.precision == "auto" else cfg.precision
+    checkpointing = preset.grad_checkpointing if cfg.grad_checkpointing == "auto" else cfg.grad_checkpointing == "on"
+    batch_size, grad_accum = cfg.batch_size or preset.batch_size, cfg.grad_accum or preset.grad_accum
+    # One of the two set: the other completes EFFECTIVE_BATCH, as the preset would, so the
+    # effective batch (part of what a run means) does not depend on which GPU Colab assigned.
+    if cfg.batch_size and not cfg.grad_accum:
+        grad_accum = max(1, EFFECTIVE_BATCH // cfg.batch_size)
+    elif cfg.grad_accum and not cfg.batch_size:
+        batch_size = max(1, EFFECTIVE_BATCH // cfg.grad_accum)
+    return {
+        "batch_size": batch_size,
+        "grad_accum": grad_accum,
+        "precision": precision,
+        "grad_checkpointing": bool(checkpointing),
+        "preset": preset,
+    }
+
+
+def out_of_memory_error(batch_size: int, grad_accum: int) -> UserError:
+    """What to lower after a step ran out of GPU memory (training, or the preset time estimate)."""
+    return UserError(
+        f"Out of GPU memory with batch_size {batch_size}. Halve it and double grad_accum (batch_size "
+        f"{max(1, batch_size // 2)}, grad_accum {grad_accum * 2}) to keep the same effective batch, turn on "
+        "grad_checkpointing, or shorten segment_seconds. Re-running resumes from the last checkpoint."
+    )
 
 
 def table(segment_seconds: float = 30.0) -> list[Preset]:
