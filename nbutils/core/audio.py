@@ -194,6 +194,36 @@ def read_blocks(
                 return
 
 
+class _Buffer:
+    """Decoded blocks waiting to be cut: joined only when a segment is taken."""
+
+    def __init__(self) -> None:
+        self.blocks: list[np.ndarray] = []
+        self.size = 0  # samples buffered
+
+    def add(self, block: np.ndarray) -> None:
+        self.blocks.append(block)
+        self.size += block.shape[1]
+
+    def take(self, n: int) -> np.ndarray:
+        """Remove and return the first ``n`` samples (contiguous)."""
+        joined = np.concatenate(self.blocks, axis=1) if len(self.blocks) > 1 else self.blocks[0]
+        head, rest = joined[:, :n], joined[:, n:]
+        self.blocks, self.size = ([rest] if rest.shape[1] else []), rest.shape[1]
+        return np.ascontiguousarray(head)
+
+
+def _kept(piece: Piece, report: TrackReport, sample_rate: int, silence_db: float) -> bool:
+    """Count ``piece`` in ``report`` as kept, or as silent (peak below ``silence_db``)."""
+    if peak_db(piece.audio) < silence_db:
+        report.silent_segments += 1
+        report.silent_seconds += piece.samples / sample_rate
+        return False
+    report.segments += 1
+    report.kept_seconds += piece.samples / sample_rate
+    return True
+
+
 def iter_segments(
     path: str | os.PathLike,
     report: TrackReport,
@@ -216,35 +246,16 @@ def iter_segments(
         AudioError: the file is empty, unreadable or corrupt.
     """
     seg_len = int(round(segment_seconds * sample_rate))
-    buffer: list[np.ndarray] = []
-    buffered = 0
+    buffer = _Buffer()
     total = 0
-
-    def take(n: int) -> np.ndarray:
-        nonlocal buffer, buffered
-        joined = np.concatenate(buffer, axis=1) if len(buffer) > 1 else buffer[0]
-        head, rest = joined[:, :n], joined[:, n:]
-        buffer, buffered = ([rest] if rest.shape[1] else []), rest.shape[1]
-        return np.ascontiguousarray(head)
-
-    def keep(piece: Piece) -> bool:
-        if peak_db(piece.audio) < silence_db:
-            report.silent_segments += 1
-            report.silent_seconds += piece.samples / sample_rate
-            return False
-        report.segments += 1
-        report.kept_seconds += piece.samples / sample_rate
-        return True
-
     for block in read_blocks(path, report, sample_rate=sample_rate, channels=channels):
-        buffer.append(block)
-        buffered += block.shape[1]
-        while buffered >= seg_len:
-            piece = Piece(start=total, audio=take(seg_len))
+        buffer.add(block)
+        while buffer.size >= seg_len:
+            piece = Piece(start=total, audio=buffer.take(seg_len))
             total += seg_len
-            if keep(piece):
+            if _kept(piece, report, sample_rate, silence_db):
                 yield piece
-    tail = buffered
+    tail = buffer.size
     report.seconds = (total + tail) / sample_rate
     if total + tail == 0:
         raise AudioError("no audio frames (the file holds only a header)")
@@ -253,8 +264,8 @@ def iter_segments(
         return
     if tail:
         if total == 0 or tail >= min_tail_seconds * sample_rate:
-            piece = Piece(start=total, audio=take(tail))
-            if keep(piece):
+            piece = Piece(start=total, audio=buffer.take(tail))
+            if _kept(piece, report, sample_rate, silence_db):
                 yield piece
         else:
             report.tail_dropped_seconds = tail / sample_rate

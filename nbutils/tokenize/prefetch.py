@@ -58,31 +58,10 @@ def ordered(
     pending: collections.deque = collections.deque()
     pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="prefetch")
 
-    def run(item: Any, results: queue.Queue) -> None:
-        def emit(value: Any) -> None:
-            while not stop.is_set():
-                try:
-                    results.put(value, timeout=_POLL_SECONDS)
-                    return
-                except queue.Full:
-                    continue
-            raise _Stopped
-
-        try:
-            work(item, emit)
-            emit(_END)
-        except _Stopped:
-            return
-        except BaseException as error:  # noqa: BLE001 - re-raised in the caller's thread
-            try:
-                emit(_Raised(error))
-            except _Stopped:
-                return
-
     def submit() -> None:
         for item in source:
             results: queue.Queue = queue.Queue(maxsize=max(1, depth))
-            pending.append((results, pool.submit(run, item, results)))
+            pending.append((results, pool.submit(_run, work, item, _emitter(results, stop))))
             return
 
     try:
@@ -98,3 +77,32 @@ def ordered(
     finally:
         stop.set()
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _emitter(results: queue.Queue, stop: threading.Event) -> Callable[[Any], None]:
+    """``emit`` for one item: queue a value, waiting while the queue is full, until the caller stops."""
+
+    def emit(value: Any) -> None:
+        while not stop.is_set():
+            try:
+                results.put(value, timeout=_POLL_SECONDS)
+                return
+            except queue.Full:
+                continue
+        raise _Stopped
+
+    return emit
+
+
+def _run(work: Callable[[Any, Callable[[Any], None]], None], item: Any, emit: Callable[[Any], None]) -> None:
+    """A worker: ``work(item, emit)``, then the end mark; an exception is emitted, to be raised in order."""
+    try:
+        work(item, emit)
+        emit(_END)
+    except _Stopped:
+        return
+    except BaseException as error:  # noqa: BLE001 - re-raised in the caller's thread
+        try:
+            emit(_Raised(error))
+        except _Stopped:
+            return
