@@ -76,14 +76,6 @@ def read_json(path: str | os.PathLike) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
-def torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` through a temporary file: the previous file stays until the new one is safe."""
-    import torch
-
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-
-
 def append_line(path: str | os.PathLike, line: str) -> None:
     """Append one line and fsync. A torn last line (killed mid-write) is skipped by readers."""
     path = Path(path)

@@ -132,12 +132,3 @@ def from_args(cls: type[T], namespace: argparse.Namespace, **overrides: Any) -> 
     values = {k: v for k, v in vars(namespace).items() if k in names}
     values.update(overrides)
     return from_dict(cls, values)
-
-
-def describe(cls: type) -> str:
-    """Markdown table of a config's fields: name, default, help (used by the README and --help)."""
-    rows = ["| setting | default | meaning |", "|---|---|---|"]
-    for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        rows.append(f"| `{f.name}` | `{_shown(default)}` | {f.metadata.get('help', '')} |")
-    return "\n".join(rows)

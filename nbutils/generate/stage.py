@@ -538,17 +538,13 @@ def default_adapter(project) -> str:
     return ""
 
 
-_LAST_CONFIG: GenerateConfig | None = None
-
-
 def config_for(project, **values: Any) -> GenerateConfig:
     """A ``GenerateConfig`` for a notebook: model, adapter and output folder from the project.
 
     Empty ``adapter`` means the project's trained adapter when there is one; ``prompts`` may
     be one string with ``|`` between prompts. Notebook cells call it each time they run, with the
-    parameters as they are then (``last_config()`` would hand back an earlier cell's settings).
+    parameters as they are then (settings kept from an earlier cell would be stale).
     """
-    global _LAST_CONFIG
     values = {k: v for k, v in values.items() if v is not None}
     if isinstance(values.get("prompts"), str):
         values["prompts"] = split_prompts(values["prompts"])
@@ -558,16 +554,7 @@ def config_for(project, **values: Any) -> GenerateConfig:
         if not values["adapter"]:
             print("No trained adapter in this project yet: generating with the base model only.", file=sys.stderr)
     values.setdefault("out", str(project.paths.generated))
-    _LAST_CONFIG = config.from_dict(GenerateConfig, values)
-    return _LAST_CONFIG
-
-
-def last_config() -> GenerateConfig:
-    """The settings of the notebook's load cell (``config_for``), for the cells after it."""
-    if _LAST_CONFIG is None:
-        raise UserError("No generation settings in this runtime yet (it was restarted, or cells ran out of order). "
-                        "Run the Parameters, Connect and '3. Load' cells, then this cell again.")
-    return _LAST_CONFIG
+    return config.from_dict(GenerateConfig, values)
 
 
 def players(records: list[dict[str, Any]]):

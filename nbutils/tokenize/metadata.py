@@ -31,7 +31,6 @@ from nbutils.tokenize.archive import normalize
 from nbutils.core.errors import UserError
 
 JSONL, JSON, SIDECAR, TXT, DEFAULT, NONE = "metadata.jsonl", "metadata.json", "sidecar", "txt", "default", "none"
-SOURCES = (JSONL, JSON, SIDECAR, TXT, DEFAULT, NONE)
 TEXT_KEYS = ("description", "text", "caption", "prompt")  # the first present is the main text
 FOLDED = (("genre", "Genre"), ("moods", "Moods"), ("instrument", "Instrument"), ("bpm", "{} bpm"), ("key", "Key"))
 

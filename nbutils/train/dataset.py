@@ -92,11 +92,6 @@ def write_split(out: Path, split: dict[str, list[str]]) -> None:
     atomic.write_json(Path(out) / SPLIT_FILE, split)
 
 
-def read_split(out: Path) -> dict[str, list[str]] | None:
-    path = Path(out) / SPLIT_FILE
-    return atomic.read_json(path) if path.exists() else None
-
-
 def track_of(segment: shards.Segment, shard: shards.Shard) -> str:
     """The segment's track id; older indices without one fall back to ``<shard>/<path>``."""
     return segment.track or f"{shard.index_path.stem}/{segment.path}"

@@ -155,10 +155,3 @@ def write_adapter(model, folder: Path, base_model: str) -> None:
     # save_embedding_layers=False: no embedding is adapted, and "auto" would query the Hub each save
     model.save_pretrained(str(folder), safe_serialization=True, save_embedding_layers=False)
     atomic.write_json(Path(folder) / models.BASE_RECORD, models.base_facts(model))
-
-
-def load_adapter(base_model, folder: str | os.PathLike, *, trainable: bool = False):
-    """``PeftModel.from_pretrained(base_model, folder)`` (the plain snippet)."""
-    from peft import PeftModel
-
-    return PeftModel.from_pretrained(base_model, str(folder), is_trainable=trainable)
