@@ -34,7 +34,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import zipfile
 from pathlib import Path
 
@@ -44,6 +43,8 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 
 from nbutils.core import models, synth  # noqa: E402
+
+from clock import Clock  # noqa: E402 - benchmarks/clock.py, beside this script
 
 # facebook/encodec_32khz's config.json (the codec of every facebook/musicgen-* checkpoint)
 ENCODEC_32KHZ = dict(
@@ -90,18 +91,7 @@ def make_zip(path: Path, files: int, seconds: float) -> Path:
     return path
 
 
-class Timer:
-    """Wall time and this process's CPU time (all threads) of a block."""
-
-    def __enter__(self):
-        self.wall, self.cpu = time.perf_counter(), time.process_time()
-        return self
-
-    def __exit__(self, *exc):
-        self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
-
-
-def run_pipeline(zips: Path, work: Path, **overrides) -> tuple[Timer, dict]:
+def run_pipeline(zips: Path, work: Path, **overrides) -> tuple[Clock, dict]:
     from contextlib import redirect_stdout
     from io import StringIO
 
@@ -110,7 +100,7 @@ def run_pipeline(zips: Path, work: Path, **overrides) -> tuple[Timer, dict]:
     out = Path(tempfile.mkdtemp(dir=work))
     cfg = tokenize.TokenizeConfig(zips=str(zips), out=str(out / "tokens"), model="bench",
                                   scratch=str(out / "scratch"), progress=False, **overrides)
-    with Timer() as timer, redirect_stdout(StringIO()):
+    with Clock() as timer, redirect_stdout(StringIO()):
         summary = tokenize.run(cfg)
     return timer, summary
 
@@ -135,21 +125,21 @@ def bench_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def run_encoder_only(codec, segments: list[np.ndarray], segment_seconds: float) -> Timer:
+def run_encoder_only(codec, segments: list[np.ndarray], segment_seconds: float) -> Clock:
     """The pipeline's encoder (same device, precision and batch size) on already decoded segments."""
     from nbutils.tokenize.encoder import Batcher, Encoder
 
     encoder = Encoder(codec, SPEC, device=bench_device())
     batcher = Batcher(encoder, full_samples=int(segment_seconds * SPEC.sample_rate),
                       batch_size=encoder.default_batch(segment_seconds))
-    with Timer() as timer:
+    with Clock() as timer:
         for i, segment in enumerate(segments):
             batcher.add(i, segment)
         batcher.flush()
     return timer
 
 
-def run_naive(codec, zip_path: Path, work: Path) -> Timer:
+def run_naive(codec, zip_path: Path, work: Path) -> Clock:
     """Extract, read, resample, encode the whole file (float32), torch.save -- one file at a time."""
     import soundfile as sf
     import soxr
@@ -158,7 +148,7 @@ def run_naive(codec, zip_path: Path, work: Path) -> Timer:
     device = bench_device()
     codec.to(device)
     out = Path(tempfile.mkdtemp(dir=work))
-    with Timer() as timer, zipfile.ZipFile(zip_path) as zf:
+    with Clock() as timer, zipfile.ZipFile(zip_path) as zf:
         for name in zf.namelist():
             path = zf.extract(name, out / "extract")
             wave, sr = sf.read(path, dtype="float32", always_2d=True)

@@ -48,6 +48,8 @@ from nbutils.train import checkpoint
 from nbutils.train import stage as train
 from nbutils.train.trainer import Trainer
 
+from clock import Clock  # noqa: E402 - benchmarks/clock.py, beside this script
+
 
 def small_config(quick: bool = False):
     """musicgen-small's configuration (transformers' conversion of facebook/musicgen-small).
@@ -113,17 +115,6 @@ def start(cfg):
     trainer.begin()
     trainer.start()  # WandB is disabled and sample_every 0: only the training RNG streams start
     return trainer
-
-
-class Clock:
-    """Wall and CPU seconds of a block."""
-
-    def __enter__(self):
-        self.wall, self.cpu = time.perf_counter(), time.process_time()
-        return self
-
-    def __exit__(self, *exc):
-        self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
 
 
 def loop_step(trainer, bar) -> Clock:

@@ -38,6 +38,15 @@ def test_hash_depends_only_on_chosen_keys():
     assert config.differences(config.to_dict(a), config.to_dict(b), ["limit"]) == ["limit: 1 -> 2"]
 
 
+def test_hash_of_a_dict_is_the_one_token_folders_already_record():
+    # tokenize stores this hash in every shard, ledger line and code.json: it must not change, or
+    # every existing token folder would look like it was made with other settings.
+    settings = {"model": "tiny", "segment_seconds": 30.0, "channels": 1, "skip": ["a", "b"], "tokenizer_version": 2}
+    assert config.config_hash(settings) == "6691a3fe0ead3ed3"  # the value earlier releases wrote
+    assert config.config_hash(settings, ["model"]) == config.config_hash({"model": "tiny"})
+    assert config.config_hash(Example()) == config.config_hash(config.to_dict(Example()))
+
+
 def test_list_defaults_are_not_shared():
     a, b = Example(), Example()
     a.prompts.append("x")

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import REPO, last_json, run_cli
 from nbutils import cli
-from nbutils.core import audio, models
+from nbutils.core import audio, config, models
 from nbutils.tokenize import ledger, shards, stage as tokenize
 from nbutils.core.errors import UserError
 import _tokenize_helpers as h
@@ -458,7 +458,7 @@ def _spawn(zips, out, scratch, kill_at=None):
 
 def _done_zips(zips, tokens):
     """The ZIPs a run would skip as done (the run's own criterion)."""
-    config_hash = tokenize.settings_hash(tokenize.code_settings(tokenize.TokenizeConfig(model="tiny")))
+    config_hash = config.config_hash(tokenize.code_settings(tokenize.TokenizeConfig(model="tiny")))
     latest = ledger.latest(tokens)
     return sorted(p.name for p in zips.glob("*.zip") if ledger.is_done(latest.get(p.name), tokens, p, config_hash))
 

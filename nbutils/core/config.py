@@ -63,8 +63,13 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 
 def config_hash(config: Any, keys: Iterable[str] | None = None) -> str:
-    """Short sha256 over the chosen fields (all by default), stable across runs and machines."""
-    values = to_dict(config)
+    """Short sha256 over the chosen fields (all by default), stable across runs and machines.
+
+    Args:
+        config: A config dataclass, or a plain dict of settings (tokenize's code settings).
+        keys: The fields that count; None: all of them.
+    """
+    values = json.loads(json.dumps(config, default=str)) if isinstance(config, dict) else to_dict(config)
     if keys is not None:
         values = {k: values[k] for k in keys}
     blob = json.dumps(values, sort_keys=True, separators=(",", ":"))

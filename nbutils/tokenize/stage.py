@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
-import json
 import os
 import shutil
 import sys
@@ -36,7 +34,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from nbutils.core import atomic, audio, tracking
+from nbutils.core import atomic, audio, config, durations, tracking
 from nbutils.tokenize import archive, ledger, metadata, shards
 from nbutils.core.config import add_arguments, differences, from_args, option
 from nbutils.core.errors import UserError
@@ -126,11 +124,6 @@ def code_settings(cfg: TokenizeConfig) -> dict[str, Any]:
     return {**values, "tokenizer_version": TOKENIZER_VERSION}
 
 
-def settings_hash(settings: dict[str, Any]) -> str:
-    blob = json.dumps(settings, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
 def _mismatch(folder: Path, diffs: list[str]) -> UserError:
     return UserError(
         f"The token folder {folder} was made with other settings that change the codes "
@@ -166,11 +159,11 @@ def check_folder(cfg: TokenizeConfig, *, write: bool) -> list[str]:
     else:
         for index in shards.list_shards(folder):  # settings file deleted, shards kept
             meta = shards.read_index(index)
-            if meta.get("config_hash") != settings_hash(code):
+            if meta.get("config_hash") != config.config_hash(code):
                 old = {k: meta.get(k) for k in CODE_KEYS}
                 raise _mismatch(folder, differences(old, code, CODE_KEYS))
     if write:
-        atomic.write_json(path, {"code": code, "text": text, "config_hash": settings_hash(code)})
+        atomic.write_json(path, {"code": code, "text": text, "config_hash": config.config_hash(code)})
     return warnings
 
 
@@ -247,13 +240,6 @@ def _zip_line(result: ZipResult) -> str:
     return "\n".join([line] + [f"  Warning: {warning}" for warning in result.warnings])
 
 
-def _eta(seconds: float | None) -> str:
-    if seconds is None:
-        return "unknown"
-    hours, rest = divmod(int(seconds), 3600)
-    return f"{hours} h {rest // 60:02d} min" if hours else f"{rest // 60} min {rest % 60:02d} s"
-
-
 def run(cfg: TokenizeConfig) -> dict[str, Any]:
     """Tokenize every ZIP in ``cfg.zips`` that is not done yet into ``cfg.out``.
 
@@ -269,7 +255,7 @@ def run(cfg: TokenizeConfig) -> dict[str, Any]:
         raise UserError("Both --zips (the folder with the ZIP batches) and --out (the token folder) are needed.")
     testing = cfg.limit > 0
     code = code_settings(cfg)
-    config_hash = settings_hash(code)
+    config_hash = config.config_hash(code)
     warnings = check_folder(cfg, write=not testing)
     outside = metadata.Outside.load(cfg.zips, cfg.metadata or None)
     warnings += [bad.message() for bad in outside.bad]  # before any ZIP is done with the wrong texts
@@ -379,7 +365,7 @@ def _print_summary(s: dict[str, Any], cfg: TokenizeConfig) -> None:
     elif cfg.limit:
         _say(f"Test mode ({s['files_ok'] + s['files_failed'] + s['files_skipped']} tracks): "
              f"{s['audio_seconds_per_s']:.1f} audio-seconds/s, {s['files_per_s']:.2f} files/s. "
-             f"ETA for all {s['files_remaining']} audio files still to do: {_eta(s['eta_seconds'])}. "
+             f"ETA for all {s['files_remaining']} audio files still to do: {durations.human(s['eta_seconds'])}. "
              "Nothing was kept: the full run starts these ZIPs from the beginning.")
     else:
         _say(f"Done {s['zips_done']} ZIPs ({s['zips_skipped']} skipped, {s['zips_failed']} failed): "

@@ -7,7 +7,7 @@ import tempfile
 import time
 from typing import Any
 
-from nbutils.core import devices
+from nbutils.core import devices, durations
 from nbutils.train import presets
 from nbutils.train.trainer import Trainer
 
@@ -50,11 +50,6 @@ def measure(cfg, steps: int = 3) -> dict[str, Any]:
     return result
 
 
-def _duration(seconds: float) -> str:
-    hours, rest = divmod(int(round(seconds)), 3600)
-    return f"{hours} h {rest // 60:02d} min" if hours else f"{rest // 60} min {rest % 60:02d} s"
-
-
 def show(cfg, steps: int = 3) -> dict[str, Any]:
     """Notebook cell: print the GPU, the suggestion for this model, the table, and a measured estimate."""
     gpu = presets.detect()
@@ -67,6 +62,6 @@ def show(cfg, steps: int = 3) -> dict[str, Any]:
     print(presets.format_table(presets.table(cfg.segment_seconds)))
     timing = measure(cfg, steps)
     print(f"\nMeasured here: {timing['seconds_per_step']:.2f} s per step (batch {timing['batch_size']} x "
-          f"{timing['grad_accum']}, {timing['precision']}) -> about {_duration(timing['epoch_seconds'])} per epoch "
-          f"({timing['steps_per_epoch']} steps), {_duration(timing['run_seconds'])} for this run.")
+          f"{timing['grad_accum']}, {timing['precision']}) -> about {durations.human(timing['epoch_seconds'])} "
+          f"per epoch ({timing['steps_per_epoch']} steps), {durations.human(timing['run_seconds'])} for this run.")
     return {"preset": dataclasses.asdict(preset), **timing}
