@@ -59,6 +59,20 @@ if str(REPO) not in sys.path:
 os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
 
 
+def pytest_collection_modifyitems(config, items):
+    """Skip the ``requires_cuda`` tests without a CUDA GPU (CPU CI); on a GPU machine they run."""
+    marked = [item for item in items if item.get_closest_marker("requires_cuda")]
+    if not marked:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+    for item in marked:
+        item.add_marker(skip)
+
+
 def pytest_sessionfinish(session, exitstatus):
     import shutil
 

@@ -465,6 +465,33 @@ def test_bfloat16_generation_on_cpu_with_a_float32_codec(strong_adapter, tmp_pat
     assert not np.array_equal(read(records[0]), read(records[1])), "the adapter still acts in bf16"
 
 
+@pytest.mark.requires_cuda
+def test_bfloat16_generation_on_a_gpu_gives_finite_audio_of_the_asked_length(strong_adapter, tmp_path):
+    """The GPU path notebook 03 takes on an A100/L4: decoder in bf16 on cuda, long-form windows,
+    an audio prompt encoded on the GPU, audio decoded back to float32 on the CPU."""
+    pipe = generate.Pipeline("tiny", str(strong_adapter), device="cuda", dtype="bfloat16")
+    assert pipe.device.startswith("cuda") and next(pipe.model.decoder.parameters()).is_cuda
+    assert {p.dtype for n, p in pipe.model.decoder.named_parameters() if "lora_" not in n} == {torch.bfloat16}
+    prompt_file = tmp_path / "prompt.wav"
+    sf.write(prompt_file, synth.track("chords", 0.4, seed=2), SR)
+    config = cfg(tmp_path, device="cuda", dtype="bfloat16", prompts=["calm piano", "fast drums"], seconds=1.3,
+                 window_seconds=1.0, context_seconds=0.4, audio_prompt=str(prompt_file))
+    prompt_samples = int(np.ceil(0.4 * SR / 640)) * 640
+    for variant in ("base", "lora"):
+        clips, _, windows, _ = pipe.generate(list(config.prompts), config, variant=variant, seed=1)
+        assert windows == 3  # 65 new frames after the 20-frame prompt, 50-frame windows with 20 of context: 30+30+5
+        for clip in clips:  # the float audio, before the WAV writer clips and quantizes it
+            assert clip.shape == (prompt_samples + int(1.3 * SR), 1) and clip.dtype == np.float32
+            assert np.isfinite(clip).all() and np.abs(clip[prompt_samples:]).max() > 0
+    records = generate.run(cfg(tmp_path, device="cuda", dtype="bfloat16", compare="both", seconds=0.5), pipe)
+    assert [r["variant"] for r in records] == ["base", "lora"]
+    for record in records:
+        assert read(record).shape == (int(0.5 * SR), 1)
+        sidecar = json.loads(Path(record["sidecar"]).read_text())["pipeline"]
+        assert sidecar["dtype"] == "bfloat16" and sidecar["device"].startswith("cuda")
+    assert not np.array_equal(read(records[0]), read(records[1])), "the adapter acts on the GPU in bf16"
+
+
 def test_device_and_dtype_choice():
     assert generate.pick_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
     if not torch.cuda.is_available():

@@ -1,6 +1,7 @@
 """Training policies a Colab user runs by default: epochs, the best adapter, clipping, samples during training."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -181,3 +182,45 @@ def test_start_notes_whole_segment_crops_and_a_warmup_longer_than_the_run(tmp_pa
     assert "each crop is a whole segment" in text and "warmup_steps (6) is more than the run's 4 steps" in text
     with pytest.raises(train.UserError, match="val_crops must be >= 1.*val_fraction 0"):
         train.TrainConfig(val_crops=0)
+
+
+@pytest.mark.requires_cuda
+def test_fp16_on_a_gpu_scales_the_loss_and_skips_an_overflowing_step_whole(tmp_path):
+    """fp16 trains with loss scaling (T4, V100). A step whose scaled gradients overflow changes no
+    weight, halves the scale and leaves the schedule where it was; a normal step updates the LoRA
+    weights and keeps the scale. The scaler's state is saved and comes back on resume."""
+    cfg = small_config(tokens(tmp_path), tmp_path / "run", precision="fp16", lora_dropout=0.0)
+    trainer = train.Trainer(cfg, quiet=True)
+    scaler = trainer.accelerator.scaler
+    assert trainer.device.type == "cuda" and scaler is not None and scaler.is_enabled()
+    assert {p.dtype for n, p in trainer.base.decoder.named_parameters() if "lora_" not in n} == {torch.float16}
+    assert {p.dtype for p in trainer.model.parameters() if p.requires_grad} == {torch.float32}
+
+    def step() -> tuple[dict, bool]:
+        before = {k: v.clone() for k, v in trainer.state()["lora"].items()}
+        scale, scheduled = scaler.get_scale(), trainer.scheduler.last_epoch
+        row = trainer.train_step()
+        changed = any(not torch.equal(v, before[k]) for k, v in trainer.state()["lora"].items())
+        skipped = trainer.accelerator.optimizer_step_was_skipped
+        if skipped:  # all or nothing: no weight, no schedule step, a smaller scale
+            assert not changed and scaler.get_scale() == scale / 2 and trainer.scheduler.last_epoch == scheduled
+        else:
+            assert changed and scaler.get_scale() == scale and trainer.scheduler.last_epoch == scheduled + 1
+            assert math.isfinite(row["train/loss"]) and math.isfinite(row["train/grad_norm"])
+        assert row["train/gpu_mem_gb"] > 0
+        return row, skipped
+
+    step()  # the first step: applied or skipped (scale 65536 may overflow), consistently either way
+    scaler.update(2.0**60)  # no fp16 gradient survives this scale
+    assert step()[1], "an overflowing step is skipped"
+    scaler.update(1024.0)
+    assert not step()[1], "a sane scale applies the step"
+    assert trainer.step == 3, "a skipped step still counts (its data was used)"
+    trainer.save()
+    saved = scaler.state_dict()
+    assert torch.load(tmp_path / "run" / "latest.pt", weights_only=True)["scaler"] == saved
+    trainer.release()
+
+    resumed = train.Trainer(cfg, quiet=True)
+    resumed.begin()
+    assert resumed.step == 3 and resumed.accelerator.scaler.state_dict() == saved
