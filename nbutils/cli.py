@@ -2,7 +2,7 @@
 
 Each command lives in its stage module, which provides ``add_cli(parser)`` and
 ``run_cli(args) -> dict | None``. When ``run_cli`` returns a dict, it is printed as the last
-line of stdout as one JSON object (the contract outside tests rely on; see DESIGN.md).
+line of stdout as one JSON object (the contract outside tests rely on; see docs/architecture.md).
 Modules are imported only for the command that runs, so ``--help`` is instant.
 """
 

@@ -159,3 +159,25 @@ def test_user_imports_and_the_old_names_still_work():
         from nbutils import presets  # moved to nbutils.train.presets: one release of grace
     assert presets.__name__ == "nbutils.train.presets"
     assert any("nbutils.train.presets" in str(w.message) for w in caught)
+
+
+def test_the_module_map_in_docs_lists_every_module_and_no_other():
+    """docs/architecture.md's tables (``### `train/` ...`` then ``| `trainer.py` | ...``) name
+    every module of the package; a module added, moved or deleted without its line fails here."""
+    import re
+
+    listed, section = set(), ""
+    for line in (PACKAGE.parent / "docs" / "architecture.md").read_text().splitlines():
+        heading = re.match(r"### `(\w+)/`", line)
+        if heading:
+            section = heading.group(1) + "/"
+        elif line.startswith("### "):
+            section = ""
+        row = re.match(r"\| `([\w/]+\.py)` \|", line)
+        if row:
+            name = row.group(1)
+            listed.add(name.removeprefix("nbutils/") if name.startswith("nbutils/") else section + name)
+    present = {str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
+               if p.name not in ("__init__.py", "__main__.py") or p.parent == PACKAGE and p.name == "__init__.py"}
+    assert sorted(present - listed) == [], "modules missing from docs/architecture.md"
+    assert sorted(listed - present) == [], "docs/architecture.md lists modules that do not exist"
