@@ -71,7 +71,8 @@ def main() -> None:
         torch.manual_seed(0)
         history = context
         for ctx, new in windows.plan(0, frames):
-            kwargs = dict(inputs, max_new_tokens=new + sampling.delay_steps(pipe.model), **cfg.sampler.generate_kwargs())
+            kwargs = dict(inputs, max_new_tokens=new + sampling.delay_steps(pipe.model),
+                          **cfg.sampler.generate_kwargs())
             if ctx:
                 kwargs["decoder_input_ids"] = history[:, :, -ctx:].reshape(pipe.spec.num_codebooks, ctx)
             with sampling.codes_only(pipe.model) as got:
@@ -85,12 +86,14 @@ def main() -> None:
           f"decode every window {every:.2f} s -> {every / kept:.2f}x")
 
     single = timed(lambda: pipe.generate(prompts[:1], cfg, variant="base", seed=0))
-    print(f"real-time factor, one {args.seconds:g} s clip: {args.seconds / single:.2f} s of audio per second of compute")
+    print(f"real-time factor, one {args.seconds:g} s clip: {args.seconds / single:.2f} s of audio "
+          "per second of compute")
 
     scorer = clap.load("tiny")
     clips = [synth.track("chords", 10.0, seed=i) for i in range(8)]
     took = timed(lambda: clap.audio_embeddings(scorer, clips, 32_000))
-    print(f"CLAP (tiny) scoring: {len(clips) / took:.1f} clips of 10 s per second ({np.mean([len(c) for c in clips]) / 32000:.0f} s each)")
+    print(f"CLAP (tiny) scoring: {len(clips) / took:.1f} clips of 10 s per second "
+          f"({np.mean([len(c) for c in clips]) / 32000:.0f} s each)")
 
 
 if __name__ == "__main__":

@@ -218,7 +218,8 @@ def measure_speed(args: argparse.Namespace, work: Path) -> None:
     segments = decoded_segments(zip_path, work, segment_seconds)
     audio_seconds = sum(s.shape[-1] for s in segments) / SPEC.sample_rate
     print(f"{args.files} tracks x {args.seconds:g} s (44.1 kHz stereo mp3), {audio_seconds:.0f} s of audio; "
-          f"device {bench_device()}, torch threads: {torch.get_num_threads()}; load {os.getloadavg()[0]:.1f}", flush=True)
+          f"device {bench_device()}, torch threads: {torch.get_num_threads()}; load {os.getloadavg()[0]:.1f}",
+          flush=True)
 
     # Interleaved, so a change in machine load (shared CPU) hits every method alike.
     runs = {"encoder": [], "pipeline": [], "naive": []}

@@ -73,7 +73,8 @@ def make_run(run_dir: Path, model_name: str = "tiny", *, steps=(2, 4), val_track
     torch.save({**state, "step": steps[-1]}, run_dir / "latest.pt")
     for name in ("best", "final"):
         save_peft(wrapped, run_dir / "adapters" / name)
-    (run_dir / "split.json").write_text(json.dumps({"train_tracks": list(train_tracks), "val_tracks": list(val_tracks)}))
+    split = {"train_tracks": list(train_tracks), "val_tracks": list(val_tracks)}
+    (run_dir / "split.json").write_text(json.dumps(split))
     return run_dir
 
 

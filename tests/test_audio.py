@@ -181,7 +181,8 @@ def _raw_wav(sample_rate: int, channels: int, frames: int = 1000) -> bytes:
 
     data = (np.ones(frames * channels) * 1000).astype("<i2").tobytes()
     fmt = struct.pack("<IHHIIHH", 16, 1, channels, sample_rate, sample_rate * channels * 2, channels * 2, 16)
-    return b"RIFF" + struct.pack("<I", 36 + len(data)) + b"WAVEfmt " + fmt + b"data" + struct.pack("<I", len(data)) + data
+    riff = b"RIFF" + struct.pack("<I", 36 + len(data)) + b"WAVE"
+    return riff + b"fmt " + fmt + b"data" + struct.pack("<I", len(data)) + data
 
 
 @pytest.mark.parametrize("sample_rate, channels, outcome", [

@@ -59,8 +59,10 @@ def test_local_folder_loads_the_same_clap(tiny_clap, tmp_path):
     tiny_clap.processor.save_pretrained(tmp_path / "clap")
     local = clap.load(str(tmp_path / "clap"))
     audio = [synth.track("arpeggio", 2.0, seed=3)]
-    assert np.allclose(clap.audio_embeddings(local, audio, 32_000), clap.audio_embeddings(tiny_clap, audio, 32_000), atol=1e-6)
-    assert np.allclose(clap.text_embeddings(local, ["calm piano"]), clap.text_embeddings(tiny_clap, ["calm piano"]), atol=1e-6)
+    assert np.allclose(clap.audio_embeddings(local, audio, 32_000), clap.audio_embeddings(tiny_clap, audio, 32_000),
+                       atol=1e-6)
+    assert np.allclose(clap.text_embeddings(local, ["calm piano"]), clap.text_embeddings(tiny_clap, ["calm piano"]),
+                       atol=1e-6)
 
 
 def test_unavailable_clap_says_what_to_use():

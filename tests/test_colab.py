@@ -247,7 +247,7 @@ def test_colab_secret_without_notebook_access_falls_back_and_says_why(fake_colab
 # ---------------------------------------------------------------------------------------------
 
 ENV_HASHES = '''import hashlib, os  # appended by the test: proves the secrets reached the kernel's environment
-print("env-hashes", {n: hashlib.sha256(os.environ.get(n, "").encode()).hexdigest() for n in ("WANDB_API_KEY", "HF_TOKEN")})'''
+print("env-hashes", {n: hashlib.sha256(os.environ.get(n, "").encode()).hexdigest() for n in ("WANDB_API_KEY", "HF_TOKEN")})'''  # noqa: E501
 
 
 def _kernel_sees_fake_colab(monkeypatch, fake: FakeColab, home: Path) -> None:

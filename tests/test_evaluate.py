@@ -79,8 +79,10 @@ def test_score_rows_on_constructed_embeddings():
     reference = np.array([[0, 0, 1.0], [0, 0, 1.0]])
     per_prompt, summary = evaluate.score(samples, sets, text, audio, reference)
     row = {(r["model"], r["prompt_set"]): r for r in summary}
-    assert row["base", "style"]["clap_text"] == pytest.approx(1.0) and row["base", "style"]["style_similarity"] == pytest.approx(0)
-    assert row["lora", "style"]["clap_text"] == pytest.approx(0) and row["lora", "style"]["style_similarity"] == pytest.approx(1)
+    assert row["base", "style"]["clap_text"] == pytest.approx(1.0)
+    assert row["base", "style"]["style_similarity"] == pytest.approx(0)
+    assert row["lora", "style"]["clap_text"] == pytest.approx(0)
+    assert row["lora", "style"]["style_similarity"] == pytest.approx(1)
     assert row["lora", "generic"]["clap_text_vs_base"] == pytest.approx(-1.0), "forgetting shows on the generic set"
     assert row["held-out", "reference"]["style_similarity"] == pytest.approx(1.0)
     assert len(per_prompt) == 4 and all(r["samples"] == 1 for r in per_prompt)
@@ -137,10 +139,12 @@ def test_prompts_from_training_descriptions_or_a_file(data, tmp_path):
     assert sets["generic"] == list(evaluate.GENERIC_PROMPTS)
     file = tmp_path / "prompts.txt"
     file.write_text("# my style\nlofi piano\n\nwarm tape hiss beat\n")
-    assert evaluate.prompt_sets(evaluate.EvalConfig(prompts=str(file)), [])["style"] == ["lofi piano", "warm tape hiss beat"]
+    style = evaluate.prompt_sets(evaluate.EvalConfig(prompts=str(file)), [])["style"]
+    assert style == ["lofi piano", "warm tape hiss beat"]
     both = tmp_path / "prompts.json"
     both.write_text(json.dumps({"style": ["lofi piano"], "generic": ["opera aria"]}))
-    assert evaluate.prompt_sets(evaluate.EvalConfig(prompts=str(both)), []) == {"style": ["lofi piano"], "generic": ["opera aria"]}
+    sets = evaluate.prompt_sets(evaluate.EvalConfig(prompts=str(both)), [])
+    assert sets == {"style": ["lofi piano"], "generic": ["opera aria"]}
 
 
 def test_prompt_files_are_checked_and_cleaned(tmp_path):
@@ -183,7 +187,8 @@ def test_tables_and_plot_written_and_deterministic(data, tmp_path):
     assert files["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = read_csv(files["summary_csv"])
     assert [(r["model"], r["prompt_set"]) for r in summary] == [
-        ("base", "style"), ("base", "generic"), ("lora-best", "style"), ("lora-best", "generic"), ("held-out", "reference")]
+        ("base", "style"), ("base", "generic"), ("lora-best", "style"), ("lora-best", "generic"),
+        ("held-out", "reference")]
     for row in summary[:4]:
         n = 2 * (2 if row["prompt_set"] == "style" else 4)
         assert int(row["samples"]) == n and int(row["frechet_n_generated"]) == n
@@ -325,9 +330,9 @@ def test_wandb_table_with_audio_when_a_run_is_active(data, tmp_path):
 
 def test_cli_contract(data, tmp_path):
     out = tmp_path / "cli"
-    proc = run_cli("evaluate", "--model", "tiny", "--adapter", str(data["run"] / "adapters" / "final"), "--out", str(out),
-                   "--clap", "tiny", "--tokens", str(data["tokens"]), "--seconds", "0.5", "--samples-per-prompt", "1",
-                   "--num-prompts", "1")
+    proc = run_cli("evaluate", "--model", "tiny", "--adapter", str(data["run"] / "adapters" / "final"),
+                   "--out", str(out), "--clap", "tiny", "--tokens", str(data["tokens"]), "--seconds", "0.5",
+                   "--samples-per-prompt", "1", "--num-prompts", "1")
     summary = last_json(proc.stdout)
     for key in ("summary_csv", "per_prompt_csv", "json", "plot"):
         assert Path(summary[key]).is_file()

@@ -292,7 +292,8 @@ def test_two_runs_in_the_same_second_keep_both(pipe, tmp_path):
 
 def test_duplicate_prompts_each_get_their_own_files(ab_pipe, tmp_path):
     """The same prompt twice, and a third that slugifies to the same name: six takes, none lost."""
-    records = generate.run(cfg(tmp_path, prompts=["rain", "rain", "Rain!"], seconds=0.3, compare="both", seed=2), ab_pipe)
+    config = cfg(tmp_path, prompts=["rain", "rain", "Rain!"], seconds=0.3, compare="both", seed=2)
+    records = generate.run(config, ab_pipe)
     assert [(r["prompt"], r["variant"]) for r in records] == [
         ("rain", "base"), ("rain", "lora"), ("rain", "base"), ("rain", "lora"), ("Rain!", "base"), ("Rain!", "lora")]
     paths = [Path(r["path"]) for r in records]
@@ -417,16 +418,19 @@ def test_form_clamps_out_of_range_settings_and_says_so():
 
     form = generate_form.form(model="tiny", prompts=["rain"], seconds=600.0, guidance_scale=0.0, temperature=5.0,
                               top_k=2000, compare="both")
-    assert (form.seconds.value, form.guidance.value, form.temperature.value, form.top_k.value) == (300.0, 1.0, 2.0, 1000)
+    shown = (form.seconds.value, form.guidance.value, form.temperature.value, form.top_k.value)
+    assert shown == (300.0, 1.0, 2.0, 1000)
     assert form.compare.value == "base"
     joined = "\n".join(form.issues)
     for expected in ("Seconds 600 is outside the form's range 0.5 to 300: the form uses 300",
-                     "Guidance 0 is outside", "Temperature 5 is outside", "Top-k 2000 is outside the form's range 0 to 1000",
+                     "Guidance 0 is outside", "Temperature 5 is outside",
+                     "Top-k 2000 is outside the form's range 0 to 1000",
                      "compare=both needs a LoRA adapter"):
         assert expected in joined, joined
     assert "Seconds 600" in form.widget.children[0].value, "the notes are shown above the controls"
     used = form.config()
-    assert (used.seconds, used.guidance_scale, used.temperature, used.top_k, used.compare) == (300.0, 1.0, 2.0, 1000, "base")
+    shown = (used.seconds, used.guidance_scale, used.temperature, used.top_k, used.compare)
+    assert shown == (300.0, 1.0, 2.0, 1000, "base")
     fine = generate_form.form(model="tiny", prompts=["rain"], seconds=4.0, top_k=250)
     assert fine.issues == [] and fine.widget.children[0] is fine.prompt
 
@@ -455,7 +459,8 @@ def test_bfloat16_generation_on_cpu_with_a_float32_codec(strong_adapter, tmp_pat
     assert {p.dtype for n, p in half.model.decoder.named_parameters() if "lora_" not in n} == {torch.bfloat16}
     prompt_file = tmp_path / "prompt.wav"
     sf.write(prompt_file, synth.track("chords", 0.4, seed=2), SR)
-    records = generate.run(cfg(tmp_path, dtype="bfloat16", compare="both", seconds=0.5, audio_prompt=str(prompt_file)), half)
+    config = cfg(tmp_path, dtype="bfloat16", compare="both", seconds=0.5, audio_prompt=str(prompt_file))
+    records = generate.run(config, half)
     assert [r["variant"] for r in records] == ["base", "lora"]
     for record in records:
         audio = read(record)

@@ -41,7 +41,8 @@ def test_adapter_has_a_model_card_and_facts_and_pushes(tmp_path):
     fake = FakeHub()
     url = hub.push(final, "someone/my-lora", private=True, api=fake)
     assert url == "https://huggingface.co/someone/my-lora"
-    assert fake.calls[0] == ("create_repo", "someone/my-lora", {"private": True, "exist_ok": True, "repo_type": "model"})
+    created = {"private": True, "exist_ok": True, "repo_type": "model"}
+    assert fake.calls[0] == ("create_repo", "someone/my-lora", created)
     assert {"README.md", "adapter_config.json", "adapter_model.safetensors"} <= set(fake.calls[1][2])
 
 

@@ -14,7 +14,8 @@ def _jsonl(*records):
 def test_fold_puts_audiocraft_fields_into_the_text():
     record = {"description": "lofi beat.", "genre": "hip hop", "moods": ["calm", "warm"],
               "instrument": "piano", "bpm": 85.0, "key": "A minor", "title": "ignored"}
-    assert metadata.fold(record) == "lofi beat. Genre: hip hop. Moods: calm, warm. Instrument: piano. 85 bpm. Key: A minor"
+    assert metadata.fold(record) == ("lofi beat. Genre: hip hop. Moods: calm, warm. Instrument: piano. 85 bpm. "
+                                     "Key: A minor")
     assert metadata.fold({"genre": "jazz"}) == "Genre: jazz"  # no description: the fields alone
     assert metadata.fold({"text": "from text"}) == "from text"
     assert metadata.fold({"description": " ", "moods": []}) == ""
@@ -117,7 +118,8 @@ def test_explicit_metadata_file_wins_and_must_exist(tmp_path):
 
 
 def test_a_metadata_json_that_is_not_json_is_reported_as_not_read_at_all(tmp_path):
-    (tmp_path / "metadata.json").write_text('[\n {"audio": "a.wav", "text": "x"},\n {"audio": "b.wav", "text": "y"},\n]\n')
+    trailing_comma = '[\n {"audio": "a.wav", "text": "x"},\n {"audio": "b.wav", "text": "y"},\n]\n'
+    (tmp_path / "metadata.json").write_text(trailing_comma)
     outside = metadata.Outside.load(tmp_path)
     assert outside.json_list == {}
     message = outside.bad[0].message()

@@ -30,7 +30,7 @@ if importlib.util.find_spec("nbutils") is None:  # a fresh runtime: the suite's 
     importlib.invalidate_caches()
 from nbutils import colab
 colab.install.dependencies()  # what the suite needs and this runtime lacks, with its torch/numpy pinned
-'''
+'''  # noqa: E501 - the notebooks' own lines
 INSTALL_TEMPLATE = "#@title 2. Install the suite (quick when it is already installed)\n" + INSTALL_LINES
 CONNECT_TEMPLATE = ("#@title 2. Connect (re-run this after a restart or disconnect)\n" + INSTALL_LINES
                     + 'project = colab.connect(PROJECT_ROOT, notebook="{name}"')
@@ -90,8 +90,9 @@ def test_code_cells_are_numbered_titled_short_steps_that_call_nbutils(notebook):
     for number, cell in enumerate(_code(nb), start=1):
         lines = cell.source.splitlines()
         assert re.fullmatch(rf"#@title {number}\. \S.*", lines[0]), f"{name}: cell {number} starts {lines[0]!r}"
-        code = [l for l in lines[1:] if l.strip() and not l.lstrip().startswith("#")]
-        assert len(code) <= MAX_CODE_LINES or "parameters" in _tags(cell), f"{name}: '{lines[0]}' has {len(code)} lines; move logic to nbutils"
+        code = [line for line in lines[1:] if line.strip() and not line.lstrip().startswith("#")]
+        assert len(code) <= MAX_CODE_LINES or "parameters" in _tags(cell), \
+            f"{name}: '{lines[0]}' has {len(code)} lines; move logic to nbutils"
         tree = ast.parse(cell.source)
         for node in ast.walk(tree):
             assert not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)), \

@@ -64,10 +64,12 @@ def _imports(path: Path):
     """``(module, at_top_level)`` for absolute imports, skipping the optional ones (``try: ... except ImportError``)."""
     optional: set[int] = set()
     tree = ast.parse(path.read_text())
+    optional_errors = ("ImportError", "ModuleNotFoundError")
     for node in ast.walk(tree):
         if isinstance(node, ast.Try) and any(
-                isinstance(h.type, ast.Name) and h.type.id in ("ImportError", "ModuleNotFoundError") for h in node.handlers):
-            optional |= {id(n) for part in (node.body, *[h.body for h in node.handlers]) for s in part for n in ast.walk(s)}
+                isinstance(h.type, ast.Name) and h.type.id in optional_errors for h in node.handlers):
+            parts = (node.body, *[h.body for h in node.handlers])
+            optional |= {id(n) for part in parts for s in part for n in ast.walk(s)}
     top = {id(n) for n in tree.body}
     for node in ast.walk(tree):
         if id(node) in optional:

@@ -61,7 +61,8 @@ def test_suggestion_for_models_and_cpu():
 
 
 def test_stereo_counts_its_eight_codebooks():
-    (_, mono), (_, stereo) = presets.shape_of("facebook/musicgen-small"), presets.shape_of("facebook/musicgen-stereo-small")
+    (_, mono), (_, stereo) = (presets.shape_of("facebook/musicgen-small"),
+                              presets.shape_of("facebook/musicgen-stereo-small"))
     assert (mono.codebooks, stereo.codebooks) == (4, 8)
     assert presets.memory_gb(stereo, 4, 30, False) > presets.memory_gb(mono, 4, 30, False) + 0.4  # 4 x 123 MB logits
 

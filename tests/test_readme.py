@@ -17,7 +17,7 @@ if str(REPO) not in sys.path:  # also runnable as a script
     sys.path.insert(0, str(REPO))
 
 from nbutils import cli  # noqa: E402
-from nbutils import colab
+from nbutils import colab  # noqa: E402
 from nbutils.colab.notebooks import NOTEBOOKS  # noqa: E402
 
 README = REPO / "README.md"

@@ -296,7 +296,8 @@ def test_batches_end_to_end_map_each_segment_to_its_codes(tmp_path):
 
     zips = tmp_path / "zips"
     names = [f"t{i}.wav" for i in range(3)]
-    members = [(name, h.tone(2.0, 44_100, "wav", 1, style, i)) for i, (name, style) in enumerate(zip(names, h.synth.STYLES))]
+    members = [(name, h.tone(2.0, 44_100, "wav", 1, style, i))
+               for i, (name, style) in enumerate(zip(names, h.synth.STYLES))]
     h.write_zip(zips / "eq.zip", members)
     _run(zips, tmp_path / "tokens", tmp_path / "scratch", batch_size=2)
     shard = shards.open_shard(tmp_path / "tokens" / "shards" / "eq.json", verify=True)

@@ -269,7 +269,9 @@ def test_bad_inputs_say_what_to_do(tmp_path):
     npy.write_bytes(npy.read_bytes()[:-8])
     with pytest.raises(UserError, match="incomplete or corrupt"):
         train.run(small_config(data, tmp_path / "run"))
-    project = type("Project", (), {"paths": __import__("nbutils.core.paths").core.paths.Paths.at(tmp_path), "model": "tiny"})
+    from nbutils.core.paths import Paths
+
+    project = type("Project", (), {"paths": Paths.at(tmp_path), "model": "tiny"})
     with pytest.raises(UserError, match="Unknown training setting 'lora_rank'. Did you mean 'lora_r'"):
         train.notebook_config(project, "run", lora_rank=8)  # a typo in the notebook's MORE_SETTINGS
     with pytest.raises(UserError, match="cfg_dropout"):

@@ -10,7 +10,8 @@ tests change (``drive.DRIVE_MOUNT``, ``drive.LONG_CELL_SECONDS``) are read from 
 """
 
 from nbutils.colab import drive, install, project, release, secrets
-from nbutils.colab.drive import CONNECT_CELL, DEFAULT_PROJECT_ROOT, drive_mounted, flush_drive, in_colab, mount_drive, on_drive
+from nbutils.colab.drive import (CONNECT_CELL, DEFAULT_PROJECT_ROOT, drive_mounted, flush_drive, in_colab, mount_drive,
+                                 on_drive)
 from nbutils.colab.gpu import gpu_report
 from nbutils.colab.project import (INSTALL_CELL, PROJECT_CELL, Project, connect, create_project, current,
                                    describe_project, next_steps, show_errors_briefly)
@@ -18,6 +19,7 @@ from nbutils.colab.release import INSTALL_REF, REPO_REF, REPO_SLUG, colab_url, i
 from nbutils.colab.secrets import SECRET_NAMES, lookup_secret, secret, use_secrets
 
 __all__ = [
+    "drive", "install", "project", "release", "secrets",  # the modules, for the settings tests change
     "CONNECT_CELL", "DEFAULT_PROJECT_ROOT", "INSTALL_CELL", "INSTALL_REF",
     "PROJECT_CELL", "Project", "REPO_REF", "REPO_SLUG", "SECRET_NAMES", "colab_url", "connect", "create_project",
     "current", "describe_project", "drive_mounted", "flush_drive", "gpu_report", "in_colab", "install_url",

@@ -204,7 +204,8 @@ def execute_notebooks(paths: Paths, cfg: DemoConfig, names: tuple[str, ...]) -> 
         raise UserError(
             f"The demo executes the repository's notebooks, and there is no {notebooks.NOTEBOOK_DIR} here "
             f"(nbutils was installed without them). Run it from a clone: git clone "
-            f"https://github.com/{release.REPO_SLUG} && cd {release.REPO_SLUG.split('/')[1]} && python -m nbutils demo --out demo_out"
+            f"https://github.com/{release.REPO_SLUG} && cd {release.REPO_SLUG.split('/')[1]} "
+            "&& python -m nbutils demo --out demo_out"
         )
     files = {name: notebooks.notebook_path(name) for name in names}
     params = {name: notebook_parameters(name, files[name], paths) for name in names}  # check all first

@@ -70,7 +70,8 @@ def create_project(project_root: str | os.PathLike, **settings: Any) -> Project:
     drive.offer_flush_after_long_cells()
     if not drive.mount_drive(project_root) and drive.in_colab():
         print(f"Warning: PROJECT_ROOT {project_root} is on this runtime's own disk, which is deleted with the "
-              f"runtime. To keep your work, use a folder under {drive.DRIVE_MOUNT / 'MyDrive'} (e.g. {drive.DEFAULT_PROJECT_ROOT}).")
+              f"runtime. To keep your work, use a folder under {drive.DRIVE_MOUNT / 'MyDrive'} "
+              f"(e.g. {drive.DEFAULT_PROJECT_ROOT}).")
     paths = Paths.at(project_root)
     current = atomic.read_json(paths.project_file) if paths.project_file.exists() else {}
     current.update({k: v for k, v in settings.items() if v not in (None, "")})

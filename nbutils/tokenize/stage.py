@@ -397,7 +397,8 @@ def table(tokens_dir: str | os.PathLike, *, max_failures: int = 50) -> str:
     latest = ledger.latest(tokens_dir)
     if not latest:
         return f"No ZIP tokenized yet in {tokens_dir}."
-    header = f"{'ZIP':<32} {'status':<7} {'ok':>6} {'failed':>6} {'skipped':>7} {'segments':>8} {'audio h':>8} {'time s':>7}"
+    header = (f"{'ZIP':<32} {'status':<7} {'ok':>6} {'failed':>6} {'skipped':>7} {'segments':>8} {'audio h':>8} "
+              f"{'time s':>7}")
     lines = [header, "-" * len(header)]
     problems = []
     for name, r in sorted(latest.items()):

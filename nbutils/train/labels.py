@@ -26,7 +26,8 @@ def delays(num_codebooks: int, audio_channels: int = 1) -> list[int]:
     return [k // audio_channels for k in range(num_codebooks)]
 
 
-def delay_labels(codes: torch.Tensor, lengths: torch.Tensor | None, pad_id: int, audio_channels: int = 1) -> torch.Tensor:
+def delay_labels(codes: torch.Tensor, lengths: torch.Tensor | None, pad_id: int,
+                 audio_channels: int = 1) -> torch.Tensor:
     """Labels with the delay pattern applied.
 
     Args:

@@ -36,7 +36,8 @@ class Shape:
     @property
     def decoder_params(self) -> float:
         # self-attn + cross-attn (4 h^2 each) + feed-forward (2 h f) per layer; embeddings + heads
-        return self.layers * (8 * self.hidden**2 + 2 * self.hidden * self.ffn) + 2 * self.codebooks * self.vocab * self.hidden
+        per_layer = 8 * self.hidden**2 + 2 * self.hidden * self.ffn
+        return self.layers * per_layer + 2 * self.codebooks * self.vocab * self.hidden
 
 
 # Decoder shapes of the facebook/musicgen-* checkpoints (their config.json).
@@ -150,7 +151,8 @@ def plan(label: str, shape: Shape, gpu: GPU | None, seconds: float = 30.0) -> Pr
     note = ""
     if batch == 0:
         batch, checkpointing = 1, True
-        note = f"Does not fit in {gpu.vram_gb:g} GB at {seconds:g} s crops: shorten segment_seconds or use a bigger GPU."
+        note = (f"Does not fit in {gpu.vram_gb:g} GB at {seconds:g} s crops: shorten segment_seconds "
+                "or use a bigger GPU.")
     return Preset(gpu.name, label, batch, EFFECTIVE_BATCH // batch, precision, checkpointing,
                   round(memory_gb(shape, batch, seconds, checkpointing), 1), note)
 
@@ -209,5 +211,6 @@ def format_table(rows: list[Preset]) -> str:
     lines = [f"{'GPU':<11} {'model':<7} {'batch x accum':>13} {'precision':>9} {'checkpointing':>13} {'est. GB':>8}"]
     for p in rows:
         lines.append(f"{p.device:<11} {p.model:<7} {f'{p.batch_size} x {p.grad_accum}':>13} {p.precision:>9} "
-                     f"{'on' if p.grad_checkpointing else 'off':>13} {p.memory_gb:>8.1f}" + (f"  {p.note}" if p.note else ""))
+                     f"{'on' if p.grad_checkpointing else 'off':>13} {p.memory_gb:>8.1f}"
+                     + (f"  {p.note}" if p.note else ""))
     return "\n".join(lines)

@@ -54,7 +54,8 @@ class TrainConfig:
     val_crops: int = option(256, "At most this many validation crops per evaluation (evenly spaced).")
     seed: int = option(0, "Seed of the split, data order, crops, CFG dropout and LoRA initialization.")
     batch_size: int = option(0, "Crops per process per micro-batch; 0 = the GPU preset (nbutils.presets). "
-                                "Set alone, the accumulation makes up the preset's effective batch of 16 (or as near as it divides).")
+                                "Set alone, the accumulation makes up the preset's effective batch of 16 "
+                                "(or as near as it divides).")
     grad_accum: int = option(0, "Micro-batches per optimizer step; 0 = the GPU preset (or what makes up 16 "
                                 "crops with the batch_size you set).")
     precision: str = option("auto", "auto (bf16 on A100/H100/L4, fp16 with loss scaling on T4/V100, fp32 on "
