@@ -44,7 +44,8 @@ def main() -> None:
 
     from nbutils.core import synth
     from nbutils.evaluate import clap
-    from nbutils.generate import sampling, stage as generate
+    from nbutils.generate import sampling
+    from nbutils.generate import stage as generate
 
     torch.set_num_threads(args.threads)
     pipe = generate.Pipeline(args.model)

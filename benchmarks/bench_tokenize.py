@@ -42,9 +42,8 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
-from nbutils.core import models, synth  # noqa: E402
-
 from clock import Clock  # noqa: E402 - benchmarks/clock.py, beside this script
+from nbutils.core import models, synth  # noqa: E402
 
 # facebook/encodec_32khz's config.json (the codec of every facebook/musicgen-* checkpoint)
 ENCODEC_32KHZ = dict(

@@ -42,13 +42,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from clock import Clock  # noqa: E402 - benchmarks/clock.py, beside this script
 from nbutils.core import models, synth  # noqa: E402
 from nbutils.tokenize import shards
 from nbutils.train import checkpoint
 from nbutils.train import stage as train
 from nbutils.train.trainer import Trainer
-
-from clock import Clock  # noqa: E402 - benchmarks/clock.py, beside this script
 
 
 def small_config(quick: bool = False):

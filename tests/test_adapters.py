@@ -7,11 +7,11 @@ import warnings
 
 import pytest
 import torch
-from _generate_helpers import OTHER_TOOL_TARGETS, lora_state, make_run, peft_model, save_peft
 
+from _generate_helpers import OTHER_TOOL_TARGETS, lora_state, make_run, peft_model, save_peft
 from nbutils.core import models
-from nbutils.generate import adapters
 from nbutils.core.errors import UserError
+from nbutils.generate import adapters
 
 
 def _logits(model, processor):
@@ -197,7 +197,6 @@ def _recorded_adapter(tmp_path, model_name: str = "tiny"):
 def test_training_records_the_base_facts_in_every_adapter(tmp_path):
     """A real (one-step) training run: adapters, step folders and latest.pt carry the base facts."""
     from _train_helpers import small_config, tokens
-
     from nbutils.train import stage as train
 
     out = tmp_path / "run"

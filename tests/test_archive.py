@@ -3,9 +3,16 @@ import zipfile
 
 import pytest
 
+from _tokenize_helpers import (
+    clear_utf8_flag,
+    corrupt_member_data,
+    files_under,
+    patch_declared_size,
+    tone,
+    truncate,
+    write_zip,
+)
 from nbutils.tokenize import archive
-from _tokenize_helpers import (clear_utf8_flag, corrupt_member_data, files_under, patch_declared_size, tone,
-                               truncate, write_zip)
 
 
 def _kinds(path):

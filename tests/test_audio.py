@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from nbutils.core import audio, synth
 from _tokenize_helpers import encode_audio, tone
+from nbutils.core import audio, synth
 
 
 def _write(tmp_path, name, data: bytes):

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from nbutils.core import atomic, faults
-from nbutils.train import checkpoint
 from nbutils.core.errors import UserError
+from nbutils.train import checkpoint
 
 
 def _state(step):

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from nbutils.core import synth
-from nbutils.evaluate import clap
 from nbutils.core.errors import UserError
+from nbutils.evaluate import clap
 
 
 @pytest.fixture(scope="module")

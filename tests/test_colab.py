@@ -21,7 +21,6 @@ import nbformat
 import pytest
 
 from nbutils import colab
-
 from nbutils.colab import notebooks
 from nbutils.core.errors import UserError
 

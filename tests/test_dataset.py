@@ -4,11 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from nbutils.train import dataset as data
-from nbutils.tokenize import shards
-from nbutils.core.errors import UserError
-
 from _train_helpers import tokens as make_tokens
+from nbutils.core.errors import UserError
+from nbutils.tokenize import shards
+from nbutils.train import dataset as data
 
 PAD = 64
 

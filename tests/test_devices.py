@@ -15,7 +15,8 @@ from nbutils import colab
 from nbutils.core import devices
 from nbutils.generate import stage as generate
 from nbutils.tokenize import encoder
-from nbutils.train import presets, stage as train
+from nbutils.train import presets
+from nbutils.train import stage as train
 
 GPUS = {  # capability, name as the driver reports it, memory in GiB
     "T4": ((7, 5), "Tesla T4", 14.7),

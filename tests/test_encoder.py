@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from nbutils.core import audio, models, synth
-from nbutils.tokenize.encoder import Batcher, Encoder, autocast_dtype
 from nbutils.core.errors import UserError
+from nbutils.tokenize.encoder import Batcher, Encoder, autocast_dtype
 
 
 @pytest.fixture(scope="module")

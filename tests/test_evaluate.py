@@ -10,17 +10,17 @@ import nbformat
 import numpy as np
 import pytest
 import soundfile as sf
+
 from _generate_helpers import make_run, make_tokens, peft_model, save_peft
 from conftest import last_json, run_cli
-
 from nbutils import colab
-
 from nbutils.colab import notebooks
 from nbutils.core import atomic
-from nbutils.evaluate import metrics, stage as evaluate
+from nbutils.core.errors import UserError
+from nbutils.evaluate import metrics
+from nbutils.evaluate import stage as evaluate
 from nbutils.generate import stage as generate
 from nbutils.tokenize import shards
-from nbutils.core.errors import UserError
 
 # ---------------------------------------------------------------------------------------------
 # Metric math on constructed embeddings

@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+
 from _generate_helpers import make_run, peft_model, save_peft
 from conftest import last_json, run_cli
-
 from nbutils import colab
-
 from nbutils.colab import notebooks
 from nbutils.core import synth
-from nbutils.generate import audio_io, sampling, stage as generate
 from nbutils.core.errors import UserError
+from nbutils.generate import audio_io, sampling
+from nbutils.generate import stage as generate
 
 SR = 32_000
 

@@ -4,11 +4,10 @@ import json
 
 import pytest
 
-from nbutils.train import hub, stage as train
-from nbutils.core.errors import UserError
-
 from _train_helpers import small_config, tokens
-
+from nbutils.core.errors import UserError
+from nbutils.train import hub
+from nbutils.train import stage as train
 
 
 class FakeHub:

@@ -4,8 +4,8 @@ import pytest
 import torch
 from transformers.models.musicgen.modeling_musicgen import shift_tokens_right
 
-from nbutils.train import labels as L
 from nbutils.core import models
+from nbutils.train import labels as L
 
 PAD = 64
 

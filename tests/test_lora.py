@@ -7,11 +7,10 @@ import torch
 from peft import PeftModel
 from transformers import MusicgenForConditionalGeneration
 
-from nbutils.train import labels as L
 from nbutils.core import models
-from nbutils.train import lora
 from nbutils.core.errors import UserError
-
+from nbutils.train import labels as L
+from nbutils.train import lora
 
 
 def _wrapped(preset="self-attention", r=4, alpha=8.0, dropout=0.0, name="tiny"):

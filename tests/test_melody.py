@@ -8,7 +8,8 @@ import soundfile as sf
 import torch
 
 from nbutils.core import models
-from nbutils.generate import melody, stage as generate
+from nbutils.generate import melody
+from nbutils.generate import stage as generate
 
 SR = 32_000
 NOTE_HZ = {"C": 261.63, "E": 329.63, "G": 392.00, "A": 440.00}

@@ -3,8 +3,8 @@ import unicodedata
 
 import pytest
 
-from nbutils.tokenize import metadata
 from nbutils.core.errors import UserError
+from nbutils.tokenize import metadata
 
 
 def _jsonl(*records):

@@ -2,10 +2,8 @@
 
 import pytest
 
-from nbutils.train import estimate, presets
-
 from _train_helpers import live_musicgens, small_config, tokens
-
+from nbutils.train import estimate, presets
 
 
 @pytest.mark.parametrize("name, vram, expected", [
@@ -79,8 +77,8 @@ def test_measure_times_real_steps_and_estimates_an_epoch(tmp_path):
 def test_measure_out_of_memory_says_what_to_lower_and_frees_the_model(tmp_path, monkeypatch):
     import torch
 
-    from nbutils.train import stage as train
     from nbutils.core.errors import UserError
+    from nbutils.train import stage as train
 
     before = live_musicgens()
 

@@ -11,13 +11,11 @@ import shlex
 import sys
 from pathlib import Path
 
-
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # also runnable as a script
     sys.path.insert(0, str(REPO))
 
-from nbutils import cli  # noqa: E402
-from nbutils import colab  # noqa: E402
+from nbutils import cli, colab  # noqa: E402
 from nbutils.colab.notebooks import NOTEBOOKS  # noqa: E402
 
 README = REPO / "README.md"

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from nbutils.tokenize import shards
 from nbutils.core.errors import UserError
+from nbutils.tokenize import shards
 
 
 def _write(tmp_path, name="batch_0001", segments=((0, 75), (0, 30))):

@@ -12,12 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import _tokenize_helpers as h
 from conftest import REPO, last_json, run_cli
 from nbutils import cli
 from nbutils.core import audio, config, models
-from nbutils.tokenize import ledger, shards, stage as tokenize
 from nbutils.core.errors import UserError
-import _tokenize_helpers as h
+from nbutils.tokenize import ledger, shards
+from nbutils.tokenize import stage as tokenize
 
 KEPT_SECONDS = {  # seconds of each ok track of the "everything" batch that end up in the shard
     "chords_44k_stereo.wav": 3.0, "Folder A/arpeggio_48k_24bit.flac": 2.5, "mp3s/percussion_22k_stereo.mp3": 4.0,
@@ -512,7 +513,6 @@ def test_notebook_01_runs_headlessly(small, tmp_path, monkeypatch):
     import nbformat
 
     from nbutils import colab
-
     from nbutils.colab import notebooks
 
     zips, reference, _ = small

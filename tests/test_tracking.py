@@ -6,11 +6,10 @@ import time
 import pytest
 import torch
 
-from nbutils.core import faults, tracking
-from nbutils.train import stage as train
-from nbutils.core.errors import UserError
-
 from _train_helpers import offline_runs, small_config, tokens, wandb_history, wandb_records
+from nbutils.core import faults, tracking
+from nbutils.core.errors import UserError
+from nbutils.train import stage as train
 
 SECRET = "hf_SuperSecretTokenValue1234567890"
 

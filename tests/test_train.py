@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from nbutils.core import faults
-from nbutils.tokenize import shards
-from nbutils.train import build, checkpoint, stage as train
-from nbutils.core.errors import UserError
-
 from _train_helpers import cli_args, live_musicgens, lora_weights, losses_by_step, small_config, tokens, write_shards
+from nbutils.core import faults
+from nbutils.core.errors import UserError
+from nbutils.tokenize import shards
+from nbutils.train import build, checkpoint
+from nbutils.train import stage as train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -394,7 +394,6 @@ def test_notebook_trains_resumes_and_shows_results(tmp_path, monkeypatch):
     import nbformat
 
     from nbutils import colab
-
     from nbutils.colab import notebooks
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")

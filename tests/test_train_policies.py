@@ -6,11 +6,11 @@ import math
 import pytest
 import torch
 
-from nbutils.core import faults
-from nbutils.train import build, stage as train
-from nbutils.train.trainer import SAMPLES_DIR
-
 from _train_helpers import lora_weights, losses_by_step, small_config, tokens
+from nbutils.core import faults
+from nbutils.train import build
+from nbutils.train import stage as train
+from nbutils.train.trainer import SAMPLES_DIR
 
 
 def _adapter(out, name):

@@ -10,11 +10,27 @@ tests change (``drive.DRIVE_MOUNT``, ``drive.LONG_CELL_SECONDS``) are read from 
 """
 
 from nbutils.colab import drive, install, project, release, secrets
-from nbutils.colab.drive import (CONNECT_CELL, DEFAULT_PROJECT_ROOT, drive_mounted, flush_drive, in_colab, mount_drive,
-                                 on_drive)
+from nbutils.colab.drive import (
+    CONNECT_CELL,
+    DEFAULT_PROJECT_ROOT,
+    drive_mounted,
+    flush_drive,
+    in_colab,
+    mount_drive,
+    on_drive,
+)
 from nbutils.colab.gpu import gpu_report
-from nbutils.colab.project import (INSTALL_CELL, PROJECT_CELL, Project, connect, create_project, current,
-                                   describe_project, next_steps, show_errors_briefly)
+from nbutils.colab.project import (
+    INSTALL_CELL,
+    PROJECT_CELL,
+    Project,
+    connect,
+    create_project,
+    current,
+    describe_project,
+    next_steps,
+    show_errors_briefly,
+)
 from nbutils.colab.release import INSTALL_REF, REPO_REF, REPO_SLUG, colab_url, install_url
 from nbutils.colab.secrets import SECRET_NAMES, lookup_secret, secret, use_secrets
 

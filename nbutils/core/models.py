@@ -125,8 +125,12 @@ def tiny_config(stereo: bool = False, melody: bool = False):
     states instead of cross-attention), otherwise the same sizes.
     """
     from transformers import (
-        EncodecConfig, MusicgenConfig, MusicgenDecoderConfig, MusicgenMelodyConfig,
-        MusicgenMelodyDecoderConfig, T5Config,
+        EncodecConfig,
+        MusicgenConfig,
+        MusicgenDecoderConfig,
+        MusicgenMelodyConfig,
+        MusicgenMelodyDecoderConfig,
+        T5Config,
     )
 
     text = T5Config(

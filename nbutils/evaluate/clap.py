@@ -18,8 +18,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from nbutils.generate import audio_io
 from nbutils.core.errors import UserError
+from nbutils.generate import audio_io
 
 DEFAULT_CLAP = "laion/larger_clap_music"
 TINY = "tiny"

@@ -41,11 +41,12 @@ from typing import Any
 import numpy as np
 
 from nbutils.core import atomic, config, tracking
-from nbutils.evaluate import clap, metrics
-from nbutils.generate import adapters, audio_io, stage as generate
-from nbutils.tokenize import shards
 from nbutils.core.config import option
 from nbutils.core.errors import UserError
+from nbutils.evaluate import clap, metrics
+from nbutils.generate import adapters, audio_io
+from nbutils.generate import stage as generate
+from nbutils.tokenize import shards
 
 GENERIC_PROMPTS = (
     "solo classical violin playing a slow romantic melody",

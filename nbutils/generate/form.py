@@ -18,8 +18,8 @@ import traceback
 from typing import Any
 
 from nbutils.core import config
-from nbutils.generate import stage as generate
 from nbutils.core.errors import UserError
+from nbutils.generate import stage as generate
 
 MAX_SECONDS = 300.0  # the form's duration limit; the CLI and plain cell have none
 # control ranges: (label, min, max)

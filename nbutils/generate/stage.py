@@ -30,9 +30,9 @@ from typing import Any, Iterator
 import numpy as np
 
 from nbutils.core import atomic, config, devices, models
-from nbutils.generate import adapters, audio_io, sampling
 from nbutils.core.config import option
 from nbutils.core.errors import UserError
+from nbutils.generate import adapters, audio_io, sampling
 
 VARIANTS = ("base", "lora")
 COMPARE_CHOICES = ("auto", "base", "lora", "both")

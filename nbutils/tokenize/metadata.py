@@ -27,8 +27,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable
 
-from nbutils.tokenize.archive import normalize
 from nbutils.core.errors import UserError
+from nbutils.tokenize.archive import normalize
 
 JSONL, JSON, SIDECAR, TXT, DEFAULT, NONE = "metadata.jsonl", "metadata.json", "sidecar", "txt", "default", "none"
 TEXT_KEYS = ("description", "text", "caption", "prompt")  # the first present is the main text

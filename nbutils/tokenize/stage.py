@@ -35,9 +35,9 @@ from pathlib import Path
 from typing import Any
 
 from nbutils.core import atomic, audio, config, durations, tracking
-from nbutils.tokenize import archive, ledger, metadata, shards
 from nbutils.core.config import add_arguments, differences, from_args, option
 from nbutils.core.errors import UserError
+from nbutils.tokenize import archive, ledger, metadata, shards
 from nbutils.tokenize.zipjob import Counts, Stage, ZipPlan, ZipResult, process_zip, remove_stale_scratch, uncommit
 
 DEFAULT_MODEL = "facebook/musicgen-small"

@@ -27,8 +27,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from nbutils.core import atomic
-from nbutils.tokenize import shards
 from nbutils.core.errors import UserError
+from nbutils.tokenize import shards
 
 # audiocraft trains MusicGen with classifier_free_guidance.training_dropout = 0.3
 # (config/conditioner/text2music.yaml in facebookresearch/audiocraft); we keep its default.
