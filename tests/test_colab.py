@@ -205,6 +205,49 @@ def test_drive_is_mounted_once_at_the_colab_mount_point_and_flushed(fake_colab, 
     assert len(fake_colab.calls("drive.mount")) == 2 and colab.current().model == "tiny"
 
 
+def test_a_dead_drive_mount_is_remounted_by_the_connect_cell(fake_colab, monkeypatch, capsys):
+    """Errno 107: the mount point is there but every access raises; Connect remounts with force_remount."""
+    import errno
+
+    root = fake_colab.mount / "MyDrive" / "musicgen-lora"
+    colab.create_project(root, model="tiny")
+    real_probe, dead = colab.drive._probe, [True]
+
+    def probe(path):
+        if dead[0] and Path(path) == fake_colab.mount / "MyDrive":
+            raise OSError(errno.ENOTCONN, "Transport endpoint is not connected", str(path))
+        return real_probe(path)
+
+    from google.colab import drive as fake_drive
+
+    real_mount = fake_drive.mount
+
+    def mount(mountpoint, force_remount=False, **kwargs):
+        real_mount(mountpoint, force_remount=force_remount, **kwargs)
+        dead[0] = dead[0] and not force_remount  # only a forced remount revives a dead transport
+
+    monkeypatch.setattr(colab.drive, "_probe", probe)
+    monkeypatch.setattr(fake_drive, "mount", mount)
+    with pytest.raises(UserError, match="'2. Connect' again to remount"):
+        colab.current()  # a later cell: a message, not an OSError
+    capsys.readouterr()
+    project = colab.connect(root, notebook="02_train")
+    assert "connection died" in capsys.readouterr().out and project.model == "tiny"
+    assert fake_colab.calls("drive.mount")[-1]["force_remount"] is True and colab.drive_mounted()
+
+
+def test_rerunning_setup_keeps_the_saved_model_unless_asked(local, capsys):
+    root = local / "project"
+    colab.create_project(root, model="tiny")
+    capsys.readouterr()
+    colab.create_project(root, model="facebook/musicgen-small")  # 00's default, on a re-run
+    assert json.loads((root / "project.json").read_text())["model"] == "tiny"
+    note = capsys.readouterr().out
+    assert "set up for tiny" in note and "CHANGE_MODEL = True" in note and "new PROJECT_ROOT" in note
+    colab.create_project(root, model="facebook/musicgen-small", change_model=True)
+    assert json.loads((root / "project.json").read_text())["model"] == "facebook/musicgen-small"
+
+
 def test_a_project_on_the_runtime_disk_gets_a_warning(fake_colab, tmp_path, capsys):
     colab.create_project(tmp_path / "content" / "musicgen-lora", model="tiny")
     assert "deleted with the runtime" in capsys.readouterr().out

@@ -12,11 +12,13 @@ import importlib.metadata as md
 import os
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
-import tomllib
+import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 from nbutils.colab import notebooks
 
@@ -85,15 +87,15 @@ def test_every_third_party_import_is_declared():
     distributions = md.packages_distributions()
     core, anywhere = _names(CORE), _names(CORE) | {n for reqs in EXTRAS.values() for n in _names(reqs)}
     problems = []
-    for path in sorted((REPO / "nbutils").glob("*.py")):
+    for path in sorted((REPO / "nbutils").rglob("*.py")):
         for module, at_top in _imports(path):
             root = module.split(".")[0]
             if root in sys.stdlib_module_names or root == "nbutils" or root in PROVIDED:
                 continue
             dists = {canonicalize_name(d) for d in distributions.get(root, [])}
-            assert dists, f"{path.name} imports {module}, which is not installed here"
+            assert dists, f"{path.relative_to(REPO)} imports {module}, which is not installed here"
             if not dists & (core if at_top else anywhere):
-                problems.append(f"{path.name}: {module} ({', '.join(sorted(dists))}) "
+                problems.append(f"{path.relative_to(REPO)}: {module} ({', '.join(sorted(dists))}) "
                                 f"{'at module level needs a core dependency' if at_top else 'is not declared'}")
     assert problems == []
 
@@ -119,3 +121,60 @@ def test_demo_without_nbclient_says_what_to_install(tmp_path):
     assert proc.stderr.strip().startswith("Error: Running the notebooks headlessly needs nbclient,")
     assert f'pip install "{notebooks.DEMO_EXTRA}"' in proc.stderr and "requirements.txt" in proc.stderr
     assert not (tmp_path / "demo").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Colab's package set and honest floors
+# ---------------------------------------------------------------------------------------------
+
+COLAB_PINS = REPO / ".ci" / "colab-pins.txt"
+COLAB_MANIFEST = REPO.parent / "shared" / "colab" / "pip-freeze.gpu.txt"  # beside the clone in CI
+# Declared packages that are not in Colab's runtime, or that CI runs at its own newest versions.
+NOT_ON_COLAB = {"torch", "numpy", "pytest", "pytest-timeout", "pytest-xdist", "ruff", "setuptools"}
+# Removed from the standard library in Python 3.13 (PEP 594, and lib2to3): Colab runs 3.13.
+REMOVED_IN_313 = {"aifc", "audioop", "cgi", "cgitb", "chunk", "crypt", "imghdr", "mailcap", "msilib", "nis",
+                  "nntplib", "ossaudiodev", "pipes", "sndhdr", "spwd", "sunau", "telnetlib", "uu", "xdrlib",
+                  "lib2to3"}
+
+
+def _pins() -> dict[str, str]:
+    lines = [line.split("#")[0].strip() for line in COLAB_PINS.read_text().splitlines()]
+    reqs = [Requirement(line) for line in lines if line]
+    return {canonicalize_name(r.name): str(r.specifier).removeprefix("==") for r in reqs}
+
+
+def test_colab_pins_are_colabs_published_versions():
+    if not COLAB_MANIFEST.exists():
+        pytest.skip(f"Colab's manifest is not beside this clone ({COLAB_MANIFEST}); CI has it")
+    published = {}
+    for line in COLAB_MANIFEST.read_text().splitlines():
+        name, sep, version = line.partition("==")
+        if sep:
+            published[canonicalize_name(name)] = version.split("+")[0]
+    assert {name: published.get(name) for name in _pins()} == _pins()
+
+
+def test_every_lower_bound_is_the_tested_colab_version():
+    """A floor is a version the suite runs at: Colab's (make test-colab pins them), never a guess."""
+    pins = _pins()
+    for req in CORE + [r for reqs in EXTRAS.values() for r in reqs]:
+        name = canonicalize_name(req.name)
+        if name in NOT_ON_COLAB:
+            continue
+        assert name in pins, f"{req}: add Colab's version to {COLAB_PINS.name}, so CI tests the floor"
+        floors = [Version(s.version) for s in req.specifier if s.operator == ">="]
+        assert floors == [Version(pins[name])], f"{req}: the floor must be Colab's tested {pins[name]}"
+    declared = _names(CORE) | {n for reqs in EXTRAS.values() for n in _names(reqs)}
+    assert set(pins) <= declared, f"pinned but not declared: {set(pins) - declared}"
+
+
+def test_python_313_is_declared_and_nothing_removed_in_it_is_imported():
+    spec = PYPROJECT["project"]["requires-python"]
+    from packaging.specifiers import SpecifierSet
+
+    assert all(SpecifierSet(spec).contains(v) for v in ("3.11", "3.12", "3.13")), spec
+    classifiers = set(PYPROJECT["project"]["classifiers"])
+    assert {f"Programming Language :: Python :: 3.{m}" for m in (11, 12, 13)} <= classifiers
+    used = {module.split(".")[0] for folder in ("nbutils", "tests", "benchmarks")
+            for path in (REPO / folder).rglob("*.py") for module, _ in _imports(path)}
+    assert used & REMOVED_IN_313 == set()

@@ -77,13 +77,19 @@ def test_disabled_mode_starts_nothing(tmp_path):
     tracking.finish()
 
 
-def test_auto_mode_goes_online_only_with_a_key(tmp_path, monkeypatch):
+def test_auto_mode_goes_online_only_with_a_key_and_respects_wandb_mode(tmp_path, monkeypatch):
+    """What the README and notebooks promise: without a key, offline into the run folder; WANDB_MODE wins."""
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    assert tracking.resolve_mode("auto") == "disabled"
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    assert tracking.resolve_mode("auto") == "offline"
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     assert tracking.resolve_mode("auto") == "online"
-    assert tracking.resolve_mode("offline") == "offline"
+    for env, mode in (("disabled", "disabled"), ("offline", "offline"), ("dryrun", "offline"), ("ONLINE", "online")):
+        monkeypatch.setenv("WANDB_MODE", env)
+        assert tracking.resolve_mode("auto") == mode, env
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert tracking.resolve_mode("offline") == "offline"  # a mode set on purpose is used as given
     with pytest.raises(Exception, match="Unknown wandb mode"):
         tracking.resolve_mode("sometimes")
 

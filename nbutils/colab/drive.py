@@ -6,7 +6,9 @@ Only this layer knows the mount point ``/content/drive``; outside Colab "Drive" 
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import sys
 import time
 from pathlib import Path
@@ -40,13 +42,30 @@ def on_drive(path: str | os.PathLike) -> bool:
     return path == DRIVE_MOUNT or DRIVE_MOUNT in path.parents
 
 
+# What a mount whose FUSE transport died answers (errno 107 "Transport endpoint is not connected", or an
+# I/O error): the folder is still there, but every access raises. Only a forced remount revives it.
+DEAD_MOUNT_ERRNOS = (errno.ENOTCONN, errno.EIO, errno.ECONNABORTED)
+
+
+def _probe(path: Path) -> os.stat_result:
+    return os.stat(path)
+
+
+def drive_state() -> str:
+    """``mounted``, ``absent`` (not mounted, or unmounted by a flush) or ``dead`` (the transport died)."""
+    try:
+        return "mounted" if stat.S_ISDIR(_probe(DRIVE_MOUNT / "MyDrive").st_mode) else "absent"
+    except OSError as err:
+        return "dead" if err.errno in DEAD_MOUNT_ERRNOS else "absent"
+
+
 def drive_mounted() -> bool:
-    """True when Drive is mounted (its ``MyDrive`` folder is visible)."""
-    return (DRIVE_MOUNT / "MyDrive").is_dir()
+    """True when Drive is mounted and answers (its ``MyDrive`` folder is visible)."""
+    return drive_state() == "mounted"
 
 
 def mount_drive(project_root: str | os.PathLike) -> bool:
-    """Mount Google Drive if ``project_root`` lives on it and it is not mounted yet.
+    """Mount Google Drive if ``project_root`` lives on it and it is not mounted, or remount a dead mount.
 
     Returns:
         True if the project is on a mounted Drive, False for a local folder.
@@ -62,16 +81,22 @@ def mount_drive(project_root: str | os.PathLike) -> bool:
             f"PROJECT_ROOT {root} is on Google Drive, but this is not a Colab runtime. "
             "Use a local folder as PROJECT_ROOT outside Colab."
         )
-    if not drive_mounted():
+    state = drive_state()
+    if state != "mounted":
         from google.colab import drive
 
-        print(f"Mounting Google Drive at {DRIVE_MOUNT} (allow access in the pop-up)...")
+        if state == "dead":
+            print("Google Drive's connection died ('Transport endpoint is not connected'): remounting it. Then "
+                  "re-run the cell that was working when it died: it continues from what reached Drive.")
+        else:
+            print(f"Mounting Google Drive at {DRIVE_MOUNT} (allow access in the pop-up)...")
         try:
-            drive.mount(str(DRIVE_MOUNT))
+            drive.mount(str(DRIVE_MOUNT), force_remount=state == "dead")
         except Exception as err:  # Colab raises MessageError/ValueError when access is declined
             raise UserError(
                 f"Mounting Google Drive failed ({type(err).__name__}: {err}). Run this cell again and "
-                "allow access to your Drive in the pop-up (same Google account as Colab)."
+                "allow access to your Drive in the pop-up (same Google account as Colab); if it keeps "
+                "failing, use Runtime > Restart session, then this cell."
             ) from err
     if not drive_mounted():
         raise UserError(

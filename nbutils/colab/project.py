@@ -54,14 +54,17 @@ class Project:
         return f"Project(root={self.paths.root}, model={self.model})"
 
 
-def create_project(project_root: str | os.PathLike, **settings: Any) -> Project:
+def create_project(project_root: str | os.PathLike, *, change_model: bool = False, **settings: Any) -> Project:
     """Create the folder layout and write ``project.json`` (00_setup); mount Drive if needed.
 
     Existing settings are kept unless given again (empty values mean "keep"), so re-running
-    setup never loses choices made earlier. The project becomes ``current()``.
+    setup never loses choices made earlier. The model is the exception: tokens and runs belong to
+    the model they were made with, so an existing project keeps its saved model unless
+    ``change_model`` says so (a note explains). The project becomes ``current()``.
 
     Args:
         project_root: ``PROJECT_ROOT`` (on Drive in Colab, any local folder elsewhere).
+        change_model: Replace an existing project's saved model with ``settings["model"]``.
         **settings: ``model``, ``zip_dir`` (empty = ``PROJECT_ROOT/zips``), ``run_name`` (the
             training run folder under ``runs/``, default ``lora``); other keys are stored as given.
     """
@@ -74,7 +77,10 @@ def create_project(project_root: str | os.PathLike, **settings: Any) -> Project:
               f"(e.g. {drive.DEFAULT_PROJECT_ROOT}).")
     paths = Paths.at(project_root)
     current = atomic.read_json(paths.project_file) if paths.project_file.exists() else {}
-    current.update({k: v for k, v in settings.items() if v not in (None, "")})
+    given = {k: v for k, v in settings.items() if v not in (None, "")}
+    if not change_model and current.get("model") and given.get("model", current["model"]) != current["model"]:
+        print(_kept_model_note(current["model"], given.pop("model")))
+    current.update(given)
     current.setdefault("model", "facebook/musicgen-small")
     current.setdefault("run_name", DEFAULT_RUN)
     paths = Paths.at(project_root, current.get("zip_dir") or None)
@@ -83,6 +89,13 @@ def create_project(project_root: str | os.PathLike, **settings: Any) -> Project:
     atomic.write_json(paths.project_file, current)
     _CURRENT = Project(paths=paths, settings=current)
     return _CURRENT
+
+
+def _kept_model_note(saved: str, asked: str) -> str:
+    return (f"Note: this project was set up for {saved} (in project.json), so MODEL = {asked} was not applied: "
+            f"its tokens and training runs belong to {saved}. To start with {asked}, use a new PROJECT_ROOT; to "
+            f"switch this project on purpose, set CHANGE_MODEL = True and run this cell again (then tokenize "
+            f"again: 01 refuses tokens made with another model).")
 
 
 def describe_project(project: Project) -> str:

@@ -10,7 +10,8 @@ Training uses ``start`` (a new run, or the run whose id the checkpoint stored, s
 training continues the same WandB run), ``log_audio`` for samples, ``log_artifact`` for adapters
 and ``finish``. Modes: ``online`` (needs ``WANDB_API_KEY`` or a prior ``wandb login``),
 ``offline`` (files under the run folder, ``wandb sync`` them later), ``disabled`` (nothing), and
-``auto`` = online when a key is available, else disabled.
+``auto`` = ``WANDB_MODE`` if the environment sets it, else online when a key is available and
+offline without one.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from typing import Any
 from nbutils.core.errors import UserError
 
 MODES = ("auto", "online", "offline", "disabled")
+# WANDB_MODE values wandb itself accepts, as our modes (``dryrun`` is its old name for offline).
+ENV_MODES = {"online": "online", "offline": "offline", "dryrun": "offline", "disabled": "disabled"}
 _SECRET_KEY = re.compile(r"(token|secret|password|passwd|api_?key|credential|auth)", re.I)
 _SECRET_VALUE = re.compile(r"^(hf_[A-Za-z0-9]{10,}|[0-9a-f]{40}|sk-[A-Za-z0-9]{10,})$")
 
@@ -47,13 +50,18 @@ def log(metrics: dict[str, Any], step: int | None = None) -> None:
 
 
 def resolve_mode(mode: str) -> str:
-    """``auto`` -> ``online`` if an API key is available (env or netrc), else ``disabled``."""
+    """The mode a run uses. ``auto`` follows ``WANDB_MODE`` when the environment sets it, else goes
+    ``online`` with an API key (env or netrc) and ``offline`` (files in the run folder, for
+    ``wandb sync``) without one. An explicit mode is used as given."""
     mode = (mode or "auto").lower()
     if mode not in MODES:
         raise UserError(f"Unknown wandb mode '{mode}'. Use one of: {', '.join(MODES)}.")
     if mode != "auto":
         return mode
-    return "online" if _has_key() else "disabled"
+    env = os.environ.get("WANDB_MODE", "").strip().lower()
+    if env in ENV_MODES:
+        return ENV_MODES[env]
+    return "online" if _has_key() else "offline"
 
 
 def _has_key() -> bool:

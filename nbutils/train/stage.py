@@ -81,8 +81,8 @@ class TrainConfig:
     lora_r: int = option(16, "LoRA rank.")
     lora_alpha: float = option(32.0, "LoRA alpha (scale = alpha / r).")
     lora_dropout: float = option(0.05, "Dropout on the LoRA input.")
-    wandb: str = option("auto", "WandB mode: auto (online if WANDB_API_KEY is set, else disabled), online, "
-                                "offline or disabled.")
+    wandb: str = option("auto", "WandB mode: auto (WANDB_MODE if set, else online with WANDB_API_KEY and offline "
+                                "into the run folder without it), online, offline or disabled.")
     wandb_project: str = option("musicgen-lora", "WandB project.")
     wandb_name: str = option("", "WandB run name; empty = the run folder's name.")
     push_to_hub: str = option("", "Hub repo id (user/name) to upload the final adapter to, with a model card; "
