@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from nbutils.generate import audio_io
+from nbutils.core import audio as core_audio
 from nbutils.core.errors import UserError
 
 DEFAULT_CLAP = "laion/larger_clap_music"
@@ -128,10 +128,10 @@ def load(name: str = DEFAULT_CLAP, *, device: str = "cpu") -> Clap:
 
 
 def to_clap_rate(audio: np.ndarray, sample_rate: int, clap_rate: int = CLAP_RATE) -> np.ndarray:
-    """Mono float32 at CLAP's rate: channels averaged, then resampled with soxr."""
+    """Mono float32 at CLAP's rate: channels averaged (``core.audio``'s mono rule), then resampled with soxr."""
     audio = np.asarray(audio, dtype=np.float32)
-    mono = audio.mean(axis=1) if audio.ndim == 2 else audio
-    return audio_io.resample(mono, sample_rate, clap_rate)
+    mono = core_audio.convert_channels(audio, 1)[:, 0] if audio.ndim == 2 else audio
+    return core_audio.resample(mono, sample_rate, clap_rate)
 
 
 def windows(audio: np.ndarray, size: int, min_size: int) -> list[np.ndarray]:
