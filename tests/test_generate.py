@@ -261,6 +261,39 @@ def test_ab_pairs_base_and_lora_with_the_same_seed(ab_pipe, tmp_path):
     assert np.array_equal(read(lora_alone[1]), read(both[3]))
 
 
+def test_switching_adapters_on_one_base_equals_loading_each_fresh(strong_adapter, tmp_path, monkeypatch):
+    """Same LoRA layout: the weights are reloaded into the layers; another layout: the layers are
+    rebuilt. Either way the audio is bit for bit that of a freshly loaded base + that adapter."""
+    from nbutils.generate import adapters
+
+    qv1 = save_peft(peft_model("tiny", seed=1), tmp_path / "qv1")
+    qv2 = save_peft(peft_model("tiny", seed=2), tmp_path / "qv2")
+    config = cfg(tmp_path, seconds=0.3)
+
+    def clip(pipe, variant="lora"):
+        return pipe.generate(["calm piano"], config, variant=variant, seed=1)[0][0]
+
+    paths = {"qv1": qv1, "qv2": qv2, "heads": strong_adapter}
+    fresh = {name: clip(generate.Pipeline("tiny", str(path))) for name, path in paths.items()}
+    base = clip(generate.Pipeline("tiny"), "base")
+    reloaded = []
+    real = adapters.reload_weights
+    monkeypatch.setattr(adapters, "reload_weights", lambda *a: reloaded.append(real(*a)) or reloaded[-1])
+    switched = generate.Pipeline("tiny")
+    for name in ("qv1", "qv2", "heads", "qv1"):
+        assert switched.use_adapter(str(paths[name])).location == str(paths[name])
+        assert np.array_equal(clip(switched), fresh[name]), name
+        assert np.array_equal(clip(switched, "base"), base), f"base with {name} switched off"
+    assert reloaded == [True, False, False], "qv2 into qv1's layers; heads and qv1 again rebuilt"
+    wrong = save_peft(peft_model("tiny", seed=3), tmp_path / "wrong")  # qv1's layout, made for an 8-codebook base
+    (wrong / "base_model.json").write_text(json.dumps({"num_codebooks": 8}))
+    with pytest.raises(UserError, match="num_codebooks: the adapter's base has 8, the model given has 4"):
+        switched.use_adapter(str(wrong))
+    assert switched.adapter.location == str(qv1) and np.array_equal(clip(switched), fresh["qv1"]), "refused: unchanged"
+    assert switched.use_adapter("") is None and np.array_equal(clip(switched, "base"), base)
+    assert not [n for n, _ in switched.model.named_modules() if "lora_" in n], "no LoRA layer is left behind"
+
+
 def test_sidecar_records_every_parameter(ab_pipe, tmp_path, strong_adapter):
     config = cfg(tmp_path, compare="both", seed=3, seconds=0.4, temperature=0.9, top_k=50, top_p=0.95,
                  guidance_scale=2.5, adapter=str(strong_adapter))

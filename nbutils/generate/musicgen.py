@@ -159,18 +159,26 @@ class Pipeline:
     def use_adapter(self, spec: str) -> adapters.Adapter | None:
         """Attach the adapter ``spec`` names in place of the current one ('' = none), keeping the base loaded.
 
-        peft's ``unload`` takes the LoRA layers out without touching the base weights, so the model
-        is then exactly the freshly loaded base, and the new adapter attaches as it would to that.
+        An adapter with the current one's LoRA layout only has its weights loaded into the existing
+        layers (``adapters.reload_weights``); any other is attached after peft's ``unload`` took
+        the LoRA layers out (the base weights are never touched). Either way the model is then
+        exactly a freshly loaded base with this adapter attached.
         """
         self._check_loaded()
         if self.merged:
             raise UserError("The adapter was merged into the weights, so another one cannot replace it; load the "
                             "model without merge.")
+        adapter = adapters.resolve(spec) if spec else None
+        if adapter is not None and self._peft is not None and adapters.reload_weights(self._peft, adapter,
+                                                                                      self.model_name):
+            self.adapter = adapter
+            return adapter
         if self._peft is not None:
             self._peft.unload()  # restores the base modules in self.model
             self._peft = self.adapter = None
-        if spec:
-            self._peft, self.adapter = adapters.load_onto(self.model, str(spec), self.model_name)
+        if adapter is not None:
+            self._peft = adapters.attach(self.model, adapter, self.model_name)
+            self.adapter = adapter
         return self.adapter
 
     @contextlib.contextmanager
