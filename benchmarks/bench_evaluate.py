@@ -33,7 +33,6 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -41,29 +40,18 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_train import Clock, build_model  # noqa: E402 - musicgen-small's configuration, random weights
+
 from nbutils.evaluate import stage as evaluate  # noqa: E402
 from nbutils.generate.musicgen import Pipeline  # noqa: E402
 
 ADAPTERS = 3
 
 
-class Clock:
-    """Wall and CPU seconds of a block."""
-
-    def __enter__(self):
-        self.wall, self.cpu = time.perf_counter(), time.process_time()
-        return self
-
-    def __exit__(self, *exc):
-        self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
-
-
 def model_folder(workdir: Path, kind: str) -> str:
     """The model to evaluate: ``tiny``, or a random musicgen-small in ``workdir`` (built once)."""
     if kind == "tiny":
         return "tiny"
-    from bench_train import build_model  # musicgen-small's configuration, random weights
-
     from transformers import GenerationConfig
 
     folder = workdir / "musicgen-small-random"
