@@ -65,7 +65,7 @@ def main() -> None:
 
     def codes_kept():
         torch.manual_seed(0)
-        codes, _ = sampling.sample_long(pipe.model, inputs, context, frames, windows, cfg.sampler)
+        codes, _ = sampling.sample_long(pipe.model, inputs, context, frames, windows, cfg.sampling)
         sampling.decode(pipe.model, codes[0])
 
     def decode_every_window():  # what calling generate() per window costs: a full decode each time
@@ -73,7 +73,7 @@ def main() -> None:
         history = context
         for ctx, new in windows.plan(0, frames):
             kwargs = dict(inputs, max_new_tokens=new + sampling.delay_steps(pipe.model),
-                          **cfg.sampler.generate_kwargs())
+                          **cfg.sampling.generate_kwargs())
             if ctx:
                 kwargs["decoder_input_ids"] = history[:, :, -ctx:].reshape(pipe.spec.num_codebooks, ctx)
             with sampling.codes_only(pipe.model) as got:

@@ -30,7 +30,7 @@ MOVED = {
     "archive": "nbutils.tokenize.archive",
     "atomic": "nbutils.core.atomic",
     "audio": "nbutils.core.audio",
-    "audio_io": "nbutils.generate.audio_io",
+    "audio_io": "nbutils.generate.output",
     "checkpoint": "nbutils.train.checkpoint",
     "clap": "nbutils.evaluate.clap",
     "config": "nbutils.core.config",

@@ -35,3 +35,11 @@ def test_bench_train_quick_prints_its_three_results(tmp_path):
     out = _bench("benchmarks/bench_train.py", "--quick", "--workdir", str(tmp_path))
     for line in ("1. loop overhead:", "2. latest.pt size:", "3. resume:"):
         assert line in out, out
+
+
+@pytest.mark.slow
+def test_bench_evaluate_prints_its_ratios(tmp_path):
+    out = _bench("benchmarks/bench_evaluate.py", "--model", "tiny", "--repeat", "1", "--workdir", str(tmp_path))
+    for line in ("evaluate.run in full:", "evaluate.run without sampling the clips:",
+                 "model handling, reload per adapter (0.1.0):", "model handling, load once + switch (now):"):
+        assert line in out, out

@@ -1,5 +1,7 @@
 import argparse
 import dataclasses
+import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -58,3 +60,55 @@ def test_help_shows_defaults_as_typed():
     config.add_arguments(parser, Example)
     text = parser.format_help()
     assert "(default: 'out')" in text and "PosixPath" not in text and "(default: 30.0)" in text
+
+
+@dataclasses.dataclass
+class Inner:
+    guidance_scale: float = config.option(3.0, "Guidance.")
+    top_k: int = config.option(250, "Top-k.")
+
+    def __post_init__(self):
+        config.require("inner", [(self.top_k >= 0, "top_k must be >= 0")])
+
+
+@dataclasses.dataclass
+class Outer:
+    seconds: float = config.option(10.0, "Length.")
+    sampling: Inner = config.nested(Inner, "How tokens are drawn.")
+    precision: str = config.option("auto", "Precision.", aliases=("dtype",))
+
+
+def test_nested_settings_keep_their_flat_names_everywhere_a_user_types_them():
+    assert config.setting_names(Outer) == ["seconds", "guidance_scale", "top_k", "precision"]
+    cfg = config.from_dict(Outer, {"guidance_scale": 2.0, "seconds": 4})  # notebook parameters
+    assert cfg == Outer(seconds=4, sampling=Inner(guidance_scale=2.0))
+    assert config.from_dict(Outer, {"sampling": {"top_k": 5}, "top_k": 7}).sampling == Inner(top_k=7), "flat wins"
+    assert config.from_dict(Outer, {"sampling": Inner(top_k=5)}).sampling == Inner(top_k=5)
+    assert config.from_dict(Outer, config.to_dict(cfg)) == cfg, "a saved record builds the same config again"
+    parser = argparse.ArgumentParser()
+    config.add_arguments(parser, Outer)
+    parsed = parser.parse_args(["--guidance-scale", "1.5", "--top-k", "0"])
+    assert config.from_args(Outer, parsed).sampling == Inner(1.5, 0)
+    assert "--guidance-scale" in parser.format_help() and "--sampling" not in parser.format_help()
+    with pytest.raises(UserError, match="'top_kk'.*Did you mean 'top_k'"):
+        config.from_dict(Outer, {"top_kk": 1})
+    with pytest.raises(UserError, match="Invalid inner setting: top_k must be >= 0"):
+        config.from_dict(Outer, {"top_k": -1})
+    with pytest.raises(UserError, match="'sampling' must be a Inner or a dict"):
+        config.from_dict(Outer, {"sampling": 3})
+
+
+def test_flat_records_and_hashes_do_not_change_when_a_setting_is_nested():
+    cfg = config.from_dict(Outer, {"guidance_scale": 2.0})
+    flat = {"seconds": 10.0, "guidance_scale": 2.0, "top_k": 250, "precision": "auto"}
+    assert config.flatten(Outer, config.to_dict(cfg)) == flat == config.flatten(Outer, flat)
+    blob = json.dumps({k: flat[k] for k in ("guidance_scale", "seconds")}, sort_keys=True, separators=(",", ":"))
+    assert config.config_hash(cfg, ["guidance_scale", "seconds"]) == hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def test_a_renamed_setting_keeps_its_old_name_for_one_release():
+    with pytest.warns(FutureWarning, match="'dtype' is now called 'precision'"):
+        assert config.from_dict(Outer, {"dtype": "bf16"}).precision == "bf16"
+    parser = argparse.ArgumentParser()
+    config.add_arguments(parser, Outer)
+    assert config.from_args(Outer, parser.parse_args(["--dtype", "fp16"])).precision == "fp16"

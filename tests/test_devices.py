@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from nbutils import colab
-from nbutils.core import devices
-from nbutils.generate import stage as generate
+from nbutils.core import devices, models
+from nbutils.core.errors import UserError
 from nbutils.tokenize import encoder
 from nbutils.train import presets
 from nbutils.train import stage as train
@@ -54,8 +54,10 @@ def test_every_stage_picks_bf16_only_where_it_is_native(fake_gpu, card, native):
     half, precision = (torch.bfloat16, "bf16") if native else (torch.float16, "fp16")
     assert devices.bf16_native() is native and devices.bf16_native("cuda:0") is native
     assert devices.bf16_native(0) is native
-    assert encoder.autocast_dtype("cuda", "auto") is half  # tokenize
-    assert generate.pick_dtype("auto", "cuda") is half  # generate, evaluate
+    codec, spec = models.load_codec("tiny")
+    assert encoder.Encoder(codec, spec, device="cpu", precision="auto").dtype is None  # tokenize on a CPU
+    assert devices.pick_precision("auto", "cuda") == precision  # the one picker: tokenize, generate, evaluate
+    assert devices.pick_dtype("auto", "cuda") is half and devices.pick_dtype("auto", "auto") is half
     info = devices.gpu_info()
     assert info["bf16"] is native
     assert f"bf16 {'yes' if native else 'no'}" in colab.gpu_report("tiny", info)
@@ -66,8 +68,21 @@ def test_every_stage_picks_bf16_only_where_it_is_native(fake_gpu, card, native):
 
 def test_explicit_choices_are_kept(fake_gpu):
     fake_gpu("T4")
-    assert encoder.autocast_dtype("cuda", "bf16") is torch.bfloat16
-    assert generate.pick_dtype("bfloat16", "cuda") is torch.bfloat16
+    assert devices.pick_dtype("bf16", "cuda") is torch.bfloat16 and devices.pick_dtype("fp32", "cuda") is torch.float32
+    assert devices.pick_device("auto") == devices.pick_device(None) == "cuda" and devices.pick_device("cpu") == "cpu"
+    with pytest.warns(FutureWarning, match="'bfloat16' is now written 'bf16'"):
+        assert devices.pick_dtype("bfloat16", "cuda") is torch.bfloat16  # 0.1.0's spelling, for one release
+    with pytest.raises(UserError, match="Unknown precision 'fp8'. Use one of: auto, bf16, fp16, fp32"):
+        devices.pick_precision("fp8", "cuda")
+    with pytest.raises(ValueError, match="resolved precision"):
+        devices.torch_dtype("auto")
+
+
+def test_cpu_auto_is_fp32_without_asking_a_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert devices.pick_device("auto") == "cpu"
+    assert devices.pick_precision("auto", "auto") == devices.pick_precision("auto", "cpu") == "fp32"
+    assert devices.pick_dtype("auto", "cpu") is torch.float32
 
 
 def test_cpu_is_never_bf16_native(fake_gpu, monkeypatch):

@@ -4,7 +4,7 @@ import torch
 
 from nbutils.core import audio, models, synth
 from nbutils.core.errors import UserError
-from nbutils.tokenize.encoder import Batcher, Encoder, autocast_dtype
+from nbutils.tokenize.encoder import Batcher, Encoder
 
 
 @pytest.fixture(scope="module")
@@ -96,10 +96,11 @@ def test_batcher_forms_equal_length_batches_and_returns_every_key():
 
 
 def test_precision_choices():
-    assert autocast_dtype("cpu", "auto") is None and autocast_dtype("cpu", "fp32") is None
-    assert autocast_dtype("cpu", "bf16") is torch.bfloat16
-    with pytest.raises(UserError, match="precision"):
-        autocast_dtype("cpu", "int8")
+    codec, spec = models.load_codec("tiny")
+    for precision, autocast in (("auto", None), ("fp32", None), ("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        assert Encoder(codec, spec, device="cpu", precision=precision).dtype is autocast, precision
+    with pytest.raises(UserError, match="Unknown precision 'int8'. Use one of: auto, bf16, fp16, fp32"):
+        Encoder(codec, spec, device="cpu", precision="int8")
 
 
 def test_bf16_autocast_runs_on_cpu():

@@ -15,9 +15,9 @@ from _generate_helpers import make_run, make_tokens, peft_model, save_peft
 from conftest import last_json, run_cli
 from nbutils import colab
 from nbutils.colab import notebooks
-from nbutils.core import atomic
+from nbutils.core import atomic, config
 from nbutils.core.errors import UserError
-from nbutils.evaluate import metrics
+from nbutils.evaluate import clips, metrics, prompts, reference, report
 from nbutils.evaluate import stage as evaluate
 from nbutils.generate import stage as generate
 from nbutils.tokenize import shards
@@ -77,7 +77,7 @@ def test_score_rows_on_constructed_embeddings():
     ]
     audio = np.array([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0], [0, 0, 1.0]])
     reference = np.array([[0, 0, 1.0], [0, 0, 1.0]])
-    per_prompt, summary = evaluate.score(samples, sets, text, audio, reference)
+    per_prompt, summary = report.score(samples, sets, text, audio, reference)
     row = {(r["model"], r["prompt_set"]): r for r in summary}
     assert row["base", "style"]["clap_text"] == pytest.approx(1.0)
     assert row["base", "style"]["style_similarity"] == pytest.approx(0)
@@ -111,7 +111,7 @@ def pipe():
 def test_reference_is_the_runs_validation_tracks_from_source_or_decoded(data, pipe):
     opened = shards.open_all(data["tokens"])
     cfg = evaluate.EvalConfig(model="tiny", tokens=str(data["tokens"]), zips=str(data["zips"]), max_reference=32)
-    from_source = evaluate.reference_audio(cfg, pipe, opened, data["run"])
+    from_source = reference.reference_audio(cfg, pipe, opened, data["run"])
     assert set(from_source.tracks) == set(data["val_tracks"]) and from_source.origins == ["source"] * 4
     assert "split.json" in from_source.selection
     first = opened[0].segments[[s.track for s in opened[0].segments].index(from_source.tracks[0])]
@@ -123,46 +123,44 @@ def test_reference_is_the_runs_validation_tracks_from_source_or_decoded(data, pi
     start = int(first.start * rate)
     assert np.allclose(from_source.audio[0][:, 0], wave[start : start + 32_000], atol=1e-6)
 
-    decoded = evaluate.reference_audio(evaluate.EvalConfig(model="tiny", max_reference=3), pipe, opened, data["run"])
+    decoded = reference.reference_audio(evaluate.EvalConfig(model="tiny", max_reference=3), pipe, opened, data["run"])
     assert decoded.origins == ["decoded"] * 3 and len(decoded.audio) == 3, "evenly spread, at most max_reference"
     assert all(a.shape == (50 * 640, 1) for a in decoded.audio)
     # without a run (no split.json) the sample is fixed: the same tracks every time
-    again = evaluate.held_out_segments(opened, None, 32)
-    assert evaluate.held_out_segments(opened, None, 32)[0] == again[0]
+    again = reference.held_out_segments(opened, None, 32)
+    assert reference.held_out_segments(opened, None, 32)[0] == again[0]
     assert "fixed sample of 1 of 4 tracks" in again[1]
 
 
 def test_prompts_from_training_descriptions_or_a_file(data, tmp_path):
     opened = shards.open_all(data["tokens"])
-    sets = evaluate.prompt_sets(evaluate.EvalConfig(num_prompts=5), opened)
+    sets = prompts.prompt_sets(opened, num_prompts=5)
     assert sets["style"] == ["bright synth arpeggio melody, upbeat", "calm piano chords, slow, minor and major"]
-    assert sets["generic"] == list(evaluate.GENERIC_PROMPTS)
+    assert sets["generic"] == list(prompts.GENERIC_PROMPTS)
     file = tmp_path / "prompts.txt"
     file.write_text("# my style\nlofi piano\n\nwarm tape hiss beat\n")
-    style = evaluate.prompt_sets(evaluate.EvalConfig(prompts=str(file)), [])["style"]
-    assert style == ["lofi piano", "warm tape hiss beat"]
+    assert prompts.prompt_sets([], str(file))["style"] == ["lofi piano", "warm tape hiss beat"]
     both = tmp_path / "prompts.json"
     both.write_text(json.dumps({"style": ["lofi piano"], "generic": ["opera aria"]}))
-    sets = evaluate.prompt_sets(evaluate.EvalConfig(prompts=str(both)), [])
-    assert sets == {"style": ["lofi piano"], "generic": ["opera aria"]}
+    assert prompts.prompt_sets([], str(both)) == {"style": ["lofi piano"], "generic": ["opera aria"]}
 
 
 def test_prompt_files_are_checked_and_cleaned(tmp_path):
     file = tmp_path / "prompts.txt"
     file.write_text("  # an indented comment\n  lofi piano  \n\t# another\n")
-    assert evaluate.read_prompt_file(str(file)) == {"style": ["lofi piano"]}
+    assert prompts.read_prompt_file(str(file)) == {"style": ["lofi piano"]}
     spaced = tmp_path / "spaced.json"
     spaced.write_text(json.dumps({"style": ["  lofi piano ", "", "   "], "generic": ["opera aria"]}))
-    assert evaluate.read_prompt_file(str(spaced)) == {"style": ["lofi piano"], "generic": ["opera aria"]}
+    assert prompts.read_prompt_file(str(spaced)) == {"style": ["lofi piano"], "generic": ["opera aria"]}
     for bad in ({"style": "calm piano"}, {"style": ["calm piano", 3]}, {"generic": None}):
         wrong = tmp_path / "wrong.json"
         wrong.write_text(json.dumps(bad))
         with pytest.raises(UserError, match=r'must be a list of text prompts.*e\.g\. \{"style": \["calm piano"'):
-            evaluate.read_prompt_file(str(wrong))
+            prompts.read_prompt_file(str(wrong))
     broken = tmp_path / "broken.json"
     broken.write_text('{"style": ["calm piano",\n  "lofi"\n')
     with pytest.raises(UserError, match=r"broken.json is not valid JSON \(line 3, column 1"):
-        evaluate.read_prompt_file(str(broken))
+        prompts.read_prompt_file(str(broken))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,7 +171,7 @@ def test_prompt_files_are_checked_and_cleaned(tmp_path):
 def eval_config(data, out, **values) -> evaluate.EvalConfig:
     values = {"model": "tiny", "adapters": [str(data["run"])], "clap": "tiny", "tokens": str(data["tokens"]),
               "out": str(out), "seconds": 0.5, "samples_per_prompt": 2, "seed": 3, **values}
-    return evaluate.EvalConfig(**values)
+    return config.from_dict(evaluate.EvalConfig, values)  # flat sampling keys, as notebook 04 passes them
 
 
 def read_csv(path) -> list[dict]:
@@ -199,7 +197,7 @@ def test_tables_and_plot_written_and_deterministic(data, tmp_path):
     assert len(per_prompt) == 2 * 6 and {r["samples"] for r in per_prompt} == {"2"}
     results = json.loads(files["json"].read_text())
     assert results["reference"] == {"selection": f"validation tracks of {data['run'] / 'split.json'}", "segments": 4,
-                                    "decoded": 4, "from_source": 0}
+                                    "decoded": 4, "from_source": 0, "why_decoded": {reference.NO_ZIPS: 4}}
     assert set(results["forgetting_generic_clap_text"]) == {"lora-best"}
     wavs = sorted((tmp_path / "a" / "samples").rglob("*.wav"))
     assert len(wavs) == 2 * 6 * 2
@@ -229,7 +227,7 @@ def test_out_that_is_a_file_is_refused_before_anything_is_loaded(data, tmp_path,
     def no_loading(*args, **kwargs):
         raise AssertionError("a model was loaded before --out was checked")
 
-    monkeypatch.setattr(generate, "Pipeline", no_loading)
+    monkeypatch.setattr(evaluate, "Pipeline", no_loading)
     taken = tmp_path / "results.csv"
     taken.write_text("earlier")
     with pytest.raises(UserError, match="results.csv is a file"):
@@ -282,22 +280,22 @@ def test_retrained_adapter_regenerates_its_clips_and_reuses_the_base(data, tmp_p
     out = tmp_path / "eval"
     cfg = eval_config(data, out, adapters=[str(run / "adapters" / "best")], samples_per_prompt=1, num_prompts=1)
 
-    def clips(results_dir):
+    def ledger(results_dir):
         ledger = atomic.read_jsonl(results_dir / "samples" / "index.jsonl")
         return {r["unit"].split("|")[0]: sorted(c["path"] for c in r["clips"]) for r in ledger}
 
     first = evaluate.run(cfg)
-    before = clips(out)
+    before = ledger(out)
     save_peft(peft_model("tiny", seed=2), run / "adapters" / "best")  # retrained: new weights, same folder
     second = evaluate.run(cfg)
-    after = clips(out)
+    after = ledger(out)
     old_fp, new_fp = first["adapter_fingerprints"]["lora-best"], second["adapter_fingerprints"]["lora-best"]
     assert old_fp and new_fp and old_fp != new_fp
     assert after["base"] == before["base"], "base clips are reused"
     old, new = after[f"lora-best@{old_fp}"], after[f"lora-best@{new_fp}"]
     assert not set(old) & set(new), "the LoRA clips were generated again, into new files"
     assert all(Path(p).is_file() for p in old + new), "the earlier clips are kept"
-    assert any(not np.array_equal(evaluate._read_wav(a), evaluate._read_wav(b)) for a, b in zip(old, new))
+    assert any(not np.array_equal(clips.read_wav(a), clips.read_wav(b)) for a, b in zip(old, new))
     scores = {(r["model"], r["prompt"]): r["clap_text"] for r in second["per_prompt"]}
     earlier = {(r["model"], r["prompt"]): r["clap_text"] for r in first["per_prompt"]}
     assert all(scores[k] == v for k, v in earlier.items() if k[0] == "base")
@@ -325,7 +323,7 @@ def test_wandb_table_with_audio_when_a_run_is_active(data, tmp_path):
         assert "eval/lora-best/generic/clap_text" in run.summary.keys()
     finally:
         wandb.finish()
-    assert evaluate.log_wandb([], [], 32_000) is False, "no run: nothing logged"
+    assert report.log_wandb([], [], 32_000) is False, "no run: nothing logged"
 
 
 def test_cli_contract(data, tmp_path):
@@ -359,3 +357,143 @@ def test_notebook_executes(tmp_path):
     assert any("image/png" in o.get("data", {}) for o in outputs), "the plot is shown"
     tables = [o["data"]["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {})]
     assert any("| lora-best | style |" in t for t in tables), "the summary table is shown"
+
+
+# ---------------------------------------------------------------------------------------------
+# Source audio through tokenize's ZIP reader
+# ---------------------------------------------------------------------------------------------
+
+
+def _named_tokens(root: Path, names: dict[str, str]) -> tuple[list[shards.Shard], dict[str, np.ndarray]]:
+    """A ZIP whose members carry the names ``names`` maps to (as a user's zip tool wrote them) and
+    its shard, whose index holds the names tokenization stores (NFC, repaired): one 0.5 s segment each."""
+    import io
+    import unicodedata
+
+    import torch
+
+    from _tokenize_helpers import clear_utf8_flag, write_zip
+    from nbutils.core import models, synth
+
+    codec, spec = models.load_codec("tiny")
+    writer = shards.ShardWriter(root / "tokens", "batch", {"model": "tiny", "sample_rate": spec.sample_rate,
+                                                           "num_codebooks": spec.num_codebooks, "zip": "batch.zip"})
+    members, waves = [], {}
+    for n, (stored, written) in enumerate(names.items()):
+        wave = synth.track("chords", 1.0, seed=n)
+        buffer = io.BytesIO()
+        sf.write(buffer, wave, spec.sample_rate, format="WAV", subtype="FLOAT")
+        members.append((written.removesuffix("|no-utf8-flag"), buffer.getvalue()))
+        waves[stored] = wave[16_000:]
+        with torch.no_grad():
+            codes = codec.encode(torch.from_numpy(wave[16_000:])[None, None]).audio_codes[0, 0]
+        writer.add(shards.Segment(path=unicodedata.normalize("NFC", stored), start=0.5, frames=codes.shape[-1],
+                                  description="calm piano", track=f"batch.zip/{stored}"), codes.T.numpy())
+    writer.commit()
+    write_zip(root / "zips" / "batch.zip", members)
+    for written in names.values():
+        if written.endswith("|no-utf8-flag"):
+            clear_utf8_flag(root / "zips" / "batch.zip", written.removesuffix("|no-utf8-flag"))
+    return shards.open_all(root / "tokens"), waves
+
+
+def test_nfd_and_unflagged_utf8_member_names_are_found_in_their_zip(tmp_path, pipe):
+    """macOS writes NFD names, older zip tools UTF-8 bytes without the UTF-8 flag (zipfile reads them
+    as cp437): the shard index holds the repaired NFC name, and the source is still found."""
+    import unicodedata
+
+    names = {"Música/Café del Mar.wav": unicodedata.normalize("NFD", "Música/Café del Mar.wav"),
+             "Björk/Jóga.wav": "Björk/Jóga.wav|no-utf8-flag", "plain/song.wav": "plain/song.wav"}
+    opened, waves = _named_tokens(tmp_path, names)
+    cfg = evaluate.EvalConfig(model="tiny", zips=str(tmp_path / "zips"), max_reference=8)
+    got = reference.reference_audio(cfg, pipe, opened, None)
+    chosen = reference.held_out_segments(opened, None, 8)[0]
+    assert len(got.audio) == len(chosen) >= 1
+    everything = [(s, i) for s in opened for i in range(len(s.segments))]  # and every segment on its own:
+    with reference.SourceAudio(tmp_path / "zips") as source:
+        for shard, index in everything:
+            segment = shard.segments[index]
+            wave = source.segment("batch.zip", segment, 0.5, 32_000, 1)
+            assert not isinstance(wave, str), f"{segment.path}: {wave}"
+            np.testing.assert_allclose(wave[:, 0], waves[segment.track.split("/", 1)[1]], atol=1e-6)
+    assert got.origins == ["source"] * len(chosen) and got.why_decoded == {}
+
+
+def test_an_oversize_member_is_refused_by_the_cap_and_its_segment_decoded_with_the_reason(tmp_path, pipe,
+                                                                                          monkeypatch):
+    import tempfile
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    opened, _ = _named_tokens(tmp_path, {"big/track.wav": "big/track.wav"})
+    small = evaluate.EvalConfig(model="tiny", zips=str(tmp_path / "zips"), max_member_mb=0.01)  # 10 KiB < 125 KiB
+    got = reference.reference_audio(small, pipe, opened, None)
+    assert got.origins == ["decoded"]
+    ((why, count),) = got.why_decoded.items()
+    assert count == 1 and "over the 10485 bytes per-file cap (zip-bomb guard" in why
+    assert not list(scratch.iterdir()), "the extraction folder is removed"
+    roomy_cfg = evaluate.EvalConfig(model="tiny", zips=str(tmp_path / "zips"))
+    roomy = reference.reference_audio(roomy_cfg, pipe, opened, None)
+    assert roomy.origins == ["source"]
+
+
+
+# ---------------------------------------------------------------------------------------------
+# One base model, adapters switched
+# ---------------------------------------------------------------------------------------------
+
+
+def test_adapters_switched_on_one_base_give_the_clips_of_a_fresh_load_per_adapter(data, tmp_path, monkeypatch):
+    """Two adapters: the base loads once, and every clip is bit for bit what the 0.1.0 path made,
+    a freshly loaded base + adapter per adapter (base clips from the first one, adapter disabled)."""
+    from nbutils.core import models
+    from nbutils.generate import musicgen, output
+
+    other = make_run(tmp_path / "other", val_tracks=data["val_tracks"], train_tracks=data["train_tracks"], seed=1)
+    specs = [str(data["run"]), str(other / "adapters" / "final")]
+    loads = []
+    real_load = models.load_musicgen
+    monkeypatch.setattr(models, "load_musicgen", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    cfg = eval_config(data, tmp_path / "eval", adapters=specs, samples_per_prompt=2, num_prompts=1, batch_size=3)
+    results = evaluate.run(cfg)
+    assert len(loads) == 1, "the base model is loaded once for both adapters"
+    assert set(results["adapter_fingerprints"]) == {"lora-best", "lora-final"}
+    made = {(r["unit"].split("|")[0].split("@")[0], c["prompt"], c["seed"]): c["path"]
+            for r in atomic.read_jsonl(tmp_path / "eval" / "samples" / "index.jsonl") for c in r["clips"]}
+    differ = [not np.array_equal(clips.read_wav(made["lora-best", p, seed]),
+                                 clips.read_wav(made["lora-final", p, seed]))
+              for (label, p, seed) in made if label == "lora-best"]
+    assert all(differ), "the second adapter really replaced the first"
+    sets = json.loads(Path(results["files"]["json"]).read_text())["prompt_sets"]
+    gen = cfg.generation([p for name in ("style", "generic") for p in sets.get(name, [])], tmp_path / "unused")
+    for n, (spec, label) in enumerate(zip(specs, ("lora-best", "lora-final"))):
+        fresh = musicgen.Pipeline("tiny", spec)  # what 0.1.0 loaded for each adapter
+        prepared = fresh.prepare(gen)
+        for variant, name in ((("base", "base"),) if n == 0 else ()) + (("lora", label),):
+            for variation in range(gen.variations):
+                for batch in generate.batches(gen.prompts, gen.batch_size):
+                    for clip in musicgen.sample_batch(fresh, prepared, batch, variant=variant, variation=variation,
+                                                      seed=gen.seed + variation):
+                        pcm, _, _ = output.peak_safe_int16(clip.audio)
+                        saved, _ = sf.read(made[name, clip.prompt, clip.seed], dtype="int16", always_2d=True)
+                        assert np.array_equal(saved, pcm), (name, clip.prompt, clip.seed)
+        fresh.release()
+
+
+def test_a_0_1_0_evaluation_folder_resumes_and_keeps_its_name(data, tmp_path):
+    """0.1.0 recorded the sampling settings flat (and dtype, not precision): the same settings still
+    resume that folder, and notebook 04's eval-<hash> folder name is unchanged."""
+    import hashlib
+
+    out = tmp_path / "old"
+    cfg = eval_config(data, out, samples_per_prompt=1, num_prompts=1, top_k=100)
+    record = config.to_dict(cfg)
+    flat = {**{k: v for k, v in record.items() if k not in ("sampling", "precision", "max_member_mb")},
+            **record["sampling"], "dtype": "auto"}
+    atomic.write_json(out / "eval_config.json", flat)  # as 0.1.0 wrote it
+    evaluate._check_resumable(cfg, out)  # same settings: no refusal
+    blob = json.dumps({k: flat[k] for k in evaluate.RESULT_KEYS}, sort_keys=True, separators=(",", ":"))
+    assert config.config_hash(cfg, evaluate.RESULT_KEYS) == hashlib.sha256(blob.encode()).hexdigest()[:16]
+    with pytest.raises(UserError, match=r"other settings \(top_k: 100 -> 250\)"):
+        evaluate.run(eval_config(data, out, samples_per_prompt=1, num_prompts=1))

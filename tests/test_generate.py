@@ -16,9 +16,10 @@ from _generate_helpers import make_run, peft_model, save_peft
 from conftest import last_json, run_cli
 from nbutils import colab
 from nbutils.colab import notebooks
-from nbutils.core import synth
+from nbutils.core import config, synth
 from nbutils.core.errors import UserError
-from nbutils.generate import audio_io, sampling
+from nbutils.core.sampling import SamplingConfig
+from nbutils.generate import output, sampling
 from nbutils.generate import stage as generate
 
 SR = 32_000
@@ -43,7 +44,7 @@ def ab_pipe(strong_adapter):
 
 def cfg(tmp_path, **values) -> generate.GenerateConfig:
     values = {"model": "tiny", "prompts": ["calm piano"], "seconds": 0.5, "out": str(tmp_path / "out"), **values}
-    return generate.GenerateConfig(**values)
+    return config.from_dict(generate.GenerateConfig, values)  # flat sampling keys, as notebooks pass them
 
 
 def read(record) -> np.ndarray:
@@ -98,9 +99,9 @@ def test_one_or_two_frames_have_the_exact_length(pipe, tmp_path, seconds, window
     assert read(records[0]).shape == (int(round(seconds * SR)), 1)
     inputs = pipe.text_inputs(["a"])
     torch.manual_seed(0)
-    one = sampling.sample_window(pipe.model, inputs, torch.zeros((1, 4, 0), dtype=torch.long), 1, sampling.Sampling())
+    one = sampling.sample_window(pipe.model, inputs, torch.zeros((1, 4, 0), dtype=torch.long), 1, SamplingConfig())
     torch.manual_seed(0)
-    three = sampling.sample_window(pipe.model, inputs, torch.zeros((1, 4, 0), dtype=torch.long), 3, sampling.Sampling())
+    three = sampling.sample_window(pipe.model, inputs, torch.zeros((1, 4, 0), dtype=torch.long), 3, SamplingConfig())
     assert one.shape == (1, 4, 1) and torch.equal(one, three[:, :, :1]), "the first frames do not depend on the cut"
 
 
@@ -128,7 +129,7 @@ def test_each_window_continues_the_codes_before_it(pipe):
         inputs = pipe.text_inputs(["calm piano"])
         torch.manual_seed(0)
         codes, n = sampling.sample_long(pipe.model, inputs, prompt, 60, sampling.Windows(window=25, context=10),
-                                        sampling.Sampling())
+                                        SamplingConfig())
     finally:
         del pipe.model.generate
     assert codes.shape == (1, 4, 67) and n == 4
@@ -150,6 +151,70 @@ def test_audio_prompt_is_continued(pipe, tmp_path):
     assert record["prompt_seconds"] == pytest.approx(prompt_frames * 640 / SR)
     assert read(record).shape[0] == prompt_frames * 640 + int(0.6 * SR)
     assert record["windows"] == 2  # 1 s window minus 0.5 s context leaves 0.5 s per window
+
+
+def _surround(path: Path, seconds: float = 0.6) -> Path:
+    """A 5.1 WAV (FL FR C LFE SL SR) whose only sound is in the centre and the left surround."""
+    wave = np.zeros((int(seconds * SR), 6), np.float32)
+    wave[:, 2] = synth.track("chords", seconds, seed=4)
+    wave[:, 4] = synth.track("arpeggio", seconds, seed=5)
+    sf.write(path, wave, SR, subtype="FLOAT")
+    return path
+
+
+def test_a_surround_audio_prompt_is_downmixed_as_tokenization_does(tmp_path, monkeypatch):
+    """What a stereo model continues is the file as training saw it: 5.1 folded by the ITU downmix
+    (centre in both sides, surrounds on theirs), not the plain mean of six channels in both."""
+    from nbutils.core import audio
+
+    surround = _surround(tmp_path / "surround.wav")
+    seen = []
+    encode = sampling.encode
+    monkeypatch.setattr(sampling, "encode", lambda model, wave: seen.append(wave) or encode(model, wave))
+    stereo = generate.Pipeline("tiny-stereo")
+    stereo.prepare(cfg(tmp_path, model="tiny-stereo", audio_prompt=str(surround)))
+    report = audio.TrackReport()
+    pieces = audio.iter_segments(surround, report, channels=2, min_seconds=0.1)  # as tokenize reads a track
+    tokenized = np.concatenate([p.audio for p in pieces], axis=1)
+    (wave,) = seen
+    np.testing.assert_array_equal(wave.T, tokenized)
+    assert not np.allclose(wave[:, 0], wave[:, 1], atol=1e-3), "the left surround stays on the left"
+    plain_mean = sf.read(surround, dtype="float32")[0].mean(axis=1)
+    assert not np.allclose(wave[:, 0], plain_mean, atol=1e-3), "not 0.1.0's mean of every channel"
+
+
+def test_the_audio_prompt_is_read_and_encoded_once_per_request(pipe, tmp_path, monkeypatch):
+    """3 prompts in batches of 1, 2 variations, base and LoRA: 12 batches, one prompt to read and
+    encode, one window plan; and the clips equal those of batches prepared one by one."""
+    from nbutils.core import audio
+
+    prompt_file = tmp_path / "prompt.wav"
+    sf.write(prompt_file, synth.track("arpeggio", 0.5, seed=1), SR)
+    ab = generate.Pipeline("tiny", save_peft(peft_model("tiny", seed=3), tmp_path / "adapter"))
+    calls = {"load": 0, "encode": 0, "windows": 0}
+
+    def counted(name, owner, attr):
+        real = getattr(owner, attr)
+
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(owner, attr, wrapper)
+
+    counted("load", audio, "load")
+    counted("encode", sampling, "encode")
+    counted("windows", ab, "windows")
+    config = cfg(tmp_path, prompts=["a", "b", "c"], batch_size=1, variations=2, compare="both", seconds=0.3,
+                 window_seconds=0.4, context_seconds=0.1, audio_prompt=str(prompt_file))
+    records = generate.run(config, ab)
+    assert len(records) == 12 and calls == {"load": 1, "encode": 1, "windows": 1}
+    for record in records[::5]:  # each batch prepared on its own gives the same clip
+        alone, _, _, _ = ab.generate([record["prompt"]], config, variant=record["variant"],
+                                     seed=record["variation_seed"])
+        pcm, _, _ = output.peak_safe_int16(alone[0])
+        assert np.array_equal(read(record), pcm)
+    assert calls["load"] == 1 + 3, "a config (not a Prepared) is prepared for its call alone"
 
 
 def test_stereo_model_writes_stereo(tmp_path):
@@ -193,6 +258,39 @@ def test_ab_pairs_base_and_lora_with_the_same_seed(ab_pipe, tmp_path):
     assert np.array_equal(read(alone[0]), read(both[0]))
     lora_alone = generate.run(cfg(tmp_path, compare="lora", seed=5, prompts=["calm piano", "dark techno"]), ab_pipe)
     assert np.array_equal(read(lora_alone[1]), read(both[3]))
+
+
+def test_switching_adapters_on_one_base_equals_loading_each_fresh(strong_adapter, tmp_path, monkeypatch):
+    """Same LoRA layout: the weights are reloaded into the layers; another layout: the layers are
+    rebuilt. Either way the audio is bit for bit that of a freshly loaded base + that adapter."""
+    from nbutils.generate import adapters
+
+    qv1 = save_peft(peft_model("tiny", seed=1), tmp_path / "qv1")
+    qv2 = save_peft(peft_model("tiny", seed=2), tmp_path / "qv2")
+    config = cfg(tmp_path, seconds=0.3)
+
+    def clip(pipe, variant="lora"):
+        return pipe.generate(["calm piano"], config, variant=variant, seed=1)[0][0]
+
+    paths = {"qv1": qv1, "qv2": qv2, "heads": strong_adapter}
+    fresh = {name: clip(generate.Pipeline("tiny", str(path))) for name, path in paths.items()}
+    base = clip(generate.Pipeline("tiny"), "base")
+    reloaded = []
+    real = adapters.reload_weights
+    monkeypatch.setattr(adapters, "reload_weights", lambda *a: reloaded.append(real(*a)) or reloaded[-1])
+    switched = generate.Pipeline("tiny")
+    for name in ("qv1", "qv2", "heads", "qv1"):
+        assert switched.use_adapter(str(paths[name])).location == str(paths[name])
+        assert np.array_equal(clip(switched), fresh[name]), name
+        assert np.array_equal(clip(switched, "base"), base), f"base with {name} switched off"
+    assert reloaded == [True, False, False], "qv2 into qv1's layers; heads and qv1 again rebuilt"
+    wrong = save_peft(peft_model("tiny", seed=3), tmp_path / "wrong")  # qv1's layout, made for an 8-codebook base
+    (wrong / "base_model.json").write_text(json.dumps({"num_codebooks": 8}))
+    with pytest.raises(UserError, match="num_codebooks: the adapter's base has 8, the model given has 4"):
+        switched.use_adapter(str(wrong))
+    assert switched.adapter.location == str(qv1) and np.array_equal(clip(switched), fresh["qv1"]), "refused: unchanged"
+    assert switched.use_adapter("") is None and np.array_equal(clip(switched, "base"), base)
+    assert not [n for n, _ in switched.model.named_modules() if "lora_" in n], "no LoRA layer is left behind"
 
 
 def test_sidecar_records_every_parameter(ab_pipe, tmp_path, strong_adapter):
@@ -261,24 +359,24 @@ def test_out_that_is_a_file_is_refused_before_loading_and_tilde_is_home(pipe, tm
 
 def test_peak_safe_int16_scales_only_when_needed():
     quiet = np.array([0.5, -0.25, 0.0, 1.0, -1.0])
-    pcm, gain, peak = audio_io.peak_safe_int16(quiet)
+    pcm, gain, peak = output.peak_safe_int16(quiet)
     assert gain == 1.0 and peak == 1.0
     assert pcm.tolist() == [16384, -8192, 0, 32767, -32767]  # rounded, not truncated
     loud = np.array([2.0, -4.0, 1.0])
-    pcm, gain, peak = audio_io.peak_safe_int16(loud)
+    pcm, gain, peak = output.peak_safe_int16(loud)
     assert (gain, peak) == (0.25, 4.0)
     assert pcm.tolist() == [16384, -32767, 8192]  # no clipping: the loudest sample is full scale
 
 
 def test_names_never_overwrite(tmp_path):
     (tmp_path / "clip_base.wav").write_bytes(b"earlier result")
-    name = audio_io.reserve(tmp_path, "clip", ["_base.wav", "_base.json", "_lora.wav"])
+    name = output.reserve(tmp_path, "clip", ["_base.wav", "_base.json", "_lora.wav"])
     assert name == "clip-2"
     assert (tmp_path / "clip_base.wav").read_bytes() == b"earlier result"
-    assert audio_io.reserve(tmp_path, "clip", ["_base.wav"]) == "clip-3"
+    assert output.reserve(tmp_path, "clip", ["_base.wav"]) == "clip-3"
     # a partly taken name is given back whole: no leftover reservation files
     (tmp_path / "x_lora.wav").write_bytes(b"")
-    assert audio_io.reserve(tmp_path, "x", ["_base.wav", "_lora.wav"]) == "x-2"
+    assert output.reserve(tmp_path, "x", ["_base.wav", "_lora.wav"]) == "x-2"
     assert not (tmp_path / "x_base.wav").exists()
 
 
@@ -311,7 +409,7 @@ def test_duplicate_prompts_each_get_their_own_files(ab_pipe, tmp_path):
 
 def test_reserve_refuses_a_suffix_twice(tmp_path):
     with pytest.raises(ValueError, match="same suffix twice"):
-        audio_io.reserve(tmp_path, "clip", ["_lora.wav", "_lora.wav"])
+        output.reserve(tmp_path, "clip", ["_lora.wav", "_lora.wav"])
     assert not list(tmp_path.iterdir()), "nothing reserved, no 10000 attempts"
 
 
@@ -429,7 +527,8 @@ def test_form_clamps_out_of_range_settings_and_says_so():
         assert expected in joined, joined
     assert "Seconds 600" in form.widget.children[0].value, "the notes are shown above the controls"
     used = form.config()
-    shown = (used.seconds, used.guidance_scale, used.temperature, used.top_k, used.compare)
+    sampled = used.sampling
+    shown = (used.seconds, sampled.guidance_scale, sampled.temperature, sampled.top_k, used.compare)
     assert shown == (300.0, 1.0, 2.0, 1000, "base")
     fine = generate_form.form(model="tiny", prompts=["rain"], seconds=4.0, top_k=250)
     assert fine.issues == [] and fine.widget.children[0] is fine.prompt
@@ -452,14 +551,14 @@ def test_merged_adapter_matches_the_attached_one(strong_adapter, ab_pipe, tmp_pa
 
 def test_bfloat16_generation_on_cpu_with_a_float32_codec(strong_adapter, tmp_path):
     """Decoder and text encoder in bf16, EnCodec in float32: codes decode, an audio prompt encodes."""
-    half = generate.Pipeline("tiny", str(strong_adapter), device="cpu", dtype="bfloat16")
+    half = generate.Pipeline("tiny", str(strong_adapter), device="cpu", precision="bf16")
     codec = half.model.audio_encoder
     assert {p.dtype for p in codec.parameters()} == {torch.float32}
     assert {b.dtype for b in codec.buffers() if b.is_floating_point()} == {torch.float32}
     assert {p.dtype for n, p in half.model.decoder.named_parameters() if "lora_" not in n} == {torch.bfloat16}
     prompt_file = tmp_path / "prompt.wav"
     sf.write(prompt_file, synth.track("chords", 0.4, seed=2), SR)
-    config = cfg(tmp_path, dtype="bfloat16", compare="both", seconds=0.5, audio_prompt=str(prompt_file))
+    config = cfg(tmp_path, precision="bf16", compare="both", seconds=0.5, audio_prompt=str(prompt_file))
     records = generate.run(config, half)
     assert [r["variant"] for r in records] == ["base", "lora"]
     for record in records:
@@ -474,12 +573,12 @@ def test_bfloat16_generation_on_cpu_with_a_float32_codec(strong_adapter, tmp_pat
 def test_bfloat16_generation_on_a_gpu_gives_finite_audio_of_the_asked_length(strong_adapter, tmp_path):
     """The GPU path notebook 03 takes on an A100/L4: decoder in bf16 on cuda, long-form windows,
     an audio prompt encoded on the GPU, audio decoded back to float32 on the CPU."""
-    pipe = generate.Pipeline("tiny", str(strong_adapter), device="cuda", dtype="bfloat16")
+    pipe = generate.Pipeline("tiny", str(strong_adapter), device="cuda", precision="bf16")
     assert pipe.device.startswith("cuda") and next(pipe.model.decoder.parameters()).is_cuda
     assert {p.dtype for n, p in pipe.model.decoder.named_parameters() if "lora_" not in n} == {torch.bfloat16}
     prompt_file = tmp_path / "prompt.wav"
     sf.write(prompt_file, synth.track("chords", 0.4, seed=2), SR)
-    config = cfg(tmp_path, device="cuda", dtype="bfloat16", prompts=["calm piano", "fast drums"], seconds=1.3,
+    config = cfg(tmp_path, device="cuda", precision="bf16", prompts=["calm piano", "fast drums"], seconds=1.3,
                  window_seconds=1.0, context_seconds=0.4, audio_prompt=str(prompt_file))
     prompt_samples = int(np.ceil(0.4 * SR / 640)) * 640
     for variant in ("base", "lora"):
@@ -488,7 +587,7 @@ def test_bfloat16_generation_on_a_gpu_gives_finite_audio_of_the_asked_length(str
         for clip in clips:  # the float audio, before the WAV writer clips and quantizes it
             assert clip.shape == (prompt_samples + int(1.3 * SR), 1) and clip.dtype == np.float32
             assert np.isfinite(clip).all() and np.abs(clip[prompt_samples:]).max() > 0
-    records = generate.run(cfg(tmp_path, device="cuda", dtype="bfloat16", compare="both", seconds=0.5), pipe)
+    records = generate.run(cfg(tmp_path, device="cuda", precision="bf16", compare="both", seconds=0.5), pipe)
     assert [r["variant"] for r in records] == ["base", "lora"]
     for record in records:
         assert read(record).shape == (int(0.5 * SR), 1)
@@ -497,13 +596,16 @@ def test_bfloat16_generation_on_a_gpu_gives_finite_audio_of_the_asked_length(str
     assert not np.array_equal(read(records[0]), read(records[1])), "the adapter acts on the GPU in bf16"
 
 
-def test_device_and_dtype_choice():
-    assert generate.pick_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
-    if not torch.cuda.is_available():
-        assert generate.pick_dtype("auto", "cpu") == torch.float32
-    assert generate.pick_dtype("bfloat16", "cuda") == torch.bfloat16
-    with pytest.raises(UserError, match="Unknown dtype 'fp8'"):
-        generate.pick_dtype("fp8", "cpu")
+def test_old_dtype_spellings_still_work_for_one_release(tmp_path):
+    """0.1.0 wrote ``dtype=bfloat16``: the setting is ``precision=bf16`` now, and the old one says so."""
+    with pytest.warns(FutureWarning, match="'dtype' is now called 'precision'"):
+        with pytest.warns(FutureWarning, match="'bfloat16' is now written 'bf16'"):
+            old = cfg(tmp_path, dtype="bfloat16")
+    assert old.precision == "bf16" and "dtype" not in config.to_dict(old)
+    with pytest.warns(FutureWarning, match="empty device is now written 'auto'"):
+        assert cfg(tmp_path, device="").device == "auto"
+    with pytest.raises(UserError, match="Unknown precision 'fp8'. Use one of: auto, bf16, fp16, fp32"):
+        cfg(tmp_path, precision="fp8")
 
 
 def test_out_of_memory_while_generating_says_what_to_lower(pipe, tmp_path, monkeypatch):

@@ -103,3 +103,24 @@ def test_generation_follows_the_melody_under_each_window(melody_pipe, tmp_path):
         assert features[1, :, 0].eq(1).all(), "the unconditional half has the null chroma (bin 0)"
     names = [melody.dominant_pitch(f[0]) for f in seen]
     assert names == ["C", "G", "E"], names
+
+
+def test_a_surround_melody_is_read_as_tokenization_reads_it_and_its_chroma_made_once(melody_pipe, tmp_path,
+                                                                                    monkeypatch):
+    """The chroma comes from the file's mono mix by the tokenizer's rule, computed once for every
+    batch and variation of the request."""
+    from nbutils.core import audio
+
+    wave = np.zeros((SR, 6), np.float32)
+    wave[:, 2], wave[:, 5] = tone("G", 1.0), tone("C", 1.0) * 0.2  # centre: G; right surround: a quiet C
+    melody_file = tmp_path / "surround.wav"
+    sf.write(melody_file, wave, SR, subtype="FLOAT")
+    seen = []
+    real = melody.chroma
+    monkeypatch.setattr(melody, "chroma", lambda mono, *a, **k: seen.append(mono) or real(mono, *a, **k))
+    config = generate.GenerateConfig(model="tiny-melody", prompts=["calm piano", "dark techno"], seconds=0.3,
+                                     batch_size=1, variations=2, melody=str(melody_file), out=str(tmp_path / "out"))
+    records = generate.run(config, melody_pipe)
+    assert len(records) == 4 and len(seen) == 1
+    np.testing.assert_array_equal(seen[0], audio.load(melody_file, channels=1)[0])
+    assert melody.dominant_pitch(real(seen[0])) == "G"

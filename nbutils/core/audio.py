@@ -158,8 +158,12 @@ def read_blocks(
     sample_rate: int = SAMPLE_RATE,
     channels: int = 1,
     block_seconds: float = READ_BLOCK_SECONDS,
+    start: float = 0.0,
+    seconds: float | None = None,
 ) -> Iterator[np.ndarray]:
     """Yield the file as float32 blocks ``(channels, samples)`` at ``sample_rate``.
+
+    ``start`` and ``seconds`` (in the file's time) read only that part of it, e.g. one segment.
 
     Raises:
         AudioError: empty, unreadable or corrupt file (the message is the reason).
@@ -175,13 +179,18 @@ def read_blocks(
             stream = soxr.ResampleStream(fh.samplerate, sample_rate, width, dtype="float32",
                                          quality=RESAMPLE_QUALITY)
         block = max(1, int(block_seconds * fh.samplerate))
+        left = math.inf if seconds is None else max(0, int(round(seconds * fh.samplerate)))
+        if start > 0:
+            fh.seek(min(int(round(start * fh.samplerate)), fh.frames))
         done = 0
         while True:
+            want = int(min(block, left))
             try:
-                data = fh.read(block, dtype="float32", always_2d=True)
+                data = fh.read(want, dtype="float32", always_2d=True)
             except (sf.LibsndfileError, RuntimeError) as err:
                 raise AudioError(f"corrupt audio after {done / fh.samplerate:.1f} s ({err})") from err
-            last = len(data) < block
+            left -= len(data)
+            last = len(data) < want or left <= 0
             done += len(data)
             data = convert_channels(np.nan_to_num(data, copy=False), width)
             if stream is not None:
@@ -273,9 +282,30 @@ def iter_segments(
         report.skipped = f"silent (peak below {silence_db:g} dBFS)"
 
 
-def load(path: str | os.PathLike, *, sample_rate: int = SAMPLE_RATE, channels: int = 1) -> np.ndarray:
-    """The whole file as float32 ``(channels, samples)`` at ``sample_rate`` (for tools and tests)."""
-    blocks = list(read_blocks(path, TrackReport(), sample_rate=sample_rate, channels=channels))
+def load(path: str | os.PathLike, *, sample_rate: int = SAMPLE_RATE, channels: int = 1, start: float = 0.0,
+         seconds: float | None = None) -> np.ndarray:
+    """The file (or ``seconds`` of it from ``start``) as float32 ``(channels, samples)`` at ``sample_rate``.
+
+    Every stage reads audio this way: tokenization's segments, generation's melody and audio
+    prompt, evaluation's held-out source audio all go through the same decoder, resampler and
+    channel rule (``convert_channels``: 5.1 is downmixed, not cut to its first two channels).
+
+    Raises:
+        AudioError: empty, unreadable or corrupt file (the message is the reason).
+        FileNotFoundError: no such file.
+    """
+    blocks = list(read_blocks(path, TrackReport(), sample_rate=sample_rate, channels=channels, start=start,
+                              seconds=seconds))
     if not blocks:
         return np.zeros((channels, 0), np.float32)
     return np.concatenate(blocks, axis=1)
+
+
+def resample(audio: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
+    """Resample float audio already in memory (``(samples,)`` or ``(samples, channels)``), as ``load`` does."""
+    import soxr
+
+    audio = np.asarray(audio, dtype=np.float32)
+    if from_rate == to_rate:
+        return audio
+    return soxr.resample(audio, from_rate, to_rate, quality=RESAMPLE_QUALITY).astype(np.float32, copy=False)

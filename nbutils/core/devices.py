@@ -1,19 +1,104 @@
-"""Which half precision a GPU runs natively: the one place every stage asks.
+"""Devices and precision: the one place every stage picks where and in which precision it runs.
 
-``torch.cuda.is_bf16_supported()`` answers True on a T4 or V100 too, because PyTorch can
-emulate bfloat16 there -- at a fraction of the speed of float16 on the same card. Native
-bfloat16 arrived with compute capability 8.0 (Ampere: A100, A10, L4, RTX 30xx; later H100).
-So bf16 is chosen only where it is native, and float16 everywhere else on a GPU.
+One vocabulary for precision, ``auto | bf16 | fp16 | fp32``, and one for devices, ``auto | cpu |
+cuda | cuda:N``. ``auto`` precision is bf16 where the GPU runs it natively, fp16 on other GPUs and
+fp32 on a CPU: ``torch.cuda.is_bf16_supported()`` answers True on a T4 or V100 too, because
+PyTorch can emulate bfloat16 there -- at a fraction of the speed of float16 on the same card.
+Native bfloat16 arrived with compute capability 8.0 (Ampere: A100, A10, L4, RTX 30xx; later H100).
+
+Release 0.1.0 spelled precision ``float32 / float16 / bfloat16`` in generation and evaluation
+(their ``dtype`` setting) and an automatic device ``""`` in tokenization; those spellings are
+accepted, with a note, until the next release.
 """
 
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Any, Callable, Iterator, TypeVar
+
+from nbutils.core.errors import UserError
 
 T = TypeVar("T")
 
 BF16_MIN_CAPABILITY = 8  # compute capability major version with bfloat16 tensor cores (Ampere)
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+OLD_PRECISIONS = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}  # 0.1.0's dtype names
+AUTO_DEVICE = "auto"
+
+
+def precision_name(value: str) -> str:
+    """``value`` in the precision vocabulary (``auto``, ``bf16``, ``fp16``, ``fp32``).
+
+    0.1.0's names (``float32``, ``float16``, ``bfloat16``) are translated with a FutureWarning.
+
+    Raises:
+        UserError: any other value (names the valid ones).
+    """
+    name = str(value).strip().lower()
+    if name in OLD_PRECISIONS:
+        warnings.warn(f"Precision '{value}' is now written '{OLD_PRECISIONS[name]}' (auto, bf16, fp16, fp32); "
+                      "the old name is accepted until the next release.", FutureWarning, stacklevel=3)
+        return OLD_PRECISIONS[name]
+    if name not in PRECISIONS:
+        raise UserError(f"Unknown precision '{value}'. Use one of: {', '.join(PRECISIONS)}.")
+    return name
+
+
+def device_name(value: str | None) -> str:
+    """``value`` as a device setting: ``auto``, ``cpu``, ``cuda``, ``cuda:N``... (``""`` becomes
+    ``auto``, with a FutureWarning: 0.1.0's tokenizer wrote the automatic device that way)."""
+    name = str(value or "").strip()
+    if not name:
+        warnings.warn("An empty device is now written 'auto' (the GPU when there is one); the empty value is "
+                      "accepted until the next release.", FutureWarning, stacklevel=3)
+        return AUTO_DEVICE
+    return name
+
+
+def pick_device(device: str | None = AUTO_DEVICE) -> str:
+    """The device to run on: ``auto`` (or nothing) is the GPU when there is one, else the CPU."""
+    import torch
+
+    if not device or device == AUTO_DEVICE:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(device)
+
+
+def pick_precision(precision: str, device: str, *, bf16: bool | None = None) -> str:
+    """``bf16``, ``fp16`` or ``fp32`` for ``precision`` on ``device`` (``auto`` decides by the device).
+
+    Args:
+        precision: A name of the precision vocabulary (or a 0.1.0 dtype name).
+        device: Where it runs: ``auto`` is bf16 on GPUs that run it natively, fp16 on other GPUs,
+            fp32 on a CPU.
+        bf16: Whether the GPU runs bf16 natively, when known without asking torch (a GPU
+            described by name, as the training presets do); None asks the device.
+    """
+    name = precision_name(precision)
+    if name != "auto":
+        return name
+    if not device or device == AUTO_DEVICE:
+        device = pick_device(device)
+    if not str(device).startswith("cuda"):
+        return "fp32"
+    native = bf16_native(device) if bf16 is None else bf16
+    return "bf16" if native else "fp16"
+
+
+def torch_dtype(precision: str):
+    """The torch dtype of a resolved precision (``bf16``, ``fp16``, ``fp32``)."""
+    import torch
+
+    name = precision_name(precision)
+    if name == "auto":
+        raise ValueError("torch_dtype needs a resolved precision: use pick_dtype(precision, device) for 'auto'.")
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+def pick_dtype(precision: str, device: str):
+    """The torch dtype ``precision`` means on ``device`` (``pick_precision`` as a torch dtype)."""
+    return torch_dtype(pick_precision(precision, device))
 
 
 def bf16_native(device: Any = None) -> bool:

@@ -1,9 +1,12 @@
 """Stage 4 (notebook 04): base vs LoRA, scored with CLAP, in tables and a plot.
 
-``clap`` embeds text and audio, ``metrics`` compares embeddings, ``stage`` runs the evaluation
-(settings, run, CLI; public names re-exported here).
+``stage`` holds the settings, the run and the CLI (public names re-exported here); ``prompts``
+the fixed prompt sets; ``clips`` the models compared and their generated clips; ``reference``
+the held-out training audio; ``clap`` embeds text and audio, ``metrics`` compares embeddings,
+``report`` scores and writes the tables, plot and results.json.
 """
 
-from nbutils.evaluate.stage import EvalConfig, config_for, run, show
+from nbutils.evaluate.report import show
+from nbutils.evaluate.stage import EvalConfig, config_for, run
 
 __all__ = ["EvalConfig", "config_for", "run", "show"]

@@ -2,7 +2,7 @@
 
 ``C`` is a Hub id (default ``laion/larger_clap_music``, LAION's CLAP trained on music), a local
 ``save_pretrained`` folder, or ``tiny``: a random ``ClapModel`` built from a small
-``ClapConfig`` with an in-memory tokenizer, offline and identical on every call. (DESIGN.md says
+``ClapConfig`` with an in-memory tokenizer, offline and identical on every call. (The README's "Why these libraries" says
 why not the laion-clap wheel: it forces numpy<2, imports torchvision and downloads roberta.)
 
 CLAP hears 48 kHz audio in windows of 10 s. Audio is resampled with soxr (high quality), made
@@ -18,8 +18,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from nbutils.core import audio as core_audio
 from nbutils.core.errors import UserError
-from nbutils.generate import audio_io
 
 DEFAULT_CLAP = "laion/larger_clap_music"
 TINY = "tiny"
@@ -128,10 +128,10 @@ def load(name: str = DEFAULT_CLAP, *, device: str = "cpu") -> Clap:
 
 
 def to_clap_rate(audio: np.ndarray, sample_rate: int, clap_rate: int = CLAP_RATE) -> np.ndarray:
-    """Mono float32 at CLAP's rate: channels averaged, then resampled with soxr."""
+    """Mono float32 at CLAP's rate: channels averaged (``core.audio``'s mono rule), then resampled with soxr."""
     audio = np.asarray(audio, dtype=np.float32)
-    mono = audio.mean(axis=1) if audio.ndim == 2 else audio
-    return audio_io.resample(mono, sample_rate, clap_rate)
+    mono = core_audio.convert_channels(audio, 1)[:, 0] if audio.ndim == 2 else audio
+    return core_audio.resample(mono, sample_rate, clap_rate)
 
 
 def windows(audio: np.ndarray, size: int, min_size: int) -> list[np.ndarray]:

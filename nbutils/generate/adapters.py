@@ -336,6 +336,24 @@ def _same_model(a: str | None, b: str | None) -> bool:
     return norm(a) == norm(b)
 
 
+def _check(model, adapter: Adapter, model_name: str) -> None:
+    """Refuse an adapter that does not fit ``model`` (see ``attach``); warn when it names another base."""
+    _check_base(model, adapter, model_name)
+    problems = mismatches(model, adapter)
+    if problems or not any(module_path(k) for k in adapter.weights):
+        raise _wrong_base(adapter, model_name, problems or ["it holds no LoRA weights"])
+    if not _same_model(adapter.base_model, model_name):
+        warnings.warn(
+            f"The adapter '{adapter.source}' names base model '{adapter.base_model}', the model given is "
+            f"'{model_name}'. Its weights fit, so it is used; make sure both are the same model.",
+            UserWarning, stacklevel=3,
+        )
+
+
+def _peft_weights(adapter: Adapter) -> dict:
+    return {k if k.startswith(PEFT_PREFIX) else PEFT_PREFIX + k: v for k, v in adapter.weights.items()}
+
+
 def attach(model, adapter: Adapter, model_name: str):
     """Attach ``adapter`` to ``model`` (in place) and return the ``peft.PeftModel`` wrapping it.
 
@@ -348,16 +366,7 @@ def attach(model, adapter: Adapter, model_name: str):
     """
     from peft import get_peft_model, set_peft_model_state_dict
 
-    _check_base(model, adapter, model_name)
-    problems = mismatches(model, adapter)
-    if problems or not any(module_path(k) for k in adapter.weights):
-        raise _wrong_base(adapter, model_name, problems or ["it holds no LoRA weights"])
-    if not _same_model(adapter.base_model, model_name):
-        warnings.warn(
-            f"The adapter '{adapter.source}' names base model '{adapter.base_model}', the model given is "
-            f"'{model_name}'. Its weights fit, so it is used; make sure both are the same model.",
-            UserWarning, stacklevel=2,
-        )
+    _check(model, adapter, model_name)
     config = dataclasses.replace(adapter.config, inference_mode=True, base_model_name_or_path=model_name)
     try:
         with warnings.catch_warnings():  # peft repeats, less clearly, the base-name warning above
@@ -365,13 +374,41 @@ def attach(model, adapter: Adapter, model_name: str):
             peft_model = get_peft_model(model, config)
     except ValueError as err:  # peft: "Target modules ... not found in the base model"
         raise _wrong_base(adapter, model_name, [str(err)]) from err
-    weights = {k if k.startswith(PEFT_PREFIX) else PEFT_PREFIX + k: v for k, v in adapter.weights.items()}
-    result = set_peft_model_state_dict(peft_model, weights)
+    result = set_peft_model_state_dict(peft_model, _peft_weights(adapter))
     unexpected = [k for k in result.unexpected_keys if "lora_" in k]
     if unexpected:
         peft_model.unload()
         raise _wrong_base(adapter, model_name, [f"{k}: not adapted by its own config" for k in unexpected])
     return peft_model.eval()
+
+
+def _layout(config) -> dict[str, Any]:
+    """What decides the LoRA layers peft builds from ``config``: everything but names and mode."""
+    values = config.to_dict()
+    for key in ("base_model_name_or_path", "revision", "inference_mode"):
+        values.pop(key, None)
+    values["target_modules"] = _jsonable_targets(values.get("target_modules"))
+    return values
+
+
+def reload_weights(peft_model, adapter: Adapter, model_name: str) -> bool:
+    """Put ``adapter``'s weights into the LoRA layers of ``peft_model`` when they are exactly the
+    layers ``attach`` would build for it (same LoRA config, the same weight names); False, and
+    nothing changed, otherwise.
+
+    Every LoRA weight is overwritten, so the model is then what ``attach`` on the bare base gives,
+    without rebuilding ~100 layers (evaluation switches adapters this way).
+    """
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+    weights = _peft_weights(adapter)
+    if _layout(peft_model.peft_config["default"]) != _layout(adapter.config):
+        return False
+    if set(get_peft_model_state_dict(peft_model)) != set(weights):
+        return False
+    _check(peft_model.get_base_model(), adapter, model_name)
+    set_peft_model_state_dict(peft_model, weights)
+    return True
 
 
 def load_onto(model, spec: str, model_name: str):

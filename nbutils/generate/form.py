@@ -51,9 +51,10 @@ class Form:
                                  description="Prompt(s)", placeholder="one prompt per line",
                                  layout=w.Layout(width="95%", height="5em"))
         self.seconds = self._bounded(w.BoundedFloatText, float(defaults.seconds), SECONDS_RANGE, step=0.5)
-        self.guidance = self._bounded(w.FloatSlider, float(defaults.guidance_scale), GUIDANCE_RANGE, step=0.5)
-        self.temperature = self._bounded(w.FloatSlider, float(defaults.temperature), TEMPERATURE_RANGE, step=0.05)
-        self.top_k = self._bounded(w.IntSlider, int(defaults.top_k), TOP_K_RANGE, step=10)
+        sampling = defaults.sampling
+        self.guidance = self._bounded(w.FloatSlider, float(sampling.guidance_scale), GUIDANCE_RANGE, step=0.5)
+        self.temperature = self._bounded(w.FloatSlider, float(sampling.temperature), TEMPERATURE_RANGE, step=0.05)
+        self.top_k = self._bounded(w.IntSlider, int(sampling.top_k), TOP_K_RANGE, step=10)
         self.seed = w.IntText(value=defaults.seed, description="Seed")
         choices = ["base", "lora", "both"] if has_adapter else ["base"]
         self.compare = w.ToggleButtons(options=choices, value=self._start_model(defaults, has_adapter),
@@ -81,13 +82,13 @@ class Form:
 
     def config(self) -> generate.GenerateConfig:
         """The ``GenerateConfig`` the current widget values describe."""
+        sampling = dataclasses.replace(self.defaults.sampling, guidance_scale=float(self.guidance.value),
+                                       temperature=float(self.temperature.value), top_k=int(self.top_k.value))
         return dataclasses.replace(
             self.defaults,
             prompts=generate.split_prompts(self.prompt.value),
             seconds=float(self.seconds.value),
-            guidance_scale=float(self.guidance.value),
-            temperature=float(self.temperature.value),
-            top_k=int(self.top_k.value),
+            sampling=sampling,
             seed=int(self.seed.value),
             compare=self.compare.value,
         )

@@ -20,29 +20,7 @@ import math
 from typing import Any, Callable, Iterator
 
 from nbutils.core.models import AudioSpec
-
-
-@dataclasses.dataclass
-class Sampling:
-    """How tokens are drawn; mirrors audiocraft's defaults."""
-
-    guidance_scale: float = 3.0
-    """Classifier-free guidance: >1 follows the text (and melody) more closely; 1 turns it off."""
-    temperature: float = 1.0
-    """Softmax temperature: lower is more conservative, higher more adventurous."""
-    top_k: int = 250
-    """Sample among the k most likely codes; 0 turns it off."""
-    top_p: float = 0.0
-    """Sample within this cumulative probability (nucleus); 0 turns it off."""
-
-    def generate_kwargs(self) -> dict[str, Any]:
-        return {
-            "do_sample": True,
-            "guidance_scale": self.guidance_scale if self.guidance_scale > 1 else None,
-            "temperature": self.temperature,
-            "top_k": self.top_k if self.top_k > 0 else None,
-            "top_p": self.top_p if 0 < self.top_p < 1 else None,
-        }
+from nbutils.core.sampling import SamplingConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,7 +167,7 @@ def frames_to_sample(model, context: int, new_frames: int) -> int:
     return max(new_frames, delay_steps(model) - context)
 
 
-def sample_window(model, inputs: dict, context, new_frames: int, sampling: Sampling, *,
+def sample_window(model, inputs: dict, context, new_frames: int, sampling: SamplingConfig, *,
                   features=None, progress: Progress | None = None):
     """Sample ``new_frames`` frames after ``context`` codes ``(B, K, C)`` (C may be 0).
 
@@ -216,7 +194,7 @@ def sample_window(model, inputs: dict, context, new_frames: int, sampling: Sampl
     return codes[:, :, ctx : ctx + new_frames]
 
 
-def sample_long(model, inputs: dict, prompt, total_new: int, windows: Windows, sampling: Sampling, *,
+def sample_long(model, inputs: dict, prompt, total_new: int, windows: Windows, sampling: SamplingConfig, *,
                 features_at: Callable[[float, float], Any] | None = None, bar=None, frame_rate: int = 50):
     """Window after window until ``total_new`` frames follow ``prompt`` codes ``(B, K, P)``.
 

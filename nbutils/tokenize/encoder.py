@@ -29,32 +29,12 @@ from nbutils.core.errors import UserError
 from nbutils.core.models import AudioSpec
 from nbutils.tokenize.shards import CODE_DTYPE
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 GPU_BATCH = 16  # at most this many segments per batch on a GPU (fewer when memory is short, see gpu_batch)
 # Peak GPU memory per 30 s mono row while encoding with the real EnCodec 32 kHz architecture
 # (measured on the CPU allocator: 1.15 GiB in float32, ~0.7 GiB with fp16 convolutions; rounded up).
 ROW_GIB = {"fp32": 1.2, "half": 0.8}
 GPU_MEMORY_SHARE = 0.6  # of the free memory: leaves room for the allocator's fragmentation
 CPU_BATCH = 1  # on a CPU, one 30 s segment at a time is ~20% faster than pairs (real-size codec, 2 cores)
-
-
-def autocast_dtype(device: str, precision: str):
-    """The autocast dtype for ``precision`` on ``device`` (``None``: full float32)."""
-    import torch
-
-    if precision not in PRECISIONS:
-        raise UserError(f"Unknown precision '{precision}'. Use one of: {', '.join(PRECISIONS)}.")
-    if precision == "fp32" or (precision == "auto" and not device.startswith("cuda")):
-        return None
-    if precision == "auto":
-        return torch.bfloat16 if devices.bf16_native(device) else torch.float16
-    return torch.bfloat16 if precision == "bf16" else torch.float16
-
-
-def default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def gpu_batch(segment_seconds: float, audio_channels: int, half: bool, free_bytes: int) -> int:
@@ -71,10 +51,11 @@ class Encoder:
     """Encode lists of ``(channels, samples)`` float32 segments into ``(frames, codebooks)`` codes."""
 
     def __init__(self, codec: Any, spec: AudioSpec, *, device: str | None = None, precision: str = "auto"):
-        self.device = device or default_device()
+        self.device = devices.pick_device(device)
         self.codec = codec.to(self.device).eval()
         self.spec = spec
-        self.dtype = autocast_dtype(self.device, precision)
+        resolved = devices.pick_precision(precision, self.device)
+        self.dtype = None if resolved == "fp32" else devices.torch_dtype(resolved)  # None: no autocast
 
     @contextlib.contextmanager
     def _precision(self) -> Iterator[None]:

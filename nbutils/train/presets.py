@@ -139,10 +139,12 @@ def _fits(shape: Shape, vram_gb: float, seconds: float, checkpointing: bool) -> 
 
 def plan(label: str, shape: Shape, gpu: GPU | None, seconds: float = 30.0) -> Preset:
     """Batch x accumulation, precision and checkpointing for one model on one device."""
+    from nbutils.core import devices
+
     if gpu is None:
-        return Preset("CPU", label, 2, 1, "fp32", False, 0.0,
+        return Preset("CPU", label, 2, 1, devices.pick_precision("auto", "cpu"), False, 0.0,
                       "CPU: fine for the tiny test model; real models need a GPU.")
-    precision = "bf16" if gpu.bf16 else "fp16"
+    precision = devices.pick_precision("auto", "cuda", bf16=gpu.bf16)
     batch, checkpointing = _fits(shape, gpu.vram_gb, seconds, False), False
     if batch < 2:  # recomputing activations (~30% slower) beats a batch of one
         batch_gc = _fits(shape, gpu.vram_gb, seconds, True)

@@ -2,7 +2,7 @@
 
 ``samples/step-000000`` holds the base model's samples (adapter disabled), later step folders the
 LoRA's, with the same prompts and seeds; each folder has one WAV per prompt and ``samples.json``
-(prompts, seeds, length, guidance). Generation runs in a forked RNG: making samples never
+(prompts, seeds, length, sampling settings). Generation runs in a forked RNG: making samples never
 changes the training's random streams, so it cannot change the weights.
 """
 
@@ -12,16 +12,16 @@ import contextlib
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from nbutils.core import atomic, tracking
+from nbutils.core import atomic, config, tracking
 from nbutils.core.models import AudioSpec
+from nbutils.core.sampling import SamplingConfig
 
-GUIDANCE = 3.0  # MusicGen's default classifier-free guidance scale
 INFO_FILE = "samples.json"
 
 
 def write(model, processor, spec: AudioSpec, folder: Path, *, kind: str, step: int, prompts: Sequence[str],
           seeds: Sequence[int], seconds: float, autocast: Callable[[], Any] = contextlib.nullcontext,
-          info: dict[str, Any] | None = None) -> Path:
+          info: dict[str, Any] | None = None, sampling: SamplingConfig | None = None) -> Path:
     """Generate one clip per (prompt, seed) into ``folder`` (replaced atomically) and log them to WandB.
 
     Args:
@@ -35,6 +35,7 @@ def write(model, processor, spec: AudioSpec, folder: Path, *, kind: str, step: i
         seconds: Length of each clip.
         autocast: The training's autocast context factory (bf16 / fp16 on a GPU).
         info: Extra facts for ``samples.json``.
+        sampling: How tokens are drawn (default: ``SamplingConfig()``, as generation's defaults).
     """
     import numpy as np
     import soundfile as sf
@@ -42,6 +43,7 @@ def write(model, processor, spec: AudioSpec, folder: Path, *, kind: str, step: i
 
     from nbutils.train import labels as L
 
+    sampling = sampling or SamplingConfig()
     device = next(model.parameters()).device
     frames = max(1, round(seconds * spec.frame_rate))
     max_new = frames + L.delays(spec.num_codebooks, spec.audio_channels)[-1]  # the delay pattern's tail
@@ -53,7 +55,7 @@ def write(model, processor, spec: AudioSpec, folder: Path, *, kind: str, step: i
             torch.manual_seed(seed)
             inputs = processor(text=[prompt], padding=True, return_tensors="pt").to(device)
             with autocast():
-                audio = model.generate(**inputs, max_new_tokens=max_new, do_sample=True, guidance_scale=GUIDANCE)
+                audio = model.generate(**inputs, max_new_tokens=max_new, **sampling.generate_kwargs())
             wav = audio[0].float().cpu().numpy().T.astype(np.float32)  # (samples, channels)
             name = f"{kind}-{i}.wav"
             sf.write(tmp / name, np.clip(wav, -1, 1), spec.sample_rate, subtype="PCM_16")
@@ -61,6 +63,6 @@ def write(model, processor, spec: AudioSpec, folder: Path, *, kind: str, step: i
             tracking.log_audio(f"samples/{kind}/{i}", wav, spec.sample_rate, f"{prompt} (seed {seed})", step=step)
         atomic.write_json(tmp / INFO_FILE, {
             "step": step, "kind": kind, "prompts": list(prompts), "seeds": list(seeds), "seconds": seconds,
-            "guidance_scale": GUIDANCE, "files": files, **(info or {}),
+            **config.to_dict(sampling), "files": files, **(info or {}),
         })
     return folder

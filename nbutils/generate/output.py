@@ -1,10 +1,9 @@
-"""Audio in and out for generation and evaluation: read any file at the model's rate, write WAVs
-that never clip and never overwrite an earlier result.
+"""What generation writes: WAVs that never clip, names that never overwrite, and a JSON sidecar per clip.
 
-Reading uses soundfile (wav, flac, ogg, mp3) and soxr for resampling, since torchaudio has no
-CPU build here and librosa costs ~25 s of numba compilation on first use. Writing is 16-bit PCM:
-float audio from EnCodec can exceed [-1, 1], so a clip is scaled down (only then) until its peak
-fits, and the gain is recorded in the sidecar instead of silently clipping.
+WAVs are 16-bit PCM: float audio from EnCodec can exceed [-1, 1], so a clip is scaled down (only
+then) until its peak fits, and the gain is recorded in the sidecar instead of silently clipping.
+Names are reserved with exclusive create before anything is written. (Audio is read, for every
+stage, by ``nbutils.core.audio.load``.)
 """
 
 from __future__ import annotations
@@ -12,64 +11,17 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import re
+import time
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 
-from nbutils.core import atomic
+from nbutils.core import atomic, config
 from nbutils.core.errors import UserError
 
 INT16_MAX = 32767  # largest positive 16-bit sample; -32768 is never produced so the scale is symmetric
 SLUG_CHARS = 40  # prompt characters kept in a file name
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading
-# ---------------------------------------------------------------------------------------------
-
-
-def resample(audio: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
-    """Resample ``(samples,)`` or ``(samples, channels)`` float audio with soxr (high quality)."""
-    import soxr
-
-    if from_rate == to_rate:
-        return np.asarray(audio, dtype=np.float32)
-    return soxr.resample(np.asarray(audio, dtype=np.float32), from_rate, to_rate, quality="HQ").astype(np.float32)
-
-
-def to_channels(audio: np.ndarray, channels: int) -> np.ndarray:
-    """``(samples, c)`` float audio -> ``(samples, channels)``: mono is averaged, mono to stereo is duplicated."""
-    audio = audio[:, None] if audio.ndim == 1 else audio
-    if audio.shape[1] == channels:
-        return audio
-    mono = audio.mean(axis=1, keepdims=True)
-    return np.repeat(mono, channels, axis=1)
-
-
-def read_audio(path: str | os.PathLike, sample_rate: int, channels: int = 1) -> np.ndarray:
-    """Read an audio file as float32 ``(samples, channels)`` at ``sample_rate``.
-
-    Raises:
-        UserError: the file is missing or not decodable (names the file and the formats we read).
-    """
-    import soundfile as sf
-
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise UserError(f"Audio file {path} does not exist. Check the path (on Colab: under /content/drive/MyDrive/...).")
-    try:
-        audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    except Exception as err:  # noqa: BLE001 - libsndfile raises several types for a bad file
-        raise UserError(f"Could not read {path} as audio ({err}). Use a WAV, FLAC, OGG or MP3 file.") from err
-    if audio.shape[0] == 0:
-        raise UserError(f"{path} contains no audio samples.")
-    return to_channels(resample(audio, rate, sample_rate), channels)
-
-
-# ---------------------------------------------------------------------------------------------
-# Writing
-# ---------------------------------------------------------------------------------------------
 
 
 def peak_safe_int16(audio: np.ndarray) -> tuple[np.ndarray, float, float]:
@@ -164,3 +116,86 @@ def write_wav(path: str | os.PathLike, audio: np.ndarray, sample_rate: int) -> d
     with atomic.atomic_path(path) as tmp:
         sf.write(str(tmp), pcm, sample_rate, subtype="PCM_16", format="WAV")
     return {"gain": gain, "peak": round(peak, 6), "samples": int(audio.shape[0]), "channels": int(audio.shape[1])}
+
+
+# ---------------------------------------------------------------------------------------------
+# Clips and their sidecars
+# ---------------------------------------------------------------------------------------------
+
+
+def _versions() -> dict[str, str]:
+    import peft
+    import torch
+    import transformers
+
+    import nbutils
+
+    return {"nbutils": nbutils.__version__, "torch": torch.__version__,
+            "transformers": transformers.__version__, "peft": peft.__version__}
+
+
+def sidecar(clip, cfg, pipe, wav: Path, written: dict, pair: str | None) -> dict[str, Any]:
+    """The JSON record next to a WAV: enough to know, and redo, exactly what made it.
+
+    Args:
+        clip: The ``musicgen.Clip`` written to ``wav``.
+        cfg: The ``GenerateConfig`` of the request (``parameters``: feed it to ``config.from_dict``
+            to ask for the same again).
+        pipe: The ``musicgen.Pipeline`` that made it.
+        wav: The WAV file; ``written``: what ``write_wav`` returned; ``pair``: the A/B partner's file.
+    """
+    return {
+        "file": wav.name,
+        "prompt": clip.prompt,
+        "variant": clip.variant,
+        "pair": pair,
+        "model": pipe.model_name,
+        "adapter": pipe.adapter.describe() if pipe.adapter and clip.variant == "lora" else None,
+        "adapter_loaded": pipe.adapter.describe() if pipe.adapter else None,
+        "seed": cfg.seed,
+        "variation": clip.variation,
+        "variation_seed": clip.seed,
+        "batch": clip.batch,
+        "seconds": round(clip.seconds - clip.prompt_seconds, 6),
+        "total_seconds": round(clip.seconds, 6),
+        "prompt_seconds": round(clip.prompt_seconds, 6),
+        "sample_rate": clip.sample_rate,
+        "channels": written["channels"],
+        "samples": written["samples"],
+        "gain": written["gain"],
+        "peak": written["peak"],
+        "windows": clip.windows,
+        "generation_seconds": round(clip.generation_seconds, 4),
+        "realtime_factor": round(clip.realtime_factor, 4),
+        "parameters": config.to_dict(cfg),
+        "pipeline": pipe.describe(),
+        "versions": _versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def save(clips: list, cfg, pipe, out: str | Path) -> list[dict[str, Any]]:
+    """Write each clip as ``<time>_<prompt>_s<seed>_<variant>.wav`` + ``.json`` in ``out``.
+
+    A/B takes share the name up to the variant. Names are reserved with exclusive create, so
+    nothing earlier is ever overwritten (a second run, or a prompt given twice, or two prompts
+    with the same slug, get ``-2``, ``-3``...). The WAV is written before its sidecar: a sidecar
+    means its WAV is complete. ``clips``, ``cfg`` and ``pipe`` are as for ``sidecar``.
+    """
+    out = Path(out).expanduser()
+    stamp = timestamp()
+    groups: dict[tuple, list] = {}
+    for clip in clips:  # one name per prompt position: the same text twice is two takes
+        groups.setdefault((clip.index, clip.variation), []).append(clip)
+    records = []
+    for group in groups.values():
+        stem = f"{stamp}_{slug(group[0].prompt)}_s{group[0].seed}"
+        name = reserve(out, stem, [f"_{c.variant}{ext}" for c in group for ext in (".wav", ".json")])
+        for clip in group:
+            wav = out / f"{name}_{clip.variant}.wav"
+            written = write_wav(wav, clip.audio, clip.sample_rate)
+            others = [f"{name}_{c.variant}.wav" for c in group if c is not clip]
+            record = sidecar(clip, cfg, pipe, wav, written, others[0] if others else None)
+            atomic.write_json(wav.with_suffix(".json"), record)
+            records.append({**record, "path": str(wav), "sidecar": str(wav.with_suffix(".json"))})
+    return records
