@@ -33,6 +33,7 @@ from nbutils.core import atomic, config, devices, models
 from nbutils.generate import adapters, audio_io, sampling
 from nbutils.core.config import option
 from nbutils.core.errors import UserError
+from nbutils.core.prompts import encode as encode_prompts
 
 VARIANTS = ("base", "lora")
 COMPARE_CHOICES = ("auto", "base", "lora", "both")
@@ -243,8 +244,7 @@ class Pipeline:
     # -- inputs -------------------------------------------------------------------------------
 
     def text_inputs(self, prompts: list[str]) -> dict:
-        tokenizer = getattr(self.processor, "tokenizer", self.processor)
-        inputs = tokenizer(list(prompts), padding=True, return_tensors="pt")
+        inputs = encode_prompts(self.processor, prompts)  # truncated to the text encoder's limit
         return {k: v.to(self.device) for k, v in inputs.items() if k in ("input_ids", "attention_mask")}
 
     def prompt_codes(self, path: str, batch: int):

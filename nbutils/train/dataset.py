@@ -27,6 +27,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from nbutils.core import atomic
+from nbutils.core.prompts import encode as encode_prompts
 from nbutils.tokenize import shards
 from nbutils.core.errors import UserError
 
@@ -244,7 +245,7 @@ class Collator:
         from nbutils.train import labels as L
 
         texts = [e.text for e in examples]
-        enc = self.tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+        enc = encode_prompts(self.tokenizer, texts)  # truncated to the text encoder's limit
         mask = enc["attention_mask"].clone()
         for row, text in enumerate(texts):
             if not text:
