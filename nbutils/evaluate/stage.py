@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from nbutils.core import atomic, config, tracking
+from nbutils.core import diskerrors
 from nbutils.evaluate import clap, metrics
 from nbutils.generate import adapters, audio_io, stage as generate
 from nbutils.tokenize import shards
@@ -502,6 +503,7 @@ def _record_settings(cfg: EvalConfig, out: Path) -> None:
     atomic.write_json(out / "eval_config.json", config.to_dict(cfg))
 
 
+@diskerrors.guard("out")  # a read-only or full --out is a message, not a traceback
 def run(cfg: EvalConfig) -> dict[str, Any]:
     """Generate (or reuse) every clip, score with CLAP, and write tables, plot and JSON."""
     out = audio_io.output_folder(cfg.out)

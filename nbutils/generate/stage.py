@@ -30,6 +30,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from nbutils.core import atomic, config, devices, models
+from nbutils.core import diskerrors
 from nbutils.generate import adapters, audio_io, sampling
 from nbutils.core.config import option
 from nbutils.core.errors import UserError
@@ -495,6 +496,7 @@ def save(clips: list[Clip], cfg: GenerateConfig, pipe: Pipeline, out: str | Path
     return records
 
 
+@diskerrors.guard("out")  # a read-only or full --out is a message, not a traceback
 def run(cfg: GenerateConfig, pipe: Pipeline | None = None) -> list[dict[str, Any]]:
     """Generate and save everything ``cfg`` asks for; returns one record per WAV written."""
     out = audio_io.output_folder(cfg.out)  # a file in the way is refused before the model loads

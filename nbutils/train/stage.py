@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from nbutils.core import atomic, config, faults, models, tracking
+from nbutils.core import diskerrors
 from nbutils.train import checkpoint, lora
 from nbutils.train import dataset as data
 from nbutils.core.config import option
@@ -793,6 +794,7 @@ def out_of_memory_error(trainer: Trainer) -> UserError:
     )
 
 
+@diskerrors.guard("out")  # a read-only or full --out is a message, not a traceback
 def run(cfg: TrainConfig, *, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train (or continue training) and return the summary (step, train_loss, val_loss, ...).
 
