@@ -23,8 +23,12 @@ _END = object()  # marks the end of one item's results
 _POLL_SECONDS = 0.1  # how often a blocked worker checks whether the caller stopped
 
 
-class _Stopped(Exception):
-    """Raised inside a worker when the caller stopped iterating."""
+class _Stopped(BaseException):
+    """Raised inside a worker when the caller stopped iterating.
+
+    A ``BaseException``, like ``GeneratorExit``: ``work`` may catch ``Exception`` from what it
+    does (one bad file), and must still stop.
+    """
 
 
 class _Raised:
