@@ -35,3 +35,10 @@ def test_bench_train_quick_prints_its_three_results(tmp_path):
     out = _bench("benchmarks/bench_train.py", "--quick", "--workdir", str(tmp_path))
     for line in ("1. loop overhead:", "2. latest.pt size:", "3. resume:"):
         assert line in out, out
+
+
+@pytest.mark.slow
+def test_bench_text_memory_quick_prints_its_ratio():
+    out = _bench("benchmarks/bench_text_memory.py", "--quick")
+    for line in ("peak RSS without text members:", "text file(s) not read", "(d) peak RSS with the text members / without:"):
+        assert line in out, out
