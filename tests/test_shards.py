@@ -60,6 +60,19 @@ def test_mixed_models_are_refused(tmp_path):
         shards.check_compatible(shards.open_all(tmp_path))
 
 
+def test_shards_of_two_tokenize_settings_in_one_folder_are_refused_for_training(tmp_path):
+    from nbutils.train import dataset
+
+    for name, config_hash in (("a", "1111"), ("b", "2222")):  # what two unlocked runs left behind
+        writer = shards.ShardWriter(tmp_path, name, {"model": "tiny", "sample_rate": 32000, "num_codebooks": 4,
+                                                     "config_hash": config_hash})
+        writer.add(shards.Segment(path="x.wav", start=0, frames=2), np.zeros((2, 4)))
+        writer.commit()
+    with pytest.raises(UserError, match=r"a.json and b.json were tokenized with different settings .*config hash "
+                                        r"1111 vs 2222"):
+        dataset.open_shards(tmp_path, num_codebooks=4, sample_rate=32000)
+
+
 def _as_format_1(index_path):
     """Rewrite an index as versions before format 2 wrote it: the description in every segment."""
     import dataclasses

@@ -214,15 +214,26 @@ def open_all(tokens_dir: str | os.PathLike, *, verify: bool = False) -> list[Sha
     return [open_shard(p, verify=verify) for p in paths]
 
 
-def check_compatible(shards: Iterable[Shard], keys: Iterable[str] = ("model", "sample_rate", "num_codebooks")) -> dict:
-    """All shards must come from the same model setup; return the shared values."""
+COMPATIBLE = ("model", "sample_rate", "num_codebooks", "config_hash")
+
+
+def check_compatible(shards: Iterable[Shard], keys: Iterable[str] = COMPATIBLE) -> dict:
+    """All shards must come from the same model setup and tokenize settings; return the shared values.
+
+    ``config_hash`` is the hash of the settings that change the codes (segment length, silence
+    threshold...): a folder whose shards disagree on it mixes two tokenize runs' settings.
+    """
     shards = list(shards)
     first = {k: shards[0].meta.get(k) for k in keys}
     for shard in shards[1:]:
         for k in keys:
-            if shard.meta.get(k) != first[k]:
-                raise UserError(
-                    f"Shards disagree on {k}: {shards[0].index_path.name} has {first[k]!r}, "
-                    f"{shard.index_path.name} has {shard.meta.get(k)!r}. Keep one model's tokens per folder."
-                )
+            if shard.meta.get(k) == first[k]:
+                continue
+            a, b = shards[0].index_path.name, shard.index_path.name
+            if k == "config_hash":
+                raise UserError(f"Shards {a} and {b} were tokenized with different settings (segment length, "
+                                f"silence threshold...: config hash {first[k]} vs {shard.meta.get(k)}), so the "
+                                "folder mixes two runs' codes. Tokenize into a new folder with one setting.")
+            raise UserError(f"Shards disagree on {k}: {a} has {first[k]!r}, {b} has {shard.meta.get(k)!r}. "
+                            "Keep one model's tokens per folder.")
     return first

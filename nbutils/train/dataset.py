@@ -111,7 +111,7 @@ def track_of(segment: shards.Segment, shard: shards.Shard) -> str:
 def open_shards(tokens_dir: str | Path, num_codebooks: int, sample_rate: int) -> list[shards.Shard]:
     """Open every committed shard (memory-mapped) and check it fits the model."""
     opened = shards.open_all(tokens_dir)
-    shared = shards.check_compatible(opened, keys=("sample_rate", "num_codebooks"))
+    shared = shards.check_compatible(opened, keys=("sample_rate", "num_codebooks", "config_hash"))
     if shared["num_codebooks"] != num_codebooks or shared["sample_rate"] not in (None, sample_rate):
         raise UserError(
             f"The shards in {tokens_dir} hold {shared['num_codebooks']} codebooks at "
