@@ -308,7 +308,8 @@ def _os_reason(err: OSError, scratch: Path) -> str:
     if in_scratch or err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):  # only scratch is written here
         return (f"could not write to the scratch folder {scratch} ({detail}): check --scratch (notebook: the "
                 "project's scratch folder) and the free space there")
-    return f"could not read the ZIP ({detail})"
+    return (f"could not read the ZIP ({detail}): check that it opens (on Drive: fully uploaded and synced); it is "
+            "tried again on the next run")
 
 
 def uncommit(index: Path) -> None:
