@@ -331,3 +331,22 @@ def test_text_members_are_read_within_one_budget_per_zip(tmp_path, monkeypatch, 
                "the 2 MiB budget" in n for n in _notes(record)), _notes(record)
     assert not any("readme.txt" in n for n in _notes(record))  # not a description: never read, never counted
     assert record["description_sources"] == {"metadata.jsonl": 1}
+
+
+def test_an_unexpected_error_decoding_one_file_fails_that_file_only(tmp_path, monkeypatch):
+    from nbutils.core import audio
+
+    h.small_zip(tmp_path / "zips", "a.zip", n=3)
+    iter_segments = audio.iter_segments
+
+    def odd(path, report, **kwargs):  # a decoder bug that one file triggers
+        if report is not None and path.name == "000001.wav":
+            raise TypeError("'NoneType' object is not subscriptable")
+        return iter_segments(path, report, **kwargs)
+
+    monkeypatch.setattr(audio, "iter_segments", odd)
+    summary = tokenize.run(tokenize.TokenizeConfig(zips=str(tmp_path / "zips"), out=str(tmp_path / "t"), model="tiny",
+                                                   progress=False, scratch=str(tmp_path / "s")))
+    assert summary["zips_done"] == 1 and summary["files_ok"] == 2
+    assert summary["failures"] == [{"zip": "a.zip", "path": "a/track_01.wav", "reason": "unexpected error while "
+                                    "decoding (TypeError: 'NoneType' object is not subscriptable)"}]
