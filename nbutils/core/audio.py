@@ -214,6 +214,37 @@ def read_blocks(
                 return
 
 
+class _Buffer:
+    """Decoded blocks waiting to be cut into segments (joined only when a segment is taken)."""
+
+    def __init__(self):
+        self.blocks: list[np.ndarray] = []
+        self.samples = 0
+
+    def add(self, block: np.ndarray) -> None:
+        self.blocks.append(block)
+        self.samples += block.shape[1]
+
+    def take(self, n: int) -> np.ndarray:
+        """The first ``n`` samples (contiguous); the rest stays."""
+        joined = np.concatenate(self.blocks, axis=1) if len(self.blocks) > 1 else self.blocks[0]
+        head, rest = joined[:, :n], joined[:, n:]
+        self.blocks, self.samples = ([rest] if rest.shape[1] else []), rest.shape[1]
+        return np.ascontiguousarray(head)
+
+
+def _keep(piece: Piece, report: TrackReport, sample_rate: int, silence_db: float) -> bool:
+    """Count ``piece`` as kept or silent in ``report``; True if it is kept."""
+    seconds = piece.samples / sample_rate
+    if peak_db(piece.audio) < silence_db:
+        report.silent_segments += 1
+        report.silent_seconds += seconds
+        return False
+    report.segments += 1
+    report.kept_seconds += seconds
+    return True
+
+
 def iter_segments(
     path: str | os.PathLike,
     report: TrackReport,
@@ -236,35 +267,15 @@ def iter_segments(
         AudioError: the file is empty, unreadable or corrupt.
     """
     seg_len = int(round(segment_seconds * sample_rate))
-    buffer: list[np.ndarray] = []
-    buffered = 0
-    total = 0
-
-    def take(n: int) -> np.ndarray:
-        nonlocal buffer, buffered
-        joined = np.concatenate(buffer, axis=1) if len(buffer) > 1 else buffer[0]
-        head, rest = joined[:, :n], joined[:, n:]
-        buffer, buffered = ([rest] if rest.shape[1] else []), rest.shape[1]
-        return np.ascontiguousarray(head)
-
-    def keep(piece: Piece) -> bool:
-        if peak_db(piece.audio) < silence_db:
-            report.silent_segments += 1
-            report.silent_seconds += piece.samples / sample_rate
-            return False
-        report.segments += 1
-        report.kept_seconds += piece.samples / sample_rate
-        return True
-
+    buffer, total = _Buffer(), 0
     for block in read_blocks(path, report, sample_rate=sample_rate, channels=channels):
-        buffer.append(block)
-        buffered += block.shape[1]
-        while buffered >= seg_len:
-            piece = Piece(start=total, audio=take(seg_len))
+        buffer.add(block)
+        while buffer.samples >= seg_len:
+            piece = Piece(start=total, audio=buffer.take(seg_len))
             total += seg_len
-            if keep(piece):
+            if _keep(piece, report, sample_rate, silence_db):
                 yield piece
-    tail = buffered
+    tail = buffer.samples
     report.seconds = (total + tail) / sample_rate
     if total + tail == 0:
         raise AudioError("no audio frames (the file holds only a header)")
@@ -273,8 +284,8 @@ def iter_segments(
         return
     if tail:
         if total == 0 or tail >= min_tail_seconds * sample_rate:
-            piece = Piece(start=total, audio=take(tail))
-            if keep(piece):
+            piece = Piece(start=total, audio=buffer.take(tail))
+            if _keep(piece, report, sample_rate, silence_db):
                 yield piece
         else:
             report.tail_dropped_seconds = tail / sample_rate

@@ -38,6 +38,29 @@ class _Raised:
         self.error = error
 
 
+def _run(work: Callable, item: Any, results: queue.Queue, stop: threading.Event) -> None:
+    """Worker thread: ``work(item, emit)`` into ``results``, then the end mark (or the exception)."""
+    def emit(value: Any) -> None:
+        while not stop.is_set():
+            try:
+                results.put(value, timeout=_POLL_SECONDS)
+                return
+            except queue.Full:
+                continue
+        raise _Stopped
+
+    try:
+        work(item, emit)
+        emit(_END)
+    except _Stopped:
+        return
+    except BaseException as error:  # noqa: BLE001 - re-raised in the caller's thread
+        try:
+            emit(_Raised(error))
+        except _Stopped:
+            return
+
+
 def ordered(
     items: Iterable[Any],
     work: Callable[[Any, Callable[[Any], None]], None],
@@ -62,31 +85,10 @@ def ordered(
     pending: collections.deque = collections.deque()
     pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="prefetch")
 
-    def run(item: Any, results: queue.Queue) -> None:
-        def emit(value: Any) -> None:
-            while not stop.is_set():
-                try:
-                    results.put(value, timeout=_POLL_SECONDS)
-                    return
-                except queue.Full:
-                    continue
-            raise _Stopped
-
-        try:
-            work(item, emit)
-            emit(_END)
-        except _Stopped:
-            return
-        except BaseException as error:  # noqa: BLE001 - re-raised in the caller's thread
-            try:
-                emit(_Raised(error))
-            except _Stopped:
-                return
-
     def submit() -> None:
         for item in source:
             results: queue.Queue = queue.Queue(maxsize=max(1, depth))
-            pending.append((results, pool.submit(run, item, results)))
+            pending.append((results, pool.submit(_run, work, item, results, stop)))
             return
 
     try:
