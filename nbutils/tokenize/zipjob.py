@@ -222,6 +222,7 @@ def _collect(stage: Stage, result: ZipResult, tracks: list[_Track], catalog: met
              codes: dict, writer: shards.ShardWriter | None) -> None:
     """Count every track's outcome and add the kept segments to the shard, in ZIP order."""
     c, sr = result.counts, stage.spec.sample_rate
+    constant = []
     for index, track in enumerate(tracks):
         path, report = track.entry.path, track.report
         if track.error:
@@ -249,9 +250,9 @@ def _collect(stage: Stage, result: ZipResult, tracks: list[_Track], catalog: met
         note = notes.constant_note(notes.constant_share([codes[(index, n)] for n in range(len(track.pieces))]))
         if note:
             result.notes.append({"path": path, "reason": note})
+            constant.append(path)
     result.sources = catalog.counts
     result.notes += catalog.notes
-    constant = [n["path"] for n in result.notes if n["reason"].startswith("warning: nearly constant")]
     if constant:
         _warn(result, f"{len(constant)} track(s) encode to nearly constant codes (first: {constant[0]}); "
                       "see the notes (tokenize.table), and listen to them.")
