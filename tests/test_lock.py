@@ -13,6 +13,7 @@ import time
 import pytest
 
 from conftest import REPO
+from nbutils.core import atomic
 from nbutils.core.errors import UserError
 from nbutils.tokenize import ledger, lock, shards, stage as tokenize
 import _tokenize_helpers as h
@@ -27,7 +28,17 @@ def _write_lock(out, **holder):
     out.mkdir(parents=True, exist_ok=True)
     record = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time(), "heartbeat": time.time(),
               "id": "theirs", **holder}
-    (out / lock.LOCK_FILE).write_text(json.dumps(record))
+    atomic.write_json(out / lock.LOCK_FILE, record)
+
+
+def _soon(condition, seconds: float = 10.0) -> bool:
+    """Wait until ``condition()`` holds (a loaded machine may delay a heartbeat thread)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
 
 
 def _holder_process(out):
@@ -92,11 +103,10 @@ def test_the_heartbeat_is_renewed_and_a_run_whose_lock_was_taken_over_stops(tmp_
     held.acquire()
     try:
         first = json.loads((tmp_path / lock.LOCK_FILE).read_text())["heartbeat"]
-        time.sleep(0.3)
-        assert json.loads((tmp_path / lock.LOCK_FILE).read_text())["heartbeat"] > first
+        assert _soon(lambda: json.loads((tmp_path / lock.LOCK_FILE).read_text())["heartbeat"] > first)
         held.check()
         _write_lock(tmp_path, host="colab-runtime-new", pid=7)  # took over while this run stalled
-        time.sleep(0.3)
+        assert _soon(lambda: held.lost)
         with pytest.raises(UserError, match="lost the token folder's lock.*host colab-runtime-new, pid 7"):
             held.check()
     finally:
@@ -164,3 +174,9 @@ def test_two_processes_with_different_settings_never_mix_one_folder(batches, tmp
         assert {shards.read_index(p)["config_hash"] for p in shards.list_shards(out)} == {settings["config_hash"]}
         assert {r["config_hash"] for r in ledger.records(out)} == {settings["config_hash"]}
         assert len(shards.list_shards(out)) == 4
+
+
+def test_an_out_that_is_a_file_is_refused_with_a_message(tmp_path):
+    (tmp_path / "tokens").write_text("not a folder")
+    with pytest.raises(UserError, match="The token folder .*tokens is a file"):
+        tokenize.run(_config(tmp_path, tmp_path / "tokens", tmp_path / "s"))

@@ -154,7 +154,9 @@ class Lock:
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat_seconds):
             holder = _read(self.path)
-            if not holder or holder.get("id") != self.record["id"]:
+            if holder == {}:  # being written this very moment (or torn): look again at the next beat
+                continue
+            if holder is None or holder.get("id") != self.record["id"]:
                 self.lost = f"the lock is now held by {describe(holder) if holder else 'nobody'}"
                 return
             self.record["heartbeat"] = _now()

@@ -271,6 +271,9 @@ def run(cfg: TokenizeConfig) -> dict[str, Any]:
     """
     if not cfg.zips or not cfg.out:
         raise UserError("Both --zips (the folder with the ZIP batches) and --out (the token folder) are needed.")
+    if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
+        raise UserError(f"The token folder {cfg.out} is a file. Pass a folder for --out (notebook: the project's "
+                        "tokens folder), new or existing.")
     if cfg.limit > 0:
         return _run(cfg, None)
     with lock.hold(cfg.out, say=_say) as held:
