@@ -203,3 +203,87 @@ def snapshot(tokens: Path) -> dict[str, bytes]:
 
 def files_under(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile ZIPs: header fields that real archivers (and bit flips) get wrong
+# ---------------------------------------------------------------------------------------------
+
+
+def replace_name_bytes(path: Path, old: bytes, new: bytes) -> None:
+    """Replace a member's name bytes (same length) in its local header and the central directory,
+    keeping the flags: ``new`` may be invalid UTF-8 under the UTF-8 flag, as some Windows tools write."""
+    assert len(old) == len(new)
+    data = path.read_bytes()
+    assert data.count(old) == 2, "the name must appear once in the local header and once in the directory"
+    path.write_bytes(data.replace(old, new))
+
+
+def set_extract_version(path: Path, name: str, version: int) -> None:
+    """Make the central directory say "version needed to extract" ``version`` (64 = 6.4) for ``name``."""
+    data = bytearray(path.read_bytes())
+    for pos, raw in _central_entries(bytes(data)):
+        if raw == name.encode("utf-8"):
+            data[pos + 6] = version
+    path.write_bytes(bytes(data))
+
+
+def shift_directory_offset(path: Path, delta: int) -> None:
+    """Add ``delta`` to the end record's directory offset: every member's offset then points ``delta``
+    bytes too early (before the file's start for the first ones: EINVAL on seek)."""
+    data = bytearray(path.read_bytes())
+    end = data.rfind(b"PK\x05\x06")
+    struct.pack_into("<I", data, end + 16, struct.unpack_from("<I", data, end + 16)[0] + delta)
+    path.write_bytes(bytes(data))
+
+
+def _crc32_table() -> list[int]:
+    table = []
+    for n in range(256):
+        c = n
+        for _ in range(8):
+            c = (c >> 1) ^ 0xEDB88320 if c & 1 else c >> 1
+        table.append(c)
+    return table
+
+
+def zipcrypto(data: bytes, password: bytes, crc: int, seed: int = 0) -> bytes:
+    """``data`` encrypted with traditional PKWARE encryption (ZipCrypto), its 12-byte header first."""
+    table = _crc32_table()
+    keys = [0x12345678, 0x23456789, 0x34567890]
+
+    def update(byte: int) -> None:
+        keys[0] = (keys[0] >> 8) ^ table[(keys[0] ^ byte) & 0xFF]
+        keys[1] = ((keys[1] + (keys[0] & 0xFF)) * 134775813 + 1) & 0xFFFFFFFF
+        keys[2] = (keys[2] >> 8) ^ table[(keys[2] ^ (keys[1] >> 24)) & 0xFF]
+
+    for byte in password:
+        update(byte)
+    header = bytes(np.random.default_rng(seed).integers(0, 256, 11, dtype=np.uint8)) + bytes([crc >> 24])
+    out = bytearray()
+    for byte in header + data:
+        k = keys[2] | 2
+        out.append(byte ^ (((k * (k ^ 1)) >> 8) & 0xFF))
+        update(byte)
+    return bytes(out)
+
+
+def write_encrypted_zip(path: Path, members: list[tuple[str, bytes]], password: bytes = b"secret") -> Path:
+    """A ZIP whose members are stored and ZipCrypto-encrypted, as ``zip -e`` writes them."""
+    import zlib
+
+    out = bytearray()
+    central = bytearray()
+    for name, data in members:
+        crc, raw_name = zlib.crc32(data), name.encode()
+        body = zipcrypto(data, password, crc)
+        common = (0x1, 0, 0, 0x2821, crc, len(body), len(data), len(raw_name))  # flag bit 0: encrypted
+        central += struct.pack("<4s4B4HL2L5H2L", b"PK\x01\x02", 20, 3, 20, 0, *common, 0, 0, 0, 0, 0o100644 << 16,
+                               len(out)) + raw_name
+        out += struct.pack("<4s2B4HL2L2H", b"PK\x03\x04", 20, 0, *common, 0) + raw_name + body
+    start = len(out)
+    out += central
+    out += struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, len(members), len(members), len(central), start, 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(bytes(out))
+    return path

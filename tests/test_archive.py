@@ -1,5 +1,6 @@
 import unicodedata
 import zipfile
+import zlib
 
 import pytest
 
@@ -69,7 +70,7 @@ def test_extraction_stays_under_root_and_keeps_same_basenames_apart(tmp_path):
         entries = archive.scan(zf)
         out = [archive.extract(zf, e, root, max_bytes=1 << 20) for e in entries]
     assert [p.read_bytes() for p in out] == [b"first", b"second"]
-    assert files_under(tmp_path) == ["s.zip", "scratch/a/song.wav", "scratch/b/song.wav"]
+    assert files_under(tmp_path) == ["s.zip", "scratch/000000.wav", "scratch/000001.wav"]  # named by index
 
 
 @pytest.mark.parametrize("name", ["../evil.wav", "/tmp/nbutils-abs-evil.wav", "a/../../evil.wav"])
@@ -93,7 +94,7 @@ def test_member_that_holds_more_than_it_declares_is_refused(tmp_path):
         with pytest.raises(archive.MemberError, match="more data than its declared 1000 bytes"):
             archive.extract(zf, liar, tmp_path / "x", max_bytes=1 << 30)
         assert archive.extract(zf, ok, tmp_path / "x", max_bytes=1 << 30).read_bytes() == data
-    assert files_under(tmp_path / "x") == ["ok.wav"]  # the partial file was removed
+    assert files_under(tmp_path / "x") == ["000001.wav"]  # the partial file (000000.wav) was removed
 
 
 def test_member_over_the_cap_is_refused_before_reading(tmp_path):
@@ -170,3 +171,92 @@ def test_stage_streams_from_source_when_local_disk_is_too_small(tmp_path, monkey
     monkeypatch.setattr(archive.shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 100, 100))
     assert archive.stage(path, tmp_path / "work") == path
     assert not (tmp_path / "work" / "a.zip").exists()
+
+
+def test_directory_fields_zipfile_refuses_are_corrected_in_memory(tmp_path):
+    from _tokenize_helpers import replace_name_bytes, set_extract_version
+
+    path = write_zip(tmp_path / "r.zip", [("ok.wav", b"first"), ("bad_é.wav", b"second"), ("v.wav", b"third")])
+    replace_name_bytes(path, "bad_é.wav".encode(), b"bad_\xff\xfe.wav")
+    set_extract_version(path, "v.wav", 64)
+    before = path.read_bytes()
+    with pytest.raises(UnicodeDecodeError):
+        zipfile.ZipFile(path)  # what crashed the whole run
+    with archive.open_zip(path) as zf:
+        entries = archive.scan(zf)
+        assert [e.path for e in entries] == ["ok.wav", "bad_\xff\xfe.wav".encode("latin-1").decode("cp437"), "v.wav"]
+        out = [archive.extract(zf, e, tmp_path / "x", max_bytes=1 << 20).read_bytes() for e in entries]
+        assert zf.repairs == ["bad_\u00a0\u25a0.wav: name flagged UTF-8 but not UTF-8 (read as cp437)",
+                              "v.wav: 'version needed to extract' 6.4 in the ZIP's directory (not a real version; "
+                              "read as 2.0)"]
+    assert out == [b"first", b"second", b"third"]
+    assert path.read_bytes() == before  # the file itself is never changed
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "bad_offset", "empty"])
+def test_a_zip_that_cannot_be_read_is_a_bad_zip_never_another_error(tmp_path, damage):
+
+    path = write_zip(tmp_path / "d.zip", [("a.wav", b"x" * 1000)])
+    if damage == "truncate":
+        truncate(path, 0.5)
+    elif damage == "garbage":
+        path.write_bytes(b"PK\x05\x06" + bytes(range(256)) * 4)
+    elif damage == "bad_offset":
+        data = bytearray(path.read_bytes())
+        end = data.rfind(b"PK\x05\x06")
+        data[end + 12 : end + 16] = (2**31).to_bytes(4, "little")  # directory size beyond the file
+        path.write_bytes(bytes(data))
+    else:
+        path.write_bytes(b"")
+    with pytest.raises(zipfile.BadZipFile):
+        archive.open_zip(path).close()
+    assert archive.count_audio(path) == (0, 0)
+
+
+def test_encrypted_members_are_named_as_such(tmp_path):
+    from _tokenize_helpers import write_encrypted_zip
+
+    path = write_encrypted_zip(tmp_path / "e.zip", [("a.wav", b"RIFF..."), ("a.txt", b"calm")])
+    with archive.open_zip(path) as zf:
+        audio, text = archive.scan(zf)
+        with pytest.raises(archive.MemberError, match="^encrypted: extract the ZIP with its password and re-zip it "
+                                                      "without one$"):
+            archive.extract(zf, audio, tmp_path / "x", max_bytes=1 << 20)
+        with pytest.raises(archive.MemberError, match="^encrypted"):
+            archive.read_text(zf, text)
+
+
+def test_member_errors_are_the_members_fault_only_when_they_are(tmp_path):
+    try:
+        open(tmp_path / ("n" * 300), "wb")  # a real ENAMETOOLONG from the local file system
+    except OSError as err:
+        too_long = err
+    assert str(archive.member_error(too_long)).startswith("name too long for the local disk")
+    try:
+        with open("/dev/full", "wb") as fh:  # a real ENOSPC: the disk's fault, the ZIP is retried
+            fh.write(b"x")
+            fh.flush()
+    except OSError as err:
+        full = err
+    assert archive.member_error(full) is None
+    assert str(archive.member_error(zlib.error("invalid stored block lengths"))) == \
+        "corrupt in ZIP (error: invalid stored block lengths)"
+
+
+def test_text_members_share_one_budget_per_zip(tmp_path):
+    path = write_zip(tmp_path / "t.zip", [(f"{i}/metadata.jsonl", b"x" * 4000) for i in range(4)])
+    budget = archive.TextBudget(total=10_000)
+    with archive.open_zip(path) as zf:
+        entries = archive.scan(zf)
+        assert [len(archive.read_text(zf, e, budget=budget)) for e in entries[:2]] == [4000, 4000]
+        with pytest.raises(archive.OverBudget, match="passed the 10000 bytes budget"):
+            archive.read_text(zf, entries[2], budget=budget)
+    assert budget.used == 8000
+
+
+def test_scratch_names_come_from_the_index_never_the_name(tmp_path):
+    path = write_zip(tmp_path / "n.zip", [("a.wav", b"1"), ("../b.FLAC", b"2"), ("x" * 200 + ".wav", b"3"),
+                                          ("noext", b"4"), ("c.a b", b"5")])
+    with archive.open_zip(path) as zf:
+        assert [archive.scratch_name(e) for e in archive.scan(zf)] == ["000000.wav", "000001.flac", "000002.wav",
+                                                                       "000003", "000004"]

@@ -1,3 +1,4 @@
+import json
 import os
 import signal
 import subprocess
@@ -91,3 +92,20 @@ def test_recover_dir_after_kill_between_renames(tmp_path):
     (old / "a.txt").write_text("1")
     atomic.recover_dir(target)
     assert (target / "a.txt").read_text() == "1" and not old.exists()
+
+
+def test_json_and_jsonl_survive_any_python_string(tmp_path):
+    # A lone surrogate (the JSON escape "\ud800" in a user's metadata) and a command-line argument
+    # that was not UTF-8 (Python keeps its bytes as surrogates) used to crash the strict UTF-8 encode.
+    texts = {"lone": "a \ud800 b", "argv": "caf\udce9", "fine": "Björk – 日本"}
+    atomic.write_json(tmp_path / "x.json", texts)
+    assert atomic.read_json(tmp_path / "x.json") == texts
+    atomic.append_line(tmp_path / "x.jsonl", json.dumps(texts, ensure_ascii=False))
+    assert atomic.read_jsonl(tmp_path / "x.jsonl") == [texts]
+    assert "Björk – 日本" in (tmp_path / "x.json").read_text(encoding="utf-8")  # still readable text
+
+
+def test_read_jsonl_skips_lines_with_huge_numbers_or_deep_nesting(tmp_path):
+    path = tmp_path / "ledger.jsonl"
+    path.write_text('{"a": 1}\n{"a": %s}\n{"a": %s}\n{"a": 2}\n' % ("9" * 5000, "[" * 100_000 + "]" * 100_000))
+    assert atomic.read_jsonl(path) == [{"a": 1}, {"a": 2}]

@@ -1,4 +1,5 @@
 import math
+import re
 
 import numpy as np
 import pytest
@@ -162,12 +163,23 @@ def test_truncated_files_fail_or_keep_only_what_decodes(tmp_path):
     assert report.seconds == pytest.approx(3.0, abs=0.01) and len(pieces) == report.segments == 2
 
 
-def test_nan_samples_become_zero(tmp_path):
+@pytest.mark.parametrize("bad, reason", [
+    (np.nan, "non-finite samples (NaN or infinity) after 0.0 s"),
+    (np.inf, "non-finite samples (NaN or infinity) after 0.0 s"),
+    (-np.inf, "non-finite samples"),
+    (1e30, "samples far beyond full scale (peak 1e+30, full scale is 1.0) after 0.0 s"),
+])
+def test_float_files_holding_garbage_fail_instead_of_encoding_constant_codes(tmp_path, bad, reason):
+    # Float WAVs with inf or 1e30 amplitudes used to be "ok" (NaN silently zeroed) and encoded as constant codes.
     wave = _sine(1.5, 32_000)
-    wave[100:200] = np.nan
-    path = tmp_path / "nan.wav"
+    wave[100:200] = bad
+    path = tmp_path / "bad.wav"
     sf.write(path, wave, 32_000, subtype="FLOAT")
-    assert np.isfinite(audio.load(path)).all()
+    with pytest.raises(audio.AudioError, match=re.escape(reason)):
+        _segments(path)
+    wave[100:200] = 4.0  # a loud but real float file (+12 dBFS) is still read
+    sf.write(path, wave, 32_000, subtype="FLOAT")
+    assert _segments(path)[1].segments == 1
 
 
 def test_frames_for_matches_the_codec_hop():
@@ -186,8 +198,10 @@ def _raw_wav(sample_rate: int, channels: int, frames: int = 1000) -> bytes:
 
 
 @pytest.mark.parametrize("sample_rate, channels, outcome", [
-    (0, 1, "unreadable"), (44_100, 0, "unreadable"), (1, 1, "kept"), (4_000_000, 1, "too short"),
-    (44_100, 300, "too short"),
+    (0, 1, "unreadable"), (44_100, 0, "unreadable"), (4_000_000, 1, "too short"), (44_100, 300, "too short"),
+    # 1-3 Hz headers turned 1 KB into minutes of audio after resampling; below 1 kHz the header is corrupt
+    (1, 1, "sample rate of 1 Hz in the header (below 1000 Hz)"), (3, 1, "sample rate of 3 Hz"),
+    (999, 1, "sample rate of 999 Hz"), (1000, 1, "kept"),
 ])
 def test_odd_headers_are_a_reason_never_a_crash(tmp_path, sample_rate, channels, outcome):
     path = _write(tmp_path, "odd.wav", _raw_wav(sample_rate, channels))

@@ -43,3 +43,10 @@ def test_bench_evaluate_prints_its_ratios(tmp_path):
     for line in ("evaluate.run in full:", "evaluate.run without sampling the clips:",
                  "model handling, reload per adapter (0.1.0):", "model handling, load once + switch (now):"):
         assert line in out, out
+
+
+def test_bench_text_memory_quick_prints_its_ratio():
+    out = _bench("benchmarks/bench_text_memory.py", "--quick")
+    for line in ("peak RSS without text members:", "text file(s) not read",
+                 "(d) peak RSS with the text members / without:"):
+        assert line in out, out

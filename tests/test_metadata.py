@@ -124,3 +124,52 @@ def test_a_metadata_json_that_is_not_json_is_reported_as_not_read_at_all(tmp_pat
     assert outside.json_list == {}
     message = outside.bad[0].message()
     assert "metadata.json: not read at all (line 4: not JSON" in message and "none of its entries used" in message
+
+
+@pytest.mark.parametrize("value, reason", [
+    ('{"nested": [1, 2]}', '"description" is a JSON object, not text'),
+    ("true", '"description" is true, not text'),
+    ("NaN", '"description" is the number nan, not text'),
+    ("42", '"description" is a number, not text'),
+    ('["a", "b"]', '"description" is a JSON list, not text'),
+])
+def test_descriptions_that_are_not_text_are_refused_by_line_never_turned_into_reprs(tmp_path, value, reason):
+    (tmp_path / "metadata.jsonl").write_text(_jsonl({"path": "ok.wav", "description": "ok"})
+                                             + '{"path": "bad.wav", "description": %s}\n' % value)
+    outside = metadata.Outside.load(tmp_path)
+    assert outside.jsonl == {"ok.wav": "ok"}
+    assert [(b.count, b.first, b.reason) for b in outside.bad] == [(1, "line 2", reason)]
+
+
+def test_folded_fields_must_be_text_too_but_lists_of_text_and_numeric_bpm_are_fine():
+    assert metadata.fold({"description": "x", "moods": ["calm", "warm"], "bpm": 90}) == "x. Moods: calm, warm. 90 bpm"
+    for record, reason in [({"genre": {"a": 1}}, '"genre" is a JSON object'),
+                           ({"moods": [1, 2]}, '"moods" is a JSON list'),
+                           ({"bpm": float("inf")}, '"bpm" is the number inf'), ({"key": True}, '"key" is true')]:
+        with pytest.raises(metadata.NotText, match=reason):
+            metadata.fold(record)
+
+
+def test_long_descriptions_are_trimmed_at_a_word_with_a_note_and_surrogates_replaced():
+    long_text = "calm piano " * 1000
+    texts = {"metadata.jsonl": _jsonl({"path": "a.wav", "description": long_text},
+                                      {"path": "b.wav", "description": "lone \ud800 surrogate"})}
+    catalog = metadata.Catalog("z.zip", metadata.Outside(), texts)
+    text, source = catalog.lookup("a.wav")
+    assert source == "metadata.jsonl" and len(text) <= metadata.MAX_DESCRIPTION_CHARS
+    assert long_text.startswith(text) and long_text[len(text)] == " " and type(text) is str  # cut at a word
+    assert catalog.notes == [{"path": "a.wav", "reason": f"description trimmed from 10,999 to {len(text):,} "
+                                                         "characters (limit 1,000)"}]
+    assert catalog.lookup("b.wav") == ("lone \ufffd surrogate", "metadata.jsonl")
+
+
+def test_json_files_with_huge_integers_or_deep_nesting_say_where(tmp_path):
+    (tmp_path / "metadata.json").write_text('[\n{"audio": "a.wav", "text": "x"},\n{"audio": "b.wav", "n": %s}\n]'
+                                            % ("9" * 5000))
+    outside = metadata.Outside.load(tmp_path)
+    assert outside.json_list == {} and outside.bad[0].first == "whole file, line 3"
+    assert outside.bad[0].reason == "refused: an integer with 5000 digits (more than 100)"
+    catalog = metadata.Catalog("z.zip", metadata.Outside(), {"a.json": "[" * 100_000 + "]" * 100_000, "a.txt": "txt"})
+    assert catalog.lookup("a.wav") == ("txt", "txt")
+    assert catalog.notes == [{"path": "a.json", "reason": "sidecar not used: line 1: refused: nested deeper than "
+                                                          "64 levels"}]

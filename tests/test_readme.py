@@ -98,3 +98,27 @@ def test_readme_preset_table_matches_the_presets():
 
 if __name__ == "__main__":
     print(preset_table())
+
+
+def test_troubleshooting_quotes_messages_the_code_really_says():
+    """Each message the troubleshooting section quotes for tokenize and disk problems is written by nbutils."""
+    source = "\n".join(p.read_text(encoding="utf-8") for p in (REPO / "nbutils").rglob("*.py"))
+    section = _readme().split("### Troubleshooting", 1)[1].split("\n## ", 1)[0]
+    section = " ".join(section.split())  # quotes may wrap
+    quotes = {  # as the README quotes it: the part of it the code holds literally
+        "is in use by another tokenize run": None, "Took over the token folder's lock from a run that is gone": None,
+        "This run lost the token folder's lock": None, "is on a read-only file system": None,
+        "The disk holding": None, "corrupt or truncated ZIP": None, "could not write to the scratch folder": None,
+        "could not read the ZIP": None, "this is a bug in nbutils": None,
+        "encrypted: extract the ZIP with its password and re-zip it without one": None,
+        "non-finite samples (NaN or infinity)": None, "samples far beyond full scale": None, "in the header": None,
+        "ZIP file(s) inside this ZIP were not opened": None, "are names that differ only in case":
+        "names that differ only in case", "the same name twice": None, "the same name once normalized": None,
+        "nearly constant codes": None, "passed the 64 MiB budget": "passed the {budget.total >> 20} MiB budget",
+        "damaged directory field(s) corrected in memory": None, "refused: an integer with N digits":
+        "an integer with {len(", "refused: nested deeper than 64 levels": "nested deeper than {MAX_DEPTH} levels",
+        '`"description" is a JSON object, not text`': '"a JSON object"',
+    }
+    for quoted, code in quotes.items():
+        assert quoted in section, quoted
+        assert (code or quoted) in source, code or quoted

@@ -58,3 +58,56 @@ def test_mixed_models_are_refused(tmp_path):
     writer.commit()
     with pytest.raises(UserError, match="disagree on model"):
         shards.check_compatible(shards.open_all(tmp_path))
+
+
+def test_shards_of_two_tokenize_settings_in_one_folder_are_refused_for_training(tmp_path):
+    from nbutils.train import dataset
+
+    for name, config_hash in (("a", "1111"), ("b", "2222")):  # what two unlocked runs left behind
+        writer = shards.ShardWriter(tmp_path, name, {"model": "tiny", "sample_rate": 32000, "num_codebooks": 4,
+                                                     "config_hash": config_hash})
+        writer.add(shards.Segment(path="x.wav", start=0, frames=2), np.zeros((2, 4)))
+        writer.commit()
+    with pytest.raises(UserError, match=r"a.json and b.json were tokenized with different settings .*config hash "
+                                        r"1111 vs 2222"):
+        dataset.open_shards(tmp_path, num_codebooks=4, sample_rate=32000)
+
+
+def _as_format_1(index_path):
+    """Rewrite an index as versions before format 2 wrote it: the description in every segment."""
+    import dataclasses
+    import json
+
+    shard = shards.open_shard(index_path)
+    index = json.loads(index_path.read_text(encoding="utf-8"))
+    index.pop("tracks")
+    index["format"] = "nbutils-shard/1"
+    index["segments"] = [dataclasses.asdict(s) for s in shard.segments]
+    index_path.write_text(json.dumps(index), encoding="utf-8")
+    return shard
+
+
+def test_descriptions_are_stored_once_per_track_and_format_1_shards_still_read(tmp_path):
+    import json
+
+    writer = shards.ShardWriter(tmp_path, "b", {"model": "tiny", "num_codebooks": 4})
+    long_text = "warm piano " * 90
+    rows = [("a.wav", "b/a.wav", long_text, "sidecar")] * 3 + [
+        ("c.wav", "b/c.wav", "other", "txt"), ("x.wav", "", "one", "default"), ("x.wav", "", "two", "default")]
+    for i, (path, track, text, source) in enumerate(rows):
+        writer.add(shards.Segment(path=path, start=float(i), frames=2, description=text, source=source, track=track),
+                   np.full((2, 4), i))
+    index_path = writer.commit()
+    index = json.loads(index_path.read_text())
+    assert index["format"] == "nbutils-shard/2"
+    assert index["tracks"] == {"b/a.wav": {"description": long_text, "source": "sidecar"},
+                               "b/c.wav": {"description": "other", "source": "txt"},
+                               "x.wav": {"description": "one", "source": "default"}}
+    assert index_path.read_text().count("warm piano") == 90  # once, not once per segment
+    assert "description" not in index["segments"][0]
+    assert index["segments"][5]["description"] == "two"  # no track id, other text: kept with the segment
+    segments = shards.open_shard(index_path).segments
+    assert [(s.description, s.source) for s in segments] == [(t, s) for _, _, t, s in rows]
+    old = _as_format_1(index_path)
+    assert shards.is_complete(index_path, full=True)
+    assert shards.open_shard(index_path).segments == old.segments

@@ -536,3 +536,17 @@ def test_notebook_01_runs_headlessly(small, tmp_path, monkeypatch):
     assert "Test mode: nothing left to tokenize (3 ZIPs already done)" in again
     assert "Done 0 ZIPs (3 skipped, 0 failed)" in again and h.snapshot(root / "tokens") == reference
     assert h.files_under(tmp_path / "tmp" / "nbutils-scratch") == []
+
+
+def test_token_folders_of_format_1_stay_done_and_read_the_same(small, tmp_path):
+    from test_shards import _as_format_1
+
+    zips, _, _ = small
+    out = tmp_path / "tokens"
+    _run(zips, out, tmp_path / "scratch", default_description="trigger")
+    before = {p.name: shards.open_shard(p).segments for p in shards.list_shards(out)}
+    for index in shards.list_shards(out):
+        _as_format_1(index)  # what earlier versions wrote
+    again = _run(zips, out, tmp_path / "scratch", default_description="trigger")
+    assert again["zips_done"] == 0 and again["zips_skipped"] == len(before)
+    assert {p.name: shards.open_shard(p).segments for p in shards.list_shards(out)} == before

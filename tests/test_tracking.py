@@ -105,3 +105,12 @@ def test_a_wandb_usage_error_says_what_to_check(tmp_path):
     with pytest.raises(UserError, match="Invalid project name.*Check the WandB settings") as err:
         tracking.start(mode="offline", project="bad/project", directory=tmp_path, config={})
     assert "API key" not in str(err.value)
+
+
+def test_scrub_hides_secret_looking_keys_by_word_not_every_key_containing_token():
+    config = {"tokens": "/content/drive/MyDrive/musicgen/tokens", "max_new_tokens": 256, "tokenizer": "t5-base",
+              "key": "Eb major", "hf_token": "x", "token": "x", "WANDB_API_KEY": "x", "apiKey": "x", "password": "x",
+              "client_secret": "x", "db_passwd": "x", "private_key": "x", "push_token": "x"}
+    cleaned = tracking.scrub(config)
+    shown = {k for k, v in cleaned.items() if v != "<hidden>"}
+    assert shown == {"tokens", "max_new_tokens", "tokenizer", "key"}

@@ -16,6 +16,8 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
+from nbutils.core import jsonsafe
+
 TMP_MARK = ".tmp-"
 
 
@@ -69,7 +71,8 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+    """Write ``obj`` as indented JSON; any string survives (lone surrogates are escaped)."""
+    write_bytes(path, jsonsafe.encode(jsonsafe.dumps(obj, indent=2) + "\n"))
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -77,7 +80,10 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 def append_line(path: str | os.PathLike, line: str) -> None:
-    """Append one line and fsync. A torn last line (killed mid-write) is skipped by readers."""
+    """Append one line and fsync. A torn last line (killed mid-write) is skipped by readers.
+
+    Lone surrogates in ``line`` are written as JSON escapes (``jsonsafe.encode``): lines are JSON.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+b") as fh:  # appends go to the end whatever the read position
@@ -88,7 +94,7 @@ def append_line(path: str | os.PathLike, line: str) -> None:
             torn = fh.read(1) != b"\n"
         # After a torn last line (no newline), start a fresh line: glued to the torn one, this
         # record would be unreadable and skipped with it.
-        fh.write((("\n" if torn else "") + line.rstrip("\n") + "\n").encode("utf-8"))
+        fh.write(jsonsafe.encode(("\n" if torn else "") + line.rstrip("\n") + "\n"))
         fh.flush()
         os.fsync(fh.fileno())
 
@@ -101,8 +107,8 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     records = []
     for raw in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
-            record = json.loads(raw)
-        except json.JSONDecodeError:
+            record = jsonsafe.loads(raw)
+        except ValueError:  # JSONDecodeError, or a line too deep / with a huge number
             continue
         if isinstance(record, dict):
             records.append(record)

@@ -28,6 +28,8 @@ MIN_TAIL_SECONDS = 5.0  # a track's last partial segment is kept when at least t
 SILENCE_DB = -60.0  # a segment whose peak is below this (dBFS) counts as silent
 READ_BLOCK_SECONDS = 10.0  # decode this much source audio per read (bounds memory per file)
 RESAMPLE_QUALITY = "HQ"  # soxr quality; librosa's default "soxr_hq" is the same
+MIN_SOURCE_RATE = 1_000  # Hz: below this a header is corrupt (a 2 Hz header turns 1 KB into 200 s at 32 kHz)
+MAX_PEAK = 1_000.0  # +60 dBFS: float samples beyond this are not audio (corrupt, or integers stored as floats)
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff")
 # Audio that libsndfile cannot decode: skipped with a reason that says to convert it (never "not audio").
@@ -138,6 +140,20 @@ def convert_channels(block: np.ndarray, channels: int) -> np.ndarray:
     return np.repeat(block, 2, axis=1)
 
 
+def check_samples(block: np.ndarray, at_seconds: float) -> None:
+    """``AudioError`` for decoded samples that are not audio: NaN / infinity, or far beyond full scale.
+
+    Either way the file decodes, and its codes would be constant garbage that training learns.
+    """
+    if not np.isfinite(block).all():
+        raise AudioError(f"non-finite samples (NaN or infinity) after {at_seconds:.1f} s: the file is corrupt; "
+                         "re-export it")
+    peak = float(np.max(np.abs(block))) if block.size else 0.0
+    if peak > MAX_PEAK:
+        raise AudioError(f"samples far beyond full scale (peak {peak:.3g}, full scale is 1.0) after "
+                         f"{at_seconds:.1f} s: the file is corrupt or not normalized; re-export it")
+
+
 def _open(path: Path):
     import soundfile as sf
 
@@ -173,6 +189,9 @@ def read_blocks(
 
     with _open(Path(path)) as fh:
         report.source_rate, report.source_channels = int(fh.samplerate), int(fh.channels)
+        if fh.samplerate < MIN_SOURCE_RATE:
+            raise AudioError(f"sample rate of {fh.samplerate} Hz in the header (below {MIN_SOURCE_RATE} Hz): the "
+                             "file is corrupt; re-export it")
         width = 1 if channels == 1 else min(2, fh.channels)  # resample before duplicating mono
         stream = None
         if fh.samplerate != sample_rate:
@@ -191,8 +210,9 @@ def read_blocks(
                 raise AudioError(f"corrupt audio after {done / fh.samplerate:.1f} s ({err})") from err
             left -= len(data)
             last = len(data) < want or left <= 0
+            check_samples(data, done / fh.samplerate)
             done += len(data)
-            data = convert_channels(np.nan_to_num(data, copy=False), width)
+            data = convert_channels(data, width)
             if stream is not None:
                 data = stream.resample_chunk(data, last=last)
             if channels == 2 and data.shape[1] == 1:

@@ -27,7 +27,12 @@ from nbutils.core.errors import UserError
 MODES = ("auto", "online", "offline", "disabled")
 # WANDB_MODE values wandb itself accepts, as our modes (``dryrun`` is its old name for offline).
 ENV_MODES = {"online": "online", "offline": "offline", "dryrun": "offline", "disabled": "disabled"}
-_SECRET_KEY = re.compile(r"(token|secret|password|passwd|api_?key|credential|auth)", re.I)
+# A key is secret-looking by its words (``hf_token``, ``apiKey``, ``client-secret``), not its letters:
+# ``tokens`` (the token folder), ``max_new_tokens`` or ``tokenizer`` are settings worth seeing.
+_SECRET_WORDS = {"secret", "secrets", "password", "passwd", "passphrase", "credential", "credentials", "apikey"}
+_SECRET_LAST = {"token", "auth"}  # secret as the last word: hf_token, bearer_auth (not tokens, token_dir)
+_KEY_OWNERS = {"api", "private", "access", "ssh"}  # api_key, private_key; a bare "key" is a track's musical key
+_WORD = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
 _SECRET_VALUE = re.compile(r"^(hf_[A-Za-z0-9]{10,}|[0-9a-f]{40}|sk-[A-Za-z0-9]{10,})$")
 
 
@@ -89,10 +94,21 @@ def check(mode: str) -> str:
     return mode
 
 
+def secret_key(key: Any) -> bool:
+    """True for a key that names a secret: ``hf_token``, ``token``, ``api_key``, ``WANDB_API_KEY``,
+    ``password``, ``client_secret``; False for ``tokens``, ``max_new_tokens``, ``tokenizer``, ``key``."""
+    words = [w.lower() for w in _WORD.findall(str(key))]
+    if not words:
+        return False
+    pairs = set(zip(words, words[1:]))
+    return (bool(_SECRET_WORDS.intersection(words)) or words[-1] in _SECRET_LAST
+            or any(a in _KEY_OWNERS and b == "key" for a, b in pairs))
+
+
 def scrub(values: Any) -> Any:
     """Copy of ``values`` without secret-looking keys or values (replaced by ``"<hidden>"``)."""
     if isinstance(values, dict):
-        return {k: "<hidden>" if _SECRET_KEY.search(str(k)) else scrub(v) for k, v in values.items()}
+        return {k: "<hidden>" if secret_key(k) else scrub(v) for k, v in values.items()}
     if isinstance(values, (list, tuple)):
         return [scrub(v) for v in values]
     if isinstance(values, str) and _SECRET_VALUE.match(values):

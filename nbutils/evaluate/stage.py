@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from nbutils.core import atomic, config, devices
+from nbutils.core import atomic, config, devices, diskerrors
 from nbutils.core.config import option
 from nbutils.core.errors import UserError
 from nbutils.core.sampling import SamplingConfig
@@ -168,6 +168,7 @@ def _score(cfg: EvalConfig, samples: list[dict], sets: dict[str, list[str]], ref
     return report.score(samples, sets, text_emb, audio_emb, reference_emb)
 
 
+@diskerrors.guard("out")  # a read-only or full --out is a message, not a traceback
 def run(cfg: EvalConfig) -> dict[str, Any]:
     """Generate (or reuse) every clip, score with CLAP, and write tables, plot and JSON."""
     out = output.output_folder(cfg.out)

@@ -24,6 +24,7 @@ import numpy as np
 
 from nbutils.core import audio, devices, models
 from nbutils.core.errors import UserError
+from nbutils.core.prompts import encode as prompts_encode
 from nbutils.core.sampling import SamplingConfig
 from nbutils.generate import adapters, sampling
 
@@ -199,8 +200,7 @@ class Pipeline:
     # -- what a request prepares once ---------------------------------------------------------
 
     def text_inputs(self, prompts: list[str]) -> dict:
-        tokenizer = getattr(self.processor, "tokenizer", self.processor)
-        inputs = tokenizer(list(prompts), padding=True, return_tensors="pt")
+        inputs = prompts_encode(self.processor, prompts)  # truncated to the text encoder's limit
         return {k: v.to(self.device) for k, v in inputs.items() if k in ("input_ids", "attention_mask")}
 
     def prompt_codes(self, path: str):

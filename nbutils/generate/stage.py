@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from nbutils.core import config, devices
+from nbutils.core import config, devices, diskerrors
 from nbutils.core.config import option
 from nbutils.core.errors import UserError
 from nbutils.core.sampling import SamplingConfig
@@ -176,6 +176,7 @@ def _pair_order(clips: list[Clip]) -> list[Clip]:
     return sorted(clips, key=lambda c: (c.variation, c.index, VARIANTS.index(c.variant)))
 
 
+@diskerrors.guard("out")  # a read-only or full --out is a message, not a traceback
 def run(cfg: GenerateConfig, pipe: Pipeline | None = None) -> list[dict[str, Any]]:
     """Generate and save everything ``cfg`` asks for; returns one record per WAV written."""
     out = output.output_folder(cfg.out)  # a file in the way is refused before the model loads

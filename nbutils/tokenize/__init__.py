@@ -1,8 +1,10 @@
 """Stage 1 (notebook 01): ZIP batches of audio -> one EnCodec token shard per ZIP.
 
-``archive`` reads ZIPs safely, ``metadata`` finds each track's description, ``encoder`` batches
-EnCodec, ``shards`` and ``ledger`` are the durable output, ``zipjob`` is the work on one ZIP and
-``stage`` the whole run (config, run, CLI), whose public names are re-exported here.
+``archive`` reads ZIPs safely (``zipfix`` corrects directory fields ``zipfile`` refuses),
+``metadata`` finds each track's description, ``encoder`` batches EnCodec, ``shards`` and ``ledger``
+are the durable output, ``lock`` keeps one run per token folder, ``zipjob`` is the work on one
+ZIP (``notes``: what its contents deserve a warning about) and ``stage`` the whole run (config,
+run, CLI), whose public names are re-exported here.
 """
 
 from nbutils.tokenize.stage import TokenizeConfig, config_for, run, table

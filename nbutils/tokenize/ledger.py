@@ -13,12 +13,11 @@ them while the ZIP file is unchanged, since it would fail the same way.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
-from nbutils.core import atomic, faults
+from nbutils.core import atomic, faults, jsonsafe
 from nbutils.tokenize import shards
 
 LEDGER_FILE = "ledger.jsonl"
@@ -30,13 +29,13 @@ def path_of(tokens_dir: str | os.PathLike) -> Path:
 
 
 def append(tokens_dir: str | os.PathLike, record: dict[str, Any]) -> None:
-    """Append one record (fsynced)."""
-    line = json.dumps(record, ensure_ascii=False, default=str)
+    """Append one record (fsynced); any text in it survives (lone surrogates are escaped)."""
+    line = jsonsafe.dumps(record)
     if faults.armed("mid-ledger"):  # crash tests: die with half of this line on disk
         path = path_of(tokens_dir)
         with open(path, "ab") as fh:
             start = fh.tell()
-            fh.write(line.encode("utf-8"))
+            fh.write(jsonsafe.encode(line))
             faults.kill(torn=fh, since=start)
     atomic.append_line(path_of(tokens_dir), line)
 

@@ -15,32 +15,80 @@ Sources, in order of precedence (the first one with a non-empty text wins):
 ``Catalog.lookup`` also counts how many tracks got their text from each source, so a user whose
 ``metadata.jsonl`` paths do not match the ZIP sees it in the summary instead of training on
 the default text by accident.
+
+Metadata is text from strangers. JSON is read with bounds (``jsonsafe.loads``: no 5,000-digit
+integers, no 100,000-deep nesting); a description that is not text (an object, ``true``,
+``NaN``) is refused with its line number instead of becoming a Python repr; lone surrogates
+become U+FFFD; and a description longer than ``MAX_DESCRIPTION_CHARS`` is trimmed, with a note.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import posixpath
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable
 
+from nbutils.core import jsonsafe
 from nbutils.core.errors import UserError
 from nbutils.tokenize.archive import normalize
 
 JSONL, JSON, SIDECAR, TXT, DEFAULT, NONE = "metadata.jsonl", "metadata.json", "sidecar", "txt", "default", "none"
 TEXT_KEYS = ("description", "text", "caption", "prompt")  # the first present is the main text
 FOLDED = (("genre", "Genre"), ("moods", "Moods"), ("instrument", "Instrument"), ("bpm", "{} bpm"), ("key", "Key"))
+LISTS = ("genre", "moods", "instrument")  # fields that may be a list of texts
+MAX_DESCRIPTION_CHARS = 1000  # MusicGen reads at most 512 T5 tokens (~2,000 characters of English)
 
 
-def _value(value: Any) -> str:
-    if isinstance(value, (list, tuple)):
-        return ", ".join(str(v).strip() for v in value if str(v).strip())
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    return str(value).strip() if value is not None else ""
+class Trimmed(str):
+    """A description cut to ``MAX_DESCRIPTION_CHARS``; ``original`` is how long it was."""
+
+    original: int = 0
+
+
+def bound(text: str) -> str:
+    """``text`` without lone surrogates, cut at a word boundary to ``MAX_DESCRIPTION_CHARS`` if longer.
+
+    Returns:
+        ``text`` itself, or a ``Trimmed`` string that remembers the original length (for the note).
+    """
+    text = jsonsafe.clean_text(text)
+    if len(text) <= MAX_DESCRIPTION_CHARS:
+        return text
+    cut = text[:MAX_DESCRIPTION_CHARS]
+    space = cut.rfind(" ", MAX_DESCRIPTION_CHARS - 100)
+    trimmed = Trimmed(cut[:space] if space > 0 else cut)
+    trimmed.original = len(text)
+    return trimmed
+
+
+class NotText(ValueError):
+    """A description field holding something that is not text (an object, ``true``, ``NaN``)."""
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"the number {value}"
+    names = {dict: "a JSON object", list: "a JSON list", bool: f"{str(value).lower()}", int: "a number",
+             float: "a number"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _value(key: str, value: Any) -> str:
+    """The text of one field; ``NotText`` for a value that only a Python repr could turn into text."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value.strip()
+    if key in LISTS and isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return ", ".join(v.strip() for v in value if v.strip())
+    if key == "bpm" and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return str(int(value)) if float(value).is_integer() else str(value)
+    raise NotText(f'"{key}" is {_kind(value)}, not text')
 
 
 def fold(record: dict[str, Any]) -> str:
@@ -48,14 +96,18 @@ def fold(record: dict[str, Any]) -> str:
 
     >>> fold({"description": "lofi beat", "genre": "hip hop", "moods": ["calm", "warm"], "bpm": 85.0})
     'lofi beat. Genre: hip hop. Moods: calm, warm. 85 bpm'
+
+    Raises:
+        NotText: a description (or genre, bpm...) that is not text, e.g. ``{"description": true}``.
     """
-    main = next((_value(record[k]) for k in TEXT_KEYS if _value(record.get(k))), "")
+    texts = [_value(k, record.get(k)) for k in TEXT_KEYS]
+    main = next((t for t in texts if t), "")
     parts = [main.rstrip(".")] if main else []
     for key, label in FOLDED:
-        value = _value(record.get(key))
+        value = _value(key, record.get(key))
         if value:
             parts.append(label.format(value) if "{}" in label else f"{label}: {value}")
-    return ". ".join(parts)
+    return bound(". ".join(parts))
 
 
 WHOLE_FILE = "whole file"  # BadLines.first of a metadata.json that is not JSON: none of its entries count
@@ -95,9 +147,23 @@ def _bad(file: str, problems: list[tuple[str, str]]) -> list[BadLines]:
     return [BadLines(file, len(problems), *problems[0])] if problems else []
 
 
-def _json_error(err: json.JSONDecodeError) -> str:
+def _json_error(err: ValueError) -> str:
+    if not isinstance(err, json.JSONDecodeError):  # jsonsafe.LimitError: valid JSON, refused
+        return f"refused: {err}"
     hint = " (JSON needs double quotes, no trailing commas)" if "double quotes" in err.msg else ""
     return f"not JSON: {err.msg} at column {err.colno}{hint}"
+
+
+def _path_and_text(record: Any, keys: tuple[str, ...]) -> tuple[str, str]:
+    """``(normalized path, folded text)`` of one record; ``ValueError`` says why it is unusable."""
+    if not isinstance(record, dict):
+        raise ValueError(f"a JSON {type(record).__name__}, not an object {{...}}")
+    path = next((record[k] for k in keys if record.get(k)), None)
+    if not path:
+        raise ValueError("no " + " or ".join(f'"{k}"' for k in keys))
+    if not isinstance(path, str):
+        raise NotText(f'"{keys[0]}" is {_kind(path)}, not text')
+    return normalize(jsonsafe.clean_text(path)), fold(record)
 
 
 def parse_jsonl(text: str) -> tuple[dict[str, str], list[tuple[str, str]]]:
@@ -107,45 +173,58 @@ def parse_jsonl(text: str) -> tuple[dict[str, str], list[tuple[str, str]]]:
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
+            record = jsonsafe.loads(line)
+        except ValueError as err:  # not JSON, or refused (huge integer, too deep)
             bad.append((f"line {number}", _json_error(err)))
             continue
-        if not isinstance(record, dict):
-            bad.append((f"line {number}", f"a JSON {type(record).__name__}, not an object {{...}}"))
-        elif not record.get("path"):
-            bad.append((f"line {number}", 'no "path"'))
-        else:
-            found[normalize(str(record["path"]))] = fold(record)
+        try:
+            path, folded = _path_and_text(record, ("path",))
+        except ValueError as err:
+            bad.append((f"line {number}", str(err)))
+            continue
+        found[path] = folded
     return found, bad
+
+
+def _whole_file(text: str, err: ValueError) -> tuple[str, str]:
+    """``(whole file, line N, reason)`` for a file that could not be read as JSON at all."""
+    line = err.lineno if isinstance(err, json.JSONDecodeError) else text.count("\n", 0, getattr(err, "pos", 0)) + 1
+    return f"{WHOLE_FILE}, line {line}", _json_error(err)
 
 
 def parse_json_list(text: str) -> tuple[dict[str, str], list[tuple[str, str]]]:
     """``{path: text}`` from a metadata.json list of ``{"audio", "text"}``, and the unusable items
     as ``(item N, reason)`` (``(line N, reason)`` when the file is not JSON at all)."""
     try:
-        items = json.loads(text)
-    except json.JSONDecodeError as err:
-        return {}, [(f"{WHOLE_FILE}, line {err.lineno}", _json_error(err))]
+        items = jsonsafe.loads(text)
+    except ValueError as err:
+        return {}, [_whole_file(text, err)]
     if isinstance(items, dict):  # {"data": [...]} / {"items": [...]} wrappers are common
         items = next((v for v in items.values() if isinstance(v, list)), [])
     found, bad = {}, []
     for number, item in enumerate(items if isinstance(items, list) else [], 1):
-        path = (item.get("audio") or item.get("path")) if isinstance(item, dict) else None
-        if not path:
-            bad.append((f"item {number}", 'no "audio" or "path"'))
+        try:
+            path, folded = _path_and_text(item, ("audio", "path"))
+        except ValueError as err:
+            bad.append((f"item {number}", str(err)))
             continue
-        found[normalize(str(path))] = fold(item)
+        found[path] = folded
     return found, bad
 
 
-def parse_sidecar(text: str) -> str:
-    """The folded text of an audiocraft-style sidecar ``.json`` ('' if unusable)."""
+def parse_sidecar(text: str) -> tuple[str, str]:
+    """``(folded text, '')`` of an audiocraft-style sidecar ``.json``, or ``('', why it is unusable)``."""
     try:
-        record = json.loads(text)
-    except json.JSONDecodeError:
-        return ""
-    return fold(record) if isinstance(record, dict) else ""
+        record = jsonsafe.loads(text)
+    except ValueError as err:
+        where, reason = _whole_file(text, err)
+        return "", f"{where.removeprefix(WHOLE_FILE + ', ')}: {reason}"
+    if not isinstance(record, dict):
+        return "", f"a JSON {type(record).__name__}, not an object {{...}}"
+    try:
+        return fold(record), ""
+    except NotText as err:
+        return "", str(err)
 
 
 class Outside:
@@ -199,69 +278,87 @@ def _strip_zip_prefix(table: dict[str, str], zip_name: str) -> dict[str, str]:
     return own
 
 
-class Catalog:
-    """Descriptions for the tracks of one ZIP, from every source, with per-source counts."""
+def is_metadata_name(path: str) -> bool:
+    """True for ``metadata.jsonl`` / ``metadata.json`` (any folder, any case)."""
+    return posixpath.basename(path).lower() in (JSONL, JSON)
 
-    def __init__(self, zip_name: str, outside: Outside, texts: dict[str, str], default: str = ""):
+
+class Catalog:
+    """Descriptions for the tracks of one ZIP, from every source, with per-source counts.
+
+    The ZIP's text members are given one at a time (``add``) and parsed at once: only the
+    descriptions stay in memory, never the files' contents.
+    """
+
+    def __init__(self, zip_name: str, outside: Outside, texts: dict[str, str] | None = None, default: str = ""):
         """Args:
             zip_name: File name of the ZIP (``archive_batch_0001.zip``).
             outside: Metadata beside the ZIPs / from ``--metadata``.
-            texts: ``{normalized path: content}`` of the ZIP's text members.
+            texts: ``{normalized path: content}`` of text members to ``add`` now.
             default: The text for tracks no source describes.
         """
-        self.default = default.strip()
+        self.default = bound(default.strip())
         self.counts: Counter = Counter()
         self.bad: list[BadLines] = []
         """The ZIP's metadata files with unusable lines (``file`` is the path inside the ZIP)."""
-        inner_jsonl: dict[str, str] = {}
-        inner_json: dict[str, str] = {}
-        for path, content in texts.items():
-            base, folder = posixpath.basename(path), posixpath.dirname(path)
-            if base.lower() not in (JSONL, JSON):
-                continue
-            found, bad = (parse_jsonl if base.lower() == JSONL else parse_json_list)(content)
+        self.notes: list[dict[str, str]] = []
+        """Per-file notes for the ledger: unusable sidecars, trimmed descriptions."""
+        self._inner = {JSONL: {}, JSON: {}}
+        self._sidecars: dict[str, tuple[str, str]] = {}  # stem -> (text, source); .json wins over .txt
+        self.tables = [
+            (JSONL, _strip_zip_prefix(outside.jsonl, zip_name)),
+            (JSONL, self._inner[JSONL]),
+            (JSON, _strip_zip_prefix(outside.json_list, zip_name)),
+            (JSON, self._inner[JSON]),
+        ]
+        for path, content in (texts or {}).items():
+            self.add(path, content)
+
+    def add(self, path: str, content: str) -> None:
+        """Parse one text member: a metadata file, a ``<track>.json`` sidecar or a ``<track>.txt``."""
+        base, folder = posixpath.basename(path), posixpath.dirname(path)
+        stem, suffix = posixpath.splitext(path)
+        if is_metadata_name(path):
+            kind = JSONL if base.lower() == JSONL else JSON
+            found, bad = (parse_jsonl if kind == JSONL else parse_json_list)(content)
             self.bad += _bad(path, bad)
-            target = inner_jsonl if base.lower() == JSONL else inner_json
             # Paths are relative to the ZIP root; a metadata file in a subfolder may also use
             # paths relative to its own folder.
             for key, text in found.items():
-                target.setdefault(key, text)
+                self._inner[kind].setdefault(key, text)
                 if folder:
-                    target.setdefault(f"{folder}/{key}", text)
-        self.tables = [
-            (JSONL, _strip_zip_prefix(outside.jsonl, zip_name)),
-            (JSONL, inner_jsonl),
-            (JSON, _strip_zip_prefix(outside.json_list, zip_name)),
-            (JSON, inner_json),
-        ]
-        self.texts = texts
+                    self._inner[kind].setdefault(f"{folder}/{key}", text)
+        elif suffix.lower() == ".json":
+            text, problem = parse_sidecar(content)
+            if problem:
+                self.notes.append({"path": path, "reason": f"sidecar not used: {problem}"})
+            elif text:
+                self._sidecars[stem] = (text, SIDECAR)
+        elif suffix.lower() == ".txt" and self._sidecars.get(stem, ("", TXT))[1] == TXT:
+            text = bound(" ".join(content.split()))
+            if text:
+                self._sidecars[stem] = (text, TXT)
 
     @property
     def bad_lines(self) -> int:
         return sum(b.count for b in self.bad)
 
-    def _sidecar(self, path: str, suffix: str) -> str:
-        stem = posixpath.splitext(path)[0]
-        content = self.texts.get(stem + suffix)
-        if content is None:
-            return ""
-        return parse_sidecar(content) if suffix == ".json" else " ".join(content.split())
-
     def find(self, path: str) -> tuple[str, str]:
         """``(text, source)`` for the audio member at ``path`` (normalized), without counting."""
         for source, table in self.tables:
-            text = table.get(path, "").strip()
-            if text:
+            text = table.get(path, "")
+            if text.strip():
                 return text, source
-        for source, suffix in ((SIDECAR, ".json"), (TXT, ".txt")):
-            text = self._sidecar(path, suffix)
-            if text:
-                return text, source
+        found = self._sidecars.get(posixpath.splitext(path)[0])
+        if found:
+            return found
         return (self.default, DEFAULT) if self.default else ("", NONE)
 
     def lookup(self, path: str) -> tuple[str, str]:
-        """``find`` and count the source (call once per track)."""
+        """``find`` and count the source (call once per track); a trimmed description gets a note."""
         text, source = self.find(path)
         self.counts[source] += 1
-        return text, source
-
+        if isinstance(text, Trimmed):
+            self.notes.append({"path": path, "reason": f"description trimmed from {text.original:,} to "
+                                                       f"{len(text):,} characters (limit {MAX_DESCRIPTION_CHARS:,})"})
+        return str(text), source

@@ -23,8 +23,12 @@ _END = object()  # marks the end of one item's results
 _POLL_SECONDS = 0.1  # how often a blocked worker checks whether the caller stopped
 
 
-class _Stopped(Exception):
-    """Raised inside a worker when the caller stopped iterating."""
+class _Stopped(BaseException):
+    """Raised inside a worker when the caller stopped iterating.
+
+    A ``BaseException``, like ``GeneratorExit``: ``work`` may catch ``Exception`` from what it
+    does (one bad file), and must still stop.
+    """
 
 
 class _Raised:
@@ -32,6 +36,29 @@ class _Raised:
 
     def __init__(self, error: BaseException):
         self.error = error
+
+
+def _run(work: Callable, item: Any, results: queue.Queue, stop: threading.Event) -> None:
+    """Worker thread: ``work(item, emit)`` into ``results``, then the end mark (or the exception)."""
+    def emit(value: Any) -> None:
+        while not stop.is_set():
+            try:
+                results.put(value, timeout=_POLL_SECONDS)
+                return
+            except queue.Full:
+                continue
+        raise _Stopped
+
+    try:
+        work(item, emit)
+        emit(_END)
+    except _Stopped:
+        return
+    except BaseException as error:  # noqa: BLE001 - re-raised in the caller's thread
+        try:
+            emit(_Raised(error))
+        except _Stopped:
+            return
 
 
 def ordered(

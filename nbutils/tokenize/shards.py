@@ -5,8 +5,10 @@ A shard is two files in ``tokens/shards/``:
 * ``<name>.npy`` -- every segment's EnCodec codes, concatenated along time, as one int16 array
   of shape ``(frames, num_codebooks)`` (frame-major, so a training crop is one contiguous read);
 * ``<name>.json`` -- the index: per segment its source path inside the ZIP, start second, frame
-  count and offset into the array, description and where the description came from; plus the
-  sample rate, model id, codebook count and the sha256 and byte size of the ``.npy``.
+  count and offset into the array; per track (``tracks``) its description and where the
+  description came from, stored once however many segments the track has; plus the sample rate,
+  model id, codebook count and the sha256 and byte size of the ``.npy``. Shards of format 1 store
+  the description in every segment; they are read as they are.
 
 The ``.npy`` is written first and the ``.json`` last, each through a temporary file and
 ``os.replace``. The ``.json`` is the commit record: a shard without it (killed mid-write) does
@@ -26,7 +28,9 @@ import numpy as np
 from nbutils.core import atomic, faults
 from nbutils.core.errors import UserError
 
-SHARD_FORMAT = "nbutils-shard/1"
+SHARD_FORMAT = "nbutils-shard/2"  # descriptions once per track (format 1: in every segment)
+READABLE_FORMATS = ("nbutils-shard/1", SHARD_FORMAT)
+PER_TRACK = ("description", "source")  # Segment fields stored in the index's ``tracks`` table
 SHARD_DIR = "shards"
 CODE_DTYPE = np.int16  # codebook ids are < 2048; int16 halves the size of int32
 
@@ -109,11 +113,38 @@ class ShardWriter:
             "num_codebooks": int(width),
             "nbytes": npy.stat().st_size,
             "sha256": sha256_file(npy),
-            "segments": [dataclasses.asdict(s) for s in self.segments],
+            **_per_track(self.segments),
         }
         json_path = self.dir / f"{self.name}.json"
         atomic.write_json(json_path, index)
         return json_path
+
+
+def _per_track(segments: list[Segment]) -> dict[str, Any]:
+    """``segments`` without their descriptions, and ``tracks``: each track's description, once.
+
+    A segment whose text differs from its track's first segment (only possible when segments
+    were written without a track id) keeps its own.
+    """
+    tracks: dict[str, dict[str, str]] = {}
+    rows = []
+    for segment in segments:
+        row = dataclasses.asdict(segment)
+        shared = {k: row.pop(k) for k in PER_TRACK}
+        if tracks.setdefault(segment.track or segment.path, shared) != shared:
+            row.update(shared)
+        rows.append(row)
+    return {"tracks": tracks, "segments": rows}
+
+
+def _segments(index: dict[str, Any]) -> list[Segment]:
+    """The ``Segment``s of an index of either format (descriptions filled in from ``tracks``)."""
+    tracks = index.pop("tracks", {})
+    out = []
+    for row in index.pop("segments"):
+        shared = {} if "description" in row else tracks.get(row.get("track") or row["path"], {})
+        out.append(Segment(**{**shared, **row}))
+    return out
 
 
 @dataclasses.dataclass
@@ -132,7 +163,7 @@ class Shard:
 
 def read_index(index_path: str | os.PathLike) -> dict[str, Any]:
     index = atomic.read_json(index_path)
-    if index.get("format") != SHARD_FORMAT:
+    if index.get("format") not in READABLE_FORMATS:
         raise UserError(f"{index_path} is not an nbutils shard index (format {index.get('format')!r}).")
     return index
 
@@ -160,7 +191,7 @@ def open_shard(index_path: str | os.PathLike, *, verify: bool = False) -> Shard:
         )
     index = read_index(index_path)
     codes = np.load(index_path.with_suffix(".npy"), mmap_mode="r")
-    segments = [Segment(**s) for s in index.pop("segments")]
+    segments = _segments(index)
     return Shard(index_path=index_path, meta=index, segments=segments, codes=codes)
 
 
@@ -183,15 +214,26 @@ def open_all(tokens_dir: str | os.PathLike, *, verify: bool = False) -> list[Sha
     return [open_shard(p, verify=verify) for p in paths]
 
 
-def check_compatible(shards: Iterable[Shard], keys: Iterable[str] = ("model", "sample_rate", "num_codebooks")) -> dict:
-    """All shards must come from the same model setup; return the shared values."""
+COMPATIBLE = ("model", "sample_rate", "num_codebooks", "config_hash")
+
+
+def check_compatible(shards: Iterable[Shard], keys: Iterable[str] = COMPATIBLE) -> dict:
+    """All shards must come from the same model setup and tokenize settings; return the shared values.
+
+    ``config_hash`` is the hash of the settings that change the codes (segment length, silence
+    threshold...): a folder whose shards disagree on it mixes two tokenize runs' settings.
+    """
     shards = list(shards)
     first = {k: shards[0].meta.get(k) for k in keys}
     for shard in shards[1:]:
         for k in keys:
-            if shard.meta.get(k) != first[k]:
-                raise UserError(
-                    f"Shards disagree on {k}: {shards[0].index_path.name} has {first[k]!r}, "
-                    f"{shard.index_path.name} has {shard.meta.get(k)!r}. Keep one model's tokens per folder."
-                )
+            if shard.meta.get(k) == first[k]:
+                continue
+            a, b = shards[0].index_path.name, shard.index_path.name
+            if k == "config_hash":
+                raise UserError(f"Shards {a} and {b} were tokenized with different settings (segment length, "
+                                f"silence threshold...: config hash {first[k]} vs {shard.meta.get(k)}), so the "
+                                "folder mixes two runs' codes. Tokenize into a new folder with one setting.")
+            raise UserError(f"Shards disagree on {k}: {a} has {first[k]!r}, {b} has {shard.meta.get(k)!r}. "
+                            "Keep one model's tokens per folder.")
     return first

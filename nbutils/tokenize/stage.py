@@ -34,10 +34,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from nbutils.core import atomic, audio, config, durations, tracking
+from nbutils.core import atomic, audio, config, diskerrors, durations, tracking
 from nbutils.core.config import add_arguments, differences, from_args, option
 from nbutils.core.errors import UserError
-from nbutils.tokenize import archive, ledger, metadata, shards
+from nbutils.tokenize import archive, ledger, lock, metadata, shards
 from nbutils.tokenize.zipjob import Counts, Stage, ZipPlan, ZipResult, process_zip, remove_stale_scratch, uncommit
 
 DEFAULT_MODEL = "facebook/musicgen-small"
@@ -240,20 +240,34 @@ def _zip_line(result: ZipResult) -> str:
     return "\n".join([line] + [f"  Warning: {warning}" for warning in result.warnings])
 
 
+@diskerrors.guard("out")
 def run(cfg: TokenizeConfig) -> dict[str, Any]:
     """Tokenize every ZIP in ``cfg.zips`` that is not done yet into ``cfg.out``.
+
+    The token folder is locked for the run (``lock``), settings check included; test mode
+    (``limit``) writes nothing there and takes no lock.
 
     Returns:
         The summary: counts of ZIPs / files / segments, audio seconds, frames, description
         sources, throughput and ETA, and the failures with their reasons.
 
     Raises:
-        UserError: missing folders, a token folder made with other settings, a model that
-            cannot be loaded.
+        UserError: missing folders, a token folder made with other settings or in use by
+            another run, a model that cannot be loaded, a read-only or full token folder.
     """
     if not cfg.zips or not cfg.out:
         raise UserError("Both --zips (the folder with the ZIP batches) and --out (the token folder) are needed.")
-    testing = cfg.limit > 0
+    if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
+        raise UserError(f"The token folder {cfg.out} is a file. Pass a folder for --out (notebook: the project's "
+                        "tokens folder), new or existing.")
+    if cfg.limit > 0:
+        return _run(cfg, None)
+    with lock.hold(cfg.out, say=_say) as held:
+        return _run(cfg, held)
+
+
+def _run(cfg: TokenizeConfig, held: lock.Lock | None) -> dict[str, Any]:
+    testing = held is None
     code = code_settings(cfg)
     config_hash = config.config_hash(code)
     warnings = check_folder(cfg, write=not testing)
@@ -273,7 +287,7 @@ def run(cfg: TokenizeConfig) -> dict[str, Any]:
     totals, sources, results = Counts(), Counter(), []
     started = time.monotonic()
     if todo:
-        results = _run_zips(cfg, config_hash, todo, total_files, outside)
+        results = _run_zips(cfg, config_hash, todo, total_files, outside, held)
         for result in results:
             totals.add(result.counts)
             sources.update(result.sources)
@@ -282,7 +296,7 @@ def run(cfg: TokenizeConfig) -> dict[str, Any]:
 
 
 def _run_zips(cfg: TokenizeConfig, config_hash: str, todo: list[ZipPlan], total_files: int,
-              outside: metadata.Outside) -> list[ZipResult]:
+              outside: metadata.Outside, held: lock.Lock | None) -> list[ZipResult]:
     stage = Stage(cfg, code_settings(cfg), config_hash, total_files, outside)
     remove_stale_scratch(stage.work_root.parent)
     results = []
@@ -290,6 +304,8 @@ def _run_zips(cfg: TokenizeConfig, config_hash: str, todo: list[ZipPlan], total_
         for number, plan in enumerate(todo):
             if stage.limit_left == 0:
                 break
+            if held is not None:
+                held.check()  # another run took the folder over while this one stalled: stop
             index = ledger.shard_index(cfg.out, plan.path)
             if stage.limit_left is None and index.exists():
                 uncommit(index)

@@ -5,6 +5,14 @@ background threads (``prefetch``) while the encoder batches segments (``encoder`
 every file's outcome, writes the shard atomically, appends the ledger line last, and empties
 the scratch folder whatever happened. ``Stage`` holds what all ZIPs of a run share: the codec,
 the batch settings, the metadata beside the ZIPs, the overall progress bar.
+
+One bad member fails that member; one bad ZIP fails that ZIP, with its reason in the ledger,
+and the run goes on to the next. A ZIP failure is *permanent* (corrupt, truncated: not retried
+while the ZIP is unchanged) or *transient* (scratch disk full or unwritable, Drive I/O: retried
+on the next run, with what to check). Any other exception from one ZIP is a bug: it is recorded
+as that ZIP's failure with the exception's type, and retried on the next run. Only problems the
+user must fix for every ZIP stop the run: a ``UserError``, and a full or read-only ``--out``
+(``nbutils.core.diskerrors`` turns the latter into a message).
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
+import posixpath
 import shutil
 import time
 import zipfile
@@ -20,7 +29,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nbutils.core import atomic, audio, faults, models
-from nbutils.tokenize import archive, ledger, metadata, prefetch, shards
+from nbutils.core.errors import UserError
+from nbutils.tokenize import archive, ledger, metadata, notes, prefetch, shards
 
 if TYPE_CHECKING:
     from nbutils.tokenize.stage import TokenizeConfig
@@ -134,7 +144,12 @@ class Stage:
                             position=0)  # test mode stops after `limit` tracks
 
     def read_track(self, zf: zipfile.ZipFile, members: Path, item: tuple[int, _Track], emit) -> None:
-        """Worker thread: extract one member, decode it, emit its segments, then its end."""
+        """Worker thread: extract one member, decode it, emit its segments, then its end.
+
+        The member's own problems (corrupt, encrypted, undecodable, or an unexpected error while
+        decoding it) fail the member; a full scratch disk or a ZIP that cannot be read is raised
+        (the ZIP fails, to be retried).
+        """
         index, track = item
         try:
             path = archive.extract(zf, track.entry, members, max_bytes=int(self.cfg.max_member_mb * 2**20))
@@ -149,6 +164,10 @@ class Stage:
                 path.unlink(missing_ok=True)  # scratch holds at most `workers` extracted files
         except (archive.MemberError, audio.AudioError) as err:
             track.error = str(err)
+        except OSError:
+            raise
+        except Exception as err:  # noqa: BLE001 - one odd file must not stop its ZIP
+            track.error = f"unexpected error while decoding ({type(err).__name__}: {err})"
         emit((index, None))
 
 
@@ -203,6 +222,7 @@ def _collect(stage: Stage, result: ZipResult, tracks: list[_Track], catalog: met
              codes: dict, writer: shards.ShardWriter | None) -> None:
     """Count every track's outcome and add the kept segments to the shard, in ZIP order."""
     c, sr = result.counts, stage.spec.sample_rate
+    constant = []
     for index, track in enumerate(tracks):
         path, report = track.entry.path, track.report
         if track.error:
@@ -227,27 +247,50 @@ def _collect(stage: Stage, result: ZipResult, tracks: list[_Track], catalog: met
                 segment = shards.Segment(path=path, start=round(start / sr, 6), frames=frames, description=text,
                                          source=source, track=f"{result.name}/{path}")
                 writer.add(segment, codes[(index, number)])
+        note = notes.constant_note(notes.constant_share([codes[(index, n)] for n in range(len(track.pieces))]))
+        if note:
+            result.notes.append({"path": path, "reason": note})
+            constant.append(path)
     result.sources = catalog.counts
+    result.notes += catalog.notes
+    if constant:
+        _warn(result, f"{len(constant)} track(s) encode to nearly constant codes (first: {constant[0]}); "
+                      "see the notes (tokenize.table), and listen to them.")
 
 
-def _read_texts(zf: zipfile.ZipFile, entries: list[archive.Entry], result: ZipResult) -> dict[str, str]:
-    texts = {}
-    for entry in entries:
-        if entry.kind == archive.TEXT:
-            try:
-                texts[entry.path] = archive.read_text(zf, entry)
-            except archive.MemberError as err:
-                result.notes.append({"path": entry.path, "reason": str(err)})
-    return texts
+def _read_texts(zf: zipfile.ZipFile, entries: list[archive.Entry], result: ZipResult,
+                catalog: metadata.Catalog) -> None:
+    """Give the catalog the text members that can describe a track, one at a time.
+
+    Those are the metadata files (first) and the ``<track>.json`` / ``<track>.txt`` beside an
+    audio member; other text is never read. All of them together may read at most
+    ``archive.TEXT_BUDGET_BYTES``: the rest are named in one warning.
+    """
+    stems = {posixpath.splitext(e.path)[0] for e in entries if e.kind == archive.AUDIO}
+    wanted = [e for e in entries if e.kind == archive.TEXT
+              and (metadata.is_metadata_name(e.path) or posixpath.splitext(e.path)[0] in stems)]
+    wanted.sort(key=lambda e: not metadata.is_metadata_name(e.path))  # stable: ZIP order otherwise
+    budget, over = archive.TextBudget(), []
+    for entry in wanted:
+        try:
+            catalog.add(entry.path, archive.read_text(zf, entry, budget=budget))
+        except archive.OverBudget:
+            over.append(entry.path)
+        except archive.MemberError as err:
+            result.notes.append({"path": entry.path, "reason": str(err)})
+    if over:
+        _warn(result, f"{len(over)} text file(s) not read (first: {over[0]}): this ZIP's metadata and sidecars "
+                      f"passed the {budget.total >> 20} MiB budget. Their tracks get another description; "
+                      "put the descriptions in one metadata.jsonl beside the ZIPs instead.")
 
 
-def _shard_meta(stage: Stage, plan: ZipPlan) -> dict[str, Any]:
+def _shard_meta(stage: Stage, plan: ZipPlan, zip_bytes: int) -> dict[str, Any]:
     return {
         "model": stage.cfg.model,
         "codec": stage.codec_id,
         **stage.spec.to_dict(),
         "zip": plan.path.name,
-        "zip_bytes": plan.path.stat().st_size,
+        "zip_bytes": zip_bytes,
         "config_hash": stage.config_hash,
         **stage.settings,
     }
@@ -266,7 +309,8 @@ def _os_reason(err: OSError, scratch: Path) -> str:
     if in_scratch or err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):  # only scratch is written here
         return (f"could not write to the scratch folder {scratch} ({detail}): check --scratch (notebook: the "
                 "project's scratch folder) and the free space there")
-    return f"could not read the ZIP ({detail})"
+    return (f"could not read the ZIP ({detail}): check that it opens (on Drive: fully uploaded and synced); it is "
+            "tried again on the next run")
 
 
 def uncommit(index: Path) -> None:
@@ -287,24 +331,13 @@ def _read_zip(stage: Stage, plan: ZipPlan, work: Path, result: ZipResult):
     result.copy_seconds = time.monotonic() - started
     with archive.open_zip(local) as zf:
         entries = archive.scan(zf)
-        result.counts.entries_ignored = sum(e.kind == archive.JUNK and not e.info.is_dir() for e in entries)
-        for entry in (e for e in entries if e.kind == archive.UNSAFE):
-            result.counts.files_failed += 1
-            result.failures.append({"path": entry.path, "reason": entry.reason})
-        catalog = metadata.Catalog(plan.path.name, stage.outside, _read_texts(zf, entries, result),
-                                   stage.cfg.default_description)
+        _look(result, entries, getattr(zf, "repairs", []))
+        catalog = metadata.Catalog(plan.path.name, stage.outside, default=stage.cfg.default_description)
+        _read_texts(zf, entries, result, catalog)
         for bad in catalog.bad:
             result.metadata_bad.append(dataclasses.replace(bad, file=f"{plan.path.name}/{bad.file}"))
             result.notes.append({"path": bad.file, "reason": f"metadata: {bad.short()}"})
             result.warnings.append(result.metadata_bad[-1].message())
-        unsupported = [e for e in entries if e.kind == archive.UNSUPPORTED]
-        for entry in unsupported:  # recognisably audio, but libsndfile cannot decode it: say so, by name
-            result.counts.files_skipped += 1
-            result.skipped.append({"path": entry.path, "reason": entry.reason})
-        if unsupported:
-            formats = ", ".join(sorted({os.path.splitext(e.path)[1].lower() for e in unsupported}))
-            _warn(result, f"{len(unsupported)} audio files in unsupported formats ({formats}) skipped: convert "
-                          "them to wav/flac/mp3/ogg and replace the ZIP.")
         tracks = [_Track(e) for e in entries if e.kind == archive.AUDIO]
         if stage.limit_left is not None:  # test mode: only the first N tracks of the run
             tracks = tracks[: stage.limit_left]
@@ -314,31 +347,95 @@ def _read_zip(stage: Stage, plan: ZipPlan, work: Path, result: ZipResult):
     return tracks, catalog, codes
 
 
+def _look(result: ZipResult, entries: list[archive.Entry], repairs: list[str]) -> None:
+    """Count and report what the directory alone shows: unsafe and unsupported members, nested
+    ZIPs, colliding names, fields ``zipfix`` corrected."""
+    result.counts.entries_ignored = sum(e.kind == archive.JUNK and not e.info.is_dir() for e in entries)
+    for entry in (e for e in entries if e.kind == archive.UNSAFE):
+        result.counts.files_failed += 1
+        result.failures.append({"path": entry.path, "reason": entry.reason})
+    unsupported = [e for e in entries if e.kind == archive.UNSUPPORTED]
+    for entry in unsupported:  # recognisably audio, but libsndfile cannot decode it: say so, by name
+        result.counts.files_skipped += 1
+        result.skipped.append({"path": entry.path, "reason": entry.reason})
+    if unsupported:
+        formats = ", ".join(sorted({os.path.splitext(e.path)[1].lower() for e in unsupported}))
+        _warn(result, f"{len(unsupported)} audio files in unsupported formats ({formats}) skipped: convert "
+                      "them to wav/flac/mp3/ogg and replace the ZIP.")
+    for warning in filter(None, [notes.nested_zips(entries), *notes.duplicates(entries)]):
+        _warn(result, warning)
+    result.notes += [{"path": "", "reason": f"read despite: {repair}"} for repair in repairs]
+    if repairs:
+        result.warnings.append(f"{len(repairs)} damaged directory field(s) corrected in memory (first: {repairs[0]}); "
+                               "the other members were read normally. Re-create the ZIP to be safe.")
+
+
+def _fail(result: ZipResult, err: Exception, scratch: Path) -> None:
+    """Record why a ZIP failed as a whole: permanent (corrupt), transient (disk, I/O) or a bug."""
+    result.status = ledger.FAILED
+    if isinstance(err, (zipfile.BadZipFile, zipfile.LargeZipFile)):
+        result.reason, result.permanent = f"corrupt or truncated ZIP ({err})", True
+    elif isinstance(err, OSError):  # reading from Drive or copying to scratch: may work next time
+        result.reason = _os_reason(err, scratch)
+    else:
+        result.reason = (f"unexpected error ({type(err).__name__}: {err}); this is a bug in nbutils, please report "
+                         "it. The other ZIPs go on, and this one is tried again on the next run.")
+
+
+def _run_zip(stage: Stage, plan: ZipPlan, work: Path, result: ZipResult):
+    """``_read_zip``, with every failure of the ZIP recorded in ``result`` (then None is returned)."""
+    try:
+        return _read_zip(stage, plan, work, result)
+    except UserError:
+        raise  # a setting that fails every ZIP (the model's codebooks...): the user must fix it
+    except Exception as err:  # noqa: BLE001 - one ZIP's failure, recorded, never the run's
+        _fail(result, err, stage.work_root.parent)
+        return None
+    finally:
+        if work.exists():  # emptied after every ZIP, failed or not
+            shutil.rmtree(work, ignore_errors=True)
+
+
 def process_zip(stage: Stage, plan: ZipPlan, number: int) -> ZipResult:
     """Tokenize one ZIP into its shard and ledger line (in test mode: only count and time it).
 
-    A corrupt or truncated ZIP, or one that cannot be read, is returned (and recorded) as
-    failed with the reason; the scratch folder is emptied in every case.
+    A ZIP that fails as a whole is returned (and recorded) as failed with the reason; the
+    scratch folder is emptied in every case.
+
+    Raises:
+        UserError: a problem of the settings, not of this ZIP.
+        OSError: the token folder (``--out``) cannot be written.
     """
-    result = ZipResult(name=plan.path.name, zip_bytes=plan.path.stat().st_size)
-    work = stage.work_root / f"zip-{number:04d}"  # plain ASCII, whatever the ZIP is called
+    result = ZipResult(name=plan.path.name)
     testing = stage.limit_left is not None
     started = time.monotonic()
     try:
-        tracks, catalog, codes = _read_zip(stage, plan, work, result)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile) as err:
-        result.status, result.reason, result.permanent = ledger.FAILED, f"corrupt or truncated ZIP ({err})", True
-    except OSError as err:  # reading from Drive or copying to scratch: may work next time
-        result.status, result.reason = ledger.FAILED, _os_reason(err, stage.work_root.parent)
-    finally:
-        if work.exists():  # emptied after every ZIP, failed or not
-            shutil.rmtree(work)
+        result.zip_bytes = plan.path.stat().st_size
+    except OSError as err:  # deleted or unreadable since the plan was made
+        _fail(result, err, stage.work_root.parent)
+        read = None
+    else:
+        read = _run_zip(stage, plan, stage.work_root / f"zip-{number:04d}", result)  # ASCII, whatever the ZIP's name
     result.seconds = time.monotonic() - started
-    if result.status != ledger.DONE:
+    if read is None:
         if not testing:
             ledger.append(stage.tokens, _record(stage, plan, result, None))
         return result
-    writer = None if testing else shards.ShardWriter(stage.tokens, plan.path.stem, _shard_meta(stage, plan))
+    try:
+        _finish(stage, plan, result, read, testing)
+    except (OSError, UserError):
+        raise  # the token folder is full or read-only: the same for every ZIP
+    except Exception as err:  # noqa: BLE001 - a bug while writing this ZIP's shard: record it, go on
+        result.counts, result.failures, result.skipped = Counts(), [], []
+        _fail(result, err, stage.work_root.parent)
+        ledger.append(stage.tokens, _record(stage, plan, result, None))
+    return result
+
+
+def _finish(stage: Stage, plan: ZipPlan, result: ZipResult, read, testing: bool) -> None:
+    """Count the outcomes, write the shard, and append the ledger line (last: it says "done")."""
+    tracks, catalog, codes = read
+    writer = None if testing else shards.ShardWriter(stage.tokens, plan.path.stem, _shard_meta(stage, plan, result.zip_bytes))
     _collect(stage, result, tracks, catalog, codes, writer)
     if not testing and not result.counts.files_ok:
         c = result.counts
@@ -351,7 +448,6 @@ def process_zip(stage: Stage, plan: ZipPlan, number: int) -> ZipResult:
         index = writer.commit()
         faults.point("before-ledger")
         ledger.append(stage.tokens, _record(stage, plan, result, shards.read_index(index)))  # last: "done"
-    return result
 
 
 def _record(stage: Stage, plan: ZipPlan, result: ZipResult, index: dict | None) -> dict[str, Any]:
@@ -360,7 +456,7 @@ def _record(stage: Stage, plan: ZipPlan, result: ZipResult, index: dict | None) 
         "status": result.status,
         "reason": result.reason,
         "permanent": result.permanent,
-        "zip_bytes": plan.path.stat().st_size,
+        "zip_bytes": result.zip_bytes,
         "config_hash": stage.config_hash,
         **result.counts.to_dict(),
         "description_sources": dict(result.sources),

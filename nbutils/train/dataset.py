@@ -28,6 +28,7 @@ import numpy as np
 
 from nbutils.core import atomic
 from nbutils.core.errors import UserError
+from nbutils.core.prompts import encode as encode_prompts
 from nbutils.tokenize import shards
 
 # audiocraft trains MusicGen with classifier_free_guidance.training_dropout = 0.3
@@ -151,7 +152,7 @@ def sample_prompts(opened: Sequence[shards.Shard], split: dict[str, list[str]]) 
 def open_shards(tokens_dir: str | Path, num_codebooks: int, sample_rate: int) -> list[shards.Shard]:
     """Open every committed shard (memory-mapped) and check it fits the model."""
     opened = shards.open_all(tokens_dir)
-    shared = shards.check_compatible(opened, keys=("sample_rate", "num_codebooks"))
+    shared = shards.check_compatible(opened, keys=("sample_rate", "num_codebooks", "config_hash"))
     if shared["num_codebooks"] != num_codebooks or shared["sample_rate"] not in (None, sample_rate):
         raise UserError(
             f"The shards in {tokens_dir} hold {shared['num_codebooks']} codebooks at "
@@ -285,7 +286,7 @@ class Collator:
         from nbutils.train import labels as L
 
         texts = [e.text for e in examples]
-        enc = self.tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+        enc = encode_prompts(self.tokenizer, texts)  # truncated to the text encoder's limit
         mask = enc["attention_mask"].clone()
         for row, text in enumerate(texts):
             if not text:

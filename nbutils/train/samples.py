@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 
 from nbutils.core import atomic, config, tracking
 from nbutils.core.models import AudioSpec
+from nbutils.core.prompts import encode as encode_prompts
 from nbutils.core.sampling import SamplingConfig
 
 INFO_FILE = "samples.json"
@@ -53,7 +54,7 @@ def write(model, processor, spec: AudioSpec, folder: Path, *, kind: str, step: i
     with atomic.atomic_dir(folder) as tmp, torch.random.fork_rng(devices=devices), adapter_off, torch.no_grad():
         for i, (prompt, seed) in enumerate(zip(prompts, seeds)):
             torch.manual_seed(seed)
-            inputs = processor(text=[prompt], padding=True, return_tensors="pt").to(device)
+            inputs = encode_prompts(processor, [prompt]).to(device)
             with autocast():
                 audio = model.generate(**inputs, max_new_tokens=max_new, **sampling.generate_kwargs())
             wav = audio[0].float().cpu().numpy().T.astype(np.float32)  # (samples, channels)

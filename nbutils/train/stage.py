@@ -26,7 +26,7 @@ import os
 import time
 from typing import Any, Callable
 
-from nbutils.core import config, tracking
+from nbutils.core import config, diskerrors, tracking
 from nbutils.core.config import option
 from nbutils.core.errors import UserError
 from nbutils.train import dataset as data
@@ -134,6 +134,7 @@ def read_metrics(out: str | os.PathLike) -> list[dict[str, Any]]:
     return history.read(out)
 
 
+@diskerrors.guard("out")  # a read-only or full --out is a message, not a traceback
 def run(cfg: TrainConfig, *, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train (or continue training) and return the summary (step, train_loss, val_loss, ...).
 
