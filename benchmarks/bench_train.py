@@ -137,8 +137,8 @@ def cli_seconds(cfg, out: Path, max_steps: int, threads: int) -> tuple[float, fl
     """Wall and CPU seconds of ``python -m nbutils train`` (a new process) with ``cfg`` and ``max_steps``."""
     import resource
 
-    args = ["--tokens", cfg.tokens, "--out", str(out), "--model", cfg.model, "--segment-seconds",
-            str(cfg.segment_seconds), "--batch-size", "2", "--grad-accum", "2", "--max-steps", str(max_steps),
+    args = ["--tokens", cfg.tokens, "--out", str(out), "--model", cfg.model, "--crop-seconds",
+            str(cfg.crop_seconds), "--batch-size", "2", "--grad-accum", "2", "--max-steps", str(max_steps),
             "--save-every", "1000000", "--sample-every", "0", "--wandb", "disabled", "--precision", "fp32",
             "--grad-checkpointing", "off", "--val-fraction", "0"]
     root = Path(__file__).resolve().parents[1]
@@ -173,7 +173,7 @@ def main() -> None:
     full_bytes = build_model(model_dir, args.quick)
     write_tokens(work / "tokens")
     cfg = train.TrainConfig(
-        tokens=str(work / "tokens"), out=str(work / "run"), model=str(model_dir), segment_seconds=args.seconds,
+        tokens=str(work / "tokens"), out=str(work / "run"), model=str(model_dir), crop_seconds=args.seconds,
         batch_size=2, grad_accum=2, max_steps=10_000, save_every=10**9, eval_every=10**9, sample_every=0,
         wandb="disabled", precision="fp32", grad_checkpointing="off", warmup_steps=10, log_every=10,
     )

@@ -85,7 +85,7 @@ def small_config(tokens_dir: Path, out: Path, **overrides: Any):
     from nbutils.train.stage import TrainConfig
 
     values = dict(
-        tokens=str(tokens_dir), out=str(out), model="tiny", segment_seconds=0.4, batch_size=2, grad_accum=2,
+        tokens=str(tokens_dir), out=str(out), model="tiny", crop_seconds=0.4, batch_size=2, grad_accum=2,
         max_steps=6, save_every=2, keep_checkpoints=2, sample_every=0, wandb="disabled", warmup_steps=2,
         lr=3e-3, val_fraction=0.34, precision="fp32", grad_checkpointing="off", lora_r=4, lora_alpha=8.0,
         lora_dropout=0.1, log_every=1, sample_seconds=0.3,
@@ -97,7 +97,7 @@ def small_config(tokens_dir: Path, out: Path, **overrides: Any):
 def cli_args(tokens_dir: Path, out: Path, *extra: str) -> list[str]:
     """``train`` CLI arguments equivalent to ``small_config``."""
     return [
-        "train", "--tokens", str(tokens_dir), "--out", str(out), "--model", "tiny", "--segment-seconds", "0.4",
+        "train", "--tokens", str(tokens_dir), "--out", str(out), "--model", "tiny", "--crop-seconds", "0.4",
         "--batch-size", "2", "--grad-accum", "2", "--max-steps", "6", "--save-every", "2",
         "--keep-checkpoints", "2", "--sample-every", "0", "--wandb", "disabled", "--warmup-steps", "2",
         "--lr", "3e-3", "--val-fraction", "0.34", "--precision", "fp32", "--grad-checkpointing", "off",

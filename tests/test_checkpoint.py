@@ -120,13 +120,18 @@ def test_kill_while_writing_latest_keeps_the_previous_one(tmp_path):
 
 
 def test_meaningful_changes_are_refused_and_harmless_ones_noted(tmp_path):
-    saved = {"model": "tiny", "lora_r": 8, "max_steps": 10, "save_every": 5}
-    notes = checkpoint.check_resume(saved, {**saved, "max_steps": 20}, ["model", "lora_r"],
-                                    ["max_steps", "save_every"], tmp_path)
-    assert notes == ["max_steps: 10 -> 20 (accepted)"]
+    from nbutils.train.stage import TrainConfig
+
+    saved = {"model": "tiny", "lora_r": 8, "max_steps": 10, "save_every": 5, "out": "a", "data": {"x": "1"}}
+    notes = checkpoint.check_resume(TrainConfig, saved, {**saved, "max_steps": 20, "out": "b"}, tmp_path)
+    assert notes == ["max_steps: 10 -> 20 (accepted)"], "out is not compared: where the run is, not what it is"
     with pytest.raises(UserError) as err:
-        checkpoint.check_resume(saved, {**saved, "model": "facebook/musicgen-small", "lora_r": 16},
-                                ["model", "lora_r"], ["max_steps"], tmp_path)
+        checkpoint.check_resume(TrainConfig, saved, {**saved, "model": "facebook/musicgen-small", "lora_r": 16},
+                                tmp_path)
     message = str(err.value)
+    assert message.startswith(f"The run folder {tmp_path} holds a training run made with other settings, so it "
+                              "cannot be continued:\n")
     assert "model: 'tiny' -> 'facebook/musicgen-small'" in message and "lora_r: 8 -> 16" in message
     assert "another output folder" in message and f"delete {tmp_path}" in message
+    with pytest.raises(UserError, match="data: 1 changed"):  # a derived fact that must match too
+        checkpoint.check_resume(TrainConfig, saved, {**saved, "data": {"x": "2"}}, tmp_path, ["data"])

@@ -28,9 +28,9 @@ def test_cli_options_parse_into_dataclass():
     parser = argparse.ArgumentParser()
     config.add_arguments(parser, Example)
     ns = parser.parse_args(["--segment-seconds", "10", "--prompts", "a", "--prompts", "b", "--verbose"])
-    cfg = config.from_args(Example, ns)
+    cfg = config.build(Example, args=ns)
     assert cfg == Example(segment_seconds=10.0, prompts=["a", "b"], verbose=True)
-    assert config.from_args(Example, parser.parse_args([])) == Example()
+    assert config.build(Example, args=parser.parse_args([])) == Example()
 
 
 def test_hash_depends_only_on_chosen_keys():
@@ -88,7 +88,7 @@ def test_nested_settings_keep_their_flat_names_everywhere_a_user_types_them():
     parser = argparse.ArgumentParser()
     config.add_arguments(parser, Outer)
     parsed = parser.parse_args(["--guidance-scale", "1.5", "--top-k", "0"])
-    assert config.from_args(Outer, parsed).sampling == Inner(1.5, 0)
+    assert config.build(Outer, args=parsed).sampling == Inner(1.5, 0)
     assert "--guidance-scale" in parser.format_help() and "--sampling" not in parser.format_help()
     with pytest.raises(UserError, match="'top_kk'.*Did you mean 'top_k'"):
         config.from_dict(Outer, {"top_kk": 1})
@@ -111,4 +111,6 @@ def test_a_renamed_setting_keeps_its_old_name_for_one_release():
         assert config.from_dict(Outer, {"dtype": "bf16"}).precision == "bf16"
     parser = argparse.ArgumentParser()
     config.add_arguments(parser, Outer)
-    assert config.from_args(Outer, parser.parse_args(["--dtype", "fp16"])).precision == "fp16"
+    assert "--dtype" not in parser.format_help(), "the old name works, the help shows the new one"
+    with pytest.warns(FutureWarning, match="'dtype' is now called 'precision'"):
+        assert config.build(Outer, args=parser.parse_args(["--dtype", "fp16"])).precision == "fp16"

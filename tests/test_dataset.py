@@ -168,12 +168,13 @@ def test_fingerprint_changes_with_codes_or_texts_only(tmp_path):
 
 def test_resume_refusal_summarises_a_large_data_change(tmp_path):
     from nbutils.train import checkpoint
+    from nbutils.train.stage import TrainConfig
 
     old = {f"archive_batch_{i:04d}": f"h{i}" for i in range(1, 140)}
     new = {**{k: v for k, v in old.items() if k != "archive_batch_0003"}, "archive_batch_0007": "other",
            **{f"archive_batch_{i:04d}": "new" for i in range(140, 150)}}
     with pytest.raises(UserError) as err:
-        checkpoint.check_resume({"data": old}, {"data": new}, ["data"], [], tmp_path)
+        checkpoint.check_resume(TrainConfig, {"data": old}, {"data": new}, tmp_path, ["data"])
     message = str(err.value)
     assert "data: 10 added (archive_batch_0140, archive_batch_0141" in message and "(5 more)" in message
     assert "1 changed (archive_batch_0007)" in message and "1 removed (archive_batch_0003)" in message

@@ -112,7 +112,7 @@ def test_loss_decreases_when_overfitting_a_tiny_dataset(tmp_path):
     write_shards(data, batches=1, tracks_per_batch=1)
     cfg = small_config(data, tmp_path / "run", val_fraction=0.0, cfg_dropout=0.0, lora_dropout=0.0,
                        lora_targets="all-linear", lora_r=8, lora_alpha=16.0, lr=3e-2, max_steps=30, save_every=30,
-                       warmup_steps=0, scheduler="constant", segment_seconds=1.5, batch_size=2, grad_accum=1)
+                       warmup_steps=0, scheduler="constant", crop_seconds=1.5, batch_size=2, grad_accum=1)
     summary = train.run(cfg)
     losses = [loss for _, loss in sorted(losses_by_step(tmp_path / "run").items())]
     assert len(losses) == 30 and summary["val_loss"] is None
@@ -179,7 +179,7 @@ def test_changed_settings_are_refused_or_accepted(tmp_path, tiny_dir):
     refused = [
         ({"lora_r": 8}, "lora_r: 4 -> 8"),
         ({"model": str(tiny_dir)}, "model: 'tiny' ->"),
-        ({"segment_seconds": 0.6}, "crop_frames: 20 -> 30"),
+        ({"crop_seconds": 0.6}, "crop_seconds: 0.4 -> 0.6"),
         ({"grad_accum": 4}, "effective_batch: 4 -> 8"),
         ({"lr": 1e-4}, "lr: 0.003 -> 0.0001"),
     ]

@@ -176,7 +176,7 @@ def test_half_precision_training_keeps_t5_and_encodec_in_float32(tmp_path):
 def test_start_notes_whole_segment_crops_and_a_warmup_longer_than_the_run(tmp_path):
     logged = []
     # the test shards hold segments of about a second; 5 s crops are whole segments
-    train.run(small_config(tokens(tmp_path), tmp_path / "run", segment_seconds=5.0, warmup_steps=6, max_steps=4),
+    train.run(small_config(tokens(tmp_path), tmp_path / "run", crop_seconds=5.0, warmup_steps=6, max_steps=4),
               log=logged.append)
     text = "\n".join(logged)
     assert "each crop is a whole segment" in text and "warmup_steps (6) is more than the run's 4 steps" in text

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from nbutils.core import atomic, audio, config, diskerrors, durations, tracking
-from nbutils.core.config import add_arguments, differences, from_args, option
+from nbutils.core.config import add_arguments, option
 from nbutils.core.errors import UserError
 from nbutils.tokenize import archive, ledger, lock, metadata, shards
 from nbutils.tokenize.zipjob import Counts, Stage, ZipPlan, ZipResult, process_zip, remove_stale_scratch, uncommit
@@ -43,30 +43,35 @@ from nbutils.tokenize.zipjob import Counts, Stage, ZipPlan, ZipResult, process_z
 DEFAULT_MODEL = "facebook/musicgen-small"
 SETTINGS_FILE = "tokenize_config.json"
 TOKENIZER_VERSION = 1  # bump when a change to this stage changes the codes it writes
-# Settings that change the codes: a folder tokenized with other values must not be mixed.
-CODE_KEYS = ("model", "segment_seconds", "min_seconds", "min_tail_seconds", "silence_db", "tokenizer_version")
-# Settings that change only the text: a change is allowed, with a warning.
-TEXT_KEYS = ("default_description", "metadata")
 MAX_LISTED_FAILURES = 100  # failures listed in the JSON summary (the ledger keeps them all)
+MUST, MAY = config.MUST_MATCH, config.MAY_CHANGE
 
 
 @dataclasses.dataclass
 class TokenizeConfig:
-    """Settings of the tokenize stage (CLI options, notebook 01 parameters)."""
+    """Settings of the tokenize stage (CLI options, notebook 01 parameters).
+
+    A token folder holds codes of one setting of the ``must-match`` fields (mixing them would give
+    training incompatible tokens); the ``may-change`` ones only change the texts of ZIPs done later.
+    """
+
+    WHAT: typing.ClassVar[str] = "tokenize"
 
     zips: str = option("", "Folder with the ZIP batches (and an optional metadata.jsonl beside them).")
     out: str = option("", "Token folder: shards/, ledger.jsonl and tokenize_config.json are written here.")
     model: str = option(DEFAULT_MODEL, "MusicGen whose EnCodec encodes the audio: Hub id, local "
-                        "save_pretrained folder, or 'tiny'.")
+                        "save_pretrained folder, or 'tiny'.", resume=MUST)
     metadata: str = option("", "A metadata.jsonl / metadata.json with the descriptions (default: the one "
-                           "beside the ZIPs, if any).")
-    default_description: str = option("", "Text for tracks no metadata describes (e.g. a trigger word).")
-    segment_seconds: float = option(audio.SEGMENT_SECONDS, "Long tracks are cut into segments this long (s).")
+                           "beside the ZIPs, if any).", resume=MAY)
+    default_description: str = option("", "Text for tracks no metadata describes (e.g. a trigger word).",
+                                      resume=MAY)
+    segment_seconds: float = option(audio.SEGMENT_SECONDS, "Long tracks are cut into segments this long (s).",
+                                    resume=MUST)
     min_tail_seconds: float = option(audio.MIN_TAIL_SECONDS, "A track's last partial segment is kept when "
-                                     "at least this long (s).")
-    min_seconds: float = option(audio.MIN_SECONDS, "Files shorter than this are skipped (s).")
+                                     "at least this long (s).", resume=MUST)
+    min_seconds: float = option(audio.MIN_SECONDS, "Files shorter than this are skipped (s).", resume=MUST)
     silence_db: float = option(audio.SILENCE_DB, "Segments whose peak is below this level are silent and "
-                               "skipped (dBFS).")
+                               "skipped (dBFS).", resume=MUST)
     limit: int = option(0, "Test mode: process only N tracks, keep nothing as done, print throughput and the "
                         "ETA for all ZIPs (0: process everything).")
     batch_size: int = option(0, "Segments per EnCodec batch (0: as many as the GPU's free memory holds, up to 16; "
@@ -90,22 +95,30 @@ class TokenizeConfig:
         for name, kind in typing.get_type_hints(type(self)).items():
             if kind in (int, float) and not isinstance(getattr(self, name), bool):
                 setattr(self, name, kind(getattr(self, name)))
-        if self.segment_seconds <= 0:
-            raise UserError(f"segment_seconds must be positive (got {self.segment_seconds}).")
+        segment = self.segment_seconds
+        config.require(self.WHAT, [(segment > 0, f"segment_seconds must be positive (got {segment})")])
         # The defaults suit 30 s segments. Shorter segments scale them down (the tail in proportion)
         # rather than refusing values the user never set.
-        if self.min_tail_seconds == audio.MIN_TAIL_SECONDS and self.segment_seconds < audio.MIN_TAIL_SECONDS:
-            self.min_tail_seconds = round(self.segment_seconds * audio.MIN_TAIL_SECONDS / audio.SEGMENT_SECONDS, 3)
-        if self.min_seconds == audio.MIN_SECONDS and self.segment_seconds < audio.MIN_SECONDS:
-            self.min_seconds = self.segment_seconds
-        if not 0 <= self.min_seconds <= self.segment_seconds:
-            raise UserError(f"min_seconds ({self.min_seconds}) must be between 0 and segment_seconds "
-                            f"({self.segment_seconds}).")
-        if not 0 <= self.min_tail_seconds <= self.segment_seconds:
-            raise UserError(f"min_tail_seconds ({self.min_tail_seconds}) must be between 0 and "
-                            f"segment_seconds ({self.segment_seconds}).")
-        if self.limit < 0 or self.batch_size < 0 or self.workers < 0:
-            raise UserError("limit, batch_size and workers must be >= 0 (0 = automatic).")
+        if self.min_tail_seconds == audio.MIN_TAIL_SECONDS and segment < audio.MIN_TAIL_SECONDS:
+            self.min_tail_seconds = round(segment * audio.MIN_TAIL_SECONDS / audio.SEGMENT_SECONDS, 3)
+        if self.min_seconds == audio.MIN_SECONDS and segment < audio.MIN_SECONDS:
+            self.min_seconds = segment
+        config.require(self.WHAT, [
+            (0 <= self.min_seconds <= segment,
+             f"min_seconds ({self.min_seconds}) must be between 0 and segment_seconds ({segment})"),
+            (0 <= self.min_tail_seconds <= segment,
+             f"min_tail_seconds ({self.min_tail_seconds}) must be between 0 and segment_seconds ({segment})"),
+            (self.limit >= 0 and self.batch_size >= 0 and self.workers >= 0,
+             "limit, batch_size and workers must be >= 0 (0 = automatic)"),
+            (self.max_member_mb > 0, "max_member_mb must be positive"),
+        ])
+
+    @staticmethod
+    def project_defaults(project, given: dict[str, Any]) -> dict[str, Any]:
+        """Notebook 01's folders and model: the project's ZIPs, tokens, scratch, and its model."""
+        paths = project.paths
+        return {"zips": str(paths.zips), "out": str(paths.tokens), "model": project.model,
+                "scratch": str(paths.scratch)}
 
     @property
     def decode_workers(self) -> int:
@@ -118,19 +131,22 @@ class TokenizeConfig:
 # ---------------------------------------------------------------------------------------------
 
 
+# Settings that change the codes: the token folder's hash covers exactly these (as in every earlier release).
+CODE_KEYS = (*config.resume_keys(TokenizeConfig, MUST), "tokenizer_version")
+# Settings that change only the texts: a change is allowed, with a warning.
+TEXT_KEYS = config.resume_keys(TokenizeConfig, MAY)
+
+
 def code_settings(cfg: TokenizeConfig) -> dict[str, Any]:
     """The settings that decide the codes (what a token folder must agree on)."""
     values = {k: getattr(cfg, k) for k in CODE_KEYS if k != "tokenizer_version"}
     return {**values, "tokenizer_version": TOKENIZER_VERSION}
 
 
-def _mismatch(folder: Path, diffs: list[str]) -> UserError:
-    return UserError(
-        f"The token folder {folder} was made with other settings that change the codes "
-        f"({'; '.join(diffs)}). Mixing them would give training incompatible tokens. To keep both, "
-        f"pass a new --out folder (notebook: another PROJECT_ROOT); to start over with the new "
-        f"settings, delete {folder}; or run again with the folder's settings."
-    )
+def _refuse(folder: Path, refused: list[str]) -> UserError:
+    return config.resume_refusal(
+        folder, refused, kind="token folder", holds="codes", why="Mixing them would give training incompatible tokens.",
+        fresh="pass a new --out folder (notebook: another PROJECT_ROOT) to keep both")
 
 
 def check_folder(cfg: TokenizeConfig, *, write: bool) -> list[str]:
@@ -147,21 +163,22 @@ def check_folder(cfg: TokenizeConfig, *, write: bool) -> list[str]:
     code = code_settings(cfg)
     text = {k: getattr(cfg, k) for k in TEXT_KEYS}
     warnings: list[str] = []
+    extra = ("tokenizer_version",)
     if path.exists():
         saved = atomic.read_json(path)
-        diffs = differences(saved.get("code", {}), code, CODE_KEYS)
-        if diffs:
-            raise _mismatch(folder, diffs)
-        changed = differences(saved.get("text", {}), text, TEXT_KEYS)
-        if changed:
-            warnings.append(f"Description settings changed ({'; '.join(changed)}): ZIPs tokenized before keep "
-                            "their texts, new ZIPs get the new ones.")
+        resume = config.resume_differences(TokenizeConfig, {**saved.get("text", {}), **saved.get("code", {})},
+                                           {**text, **code}, must_match=extra)
+        if resume.refused:
+            raise _refuse(folder, resume.refused)
+        if resume.accepted:
+            warnings.append(f"Description settings changed ({'; '.join(resume.accepted)}): ZIPs tokenized before "
+                            "keep their texts, new ZIPs get the new ones.")
     else:
         for index in shards.list_shards(folder):  # settings file deleted, shards kept
             meta = shards.read_index(index)
             if meta.get("config_hash") != config.config_hash(code):
                 old = {k: meta.get(k) for k in CODE_KEYS}
-                raise _mismatch(folder, differences(old, code, CODE_KEYS))
+                raise _refuse(folder, config.resume_differences(TokenizeConfig, old, code, must_match=extra).refused)
     if write:
         atomic.write_json(path, {"code": code, "text": text, "config_hash": config.config_hash(code)})
     return warnings
@@ -399,12 +416,9 @@ def _print_summary(s: dict[str, Any], cfg: TokenizeConfig) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def config_for(project, **overrides: Any) -> TokenizeConfig:
-    """The config notebook 01 runs with: the project's folders and model, plus ``overrides``."""
-    values = {"zips": str(project.paths.zips), "out": str(project.paths.tokens), "model": project.model,
-              "scratch": str(project.paths.scratch)}
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return TokenizeConfig(**values)
+def config_for(project, **settings: Any) -> TokenizeConfig:
+    """The config notebook 01 runs with: the project's folders and model, plus ``settings`` (``**SETTINGS``)."""
+    return config.build(TokenizeConfig, settings, project=project)
 
 
 def table(tokens_dir: str | os.PathLike, *, max_failures: int = 50) -> str:
@@ -443,4 +457,4 @@ def add_cli(parser: argparse.ArgumentParser) -> None:
 
 
 def run_cli(args: argparse.Namespace) -> dict[str, Any]:
-    return run(from_args(TokenizeConfig, args))
+    return run(config.build(TokenizeConfig, args=args))

@@ -135,17 +135,20 @@ def state_of(trainer) -> dict[str, Any]:
     }
 
 
-def restore(trainer, state: dict[str, Any], meaningful: Iterable[str], harmless: Iterable[str]) -> list[str]:
+def restore(trainer, state: dict[str, Any], derived: Iterable[str] = ()) -> list[str]:
     """Continue ``trainer`` from ``state``: weights, optimizer, scheduler, scaler, cursor, RNG.
 
+    Args:
+        derived: Facts of ``Trainer.identity`` beyond the settings that must match too.
+
     Returns:
-        Notes about accepted (``harmless``) setting changes.
+        Notes about accepted (``may-change``) setting changes.
 
     Raises:
-        UserError: when a ``meaningful`` setting differs (see ``check_resume``).
+        UserError: when a ``must-match`` setting (or a ``derived`` fact) differs (see ``check_resume``).
     """
     saved = {**state["config"], **state.get("identity", {})}
-    notes = check_resume(saved, trainer.identity(), meaningful, harmless, trainer.out)
+    notes = check_resume(type(trainer.cfg), saved, trainer.identity(), trainer.out, derived)
     lora.load_state_dict(trainer.unwrapped(), state["lora"])
     trainer.optimizer.load_state_dict(state["optimizer"])
     trainer.scheduler.load_state_dict(state["scheduler"])
@@ -287,44 +290,19 @@ def load(out: str | os.PathLike, log: Callable[[str], None] = print, *,
     return None
 
 
-def check_resume(saved: dict[str, Any], current: dict[str, Any], meaningful: Iterable[str],
-                 harmless: Iterable[str], out: str | os.PathLike) -> list[str]:
-    """Compare a checkpoint's settings with the current ones before continuing.
-
-    Args:
-        saved: The settings stored in the checkpoint.
-        current: The settings of this run.
-        meaningful: Keys whose change alters what the weights mean (model, LoRA, data, ...).
-        harmless: Keys that may change between sessions (max steps, save interval, logging ...).
-        out: The run folder, for the message.
+def check_resume(cls: type, saved: dict[str, Any], current: dict[str, Any], out: str | os.PathLike,
+                 derived: Iterable[str] = ()) -> list[str]:
+    """Compare a checkpoint's settings with the current ones before continuing (by ``cls``'s
+    ``resume`` rules, ``config.resume_differences``; a 0.1.0 checkpoint's old names read as the new ones).
 
     Returns:
-        Human notes about the accepted (harmless) changes.
+        Human notes about the accepted (``may-change``) changes.
 
     Raises:
-        UserError: listing every meaningful difference and how to start fresh instead.
+        UserError: listing every ``must-match`` difference and how to start fresh instead.
     """
-    refused = ["  " + _change(k, saved.get(k), current.get(k)) for k in meaningful if saved.get(k) != current.get(k)]
-    if refused:
-        raise UserError(
-            f"{out} holds a run with different settings, so it cannot be continued:\n" + "\n".join(refused)
-            + f"\nTo keep training that run, change these back. To start a new run, use another output "
-            f"folder (--out, or RUN_NAME in the notebook) or delete {out}."
-        )
-    return [_change(k, saved.get(k), current.get(k)) + " (accepted)" for k in harmless
-            if k in saved and saved.get(k) != current.get(k)]
-
-
-def _change(key: str, old: Any, new: Any, shown: int = 5) -> str:
-    """``key: old -> new``; for mappings (the data's shard table) which entries were added, changed, removed."""
-    if not (isinstance(old, dict) and isinstance(new, dict)):
-        return f"{key}: {old!r} -> {new!r}"
-
-    def names(keys: list[str]) -> str:
-        more = f", ... ({len(keys) - shown} more)" if len(keys) > shown else ""
-        return ", ".join(keys[:shown]) + more
-
-    groups = (("added", sorted(new.keys() - old.keys())),
-              ("changed", sorted(k for k in old.keys() & new.keys() if old[k] != new[k])),
-              ("removed", sorted(old.keys() - new.keys())))
-    return f"{key}: " + "; ".join(f"{len(keys)} {what} ({names(keys)})" for what, keys in groups if keys)
+    resume = config.resume_differences(cls, saved, current, must_match=derived)
+    if resume.refused:
+        raise config.resume_refusal(out, resume.refused, kind="run folder", holds="a training run",
+                                    fresh="use another output folder (--out, or RUN_NAME in the notebook)")
+    return [f"{line} (accepted)" for line in resume.accepted]

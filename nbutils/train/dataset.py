@@ -185,7 +185,7 @@ class CropDataset:
     Args:
         opened: Shards from ``open_shards``.
         tracks: Track ids on this side.
-        crop_frames: Frames per crop (``segment_seconds * frame_rate``).
+        crop_frames: Frames per crop (``crop_seconds * frame_rate``).
         train: Random crops with CFG dropout (True) or fixed windows with full text (False).
         cfg_dropout: Probability of dropping the description (training only).
         seed: Base seed of every random decision.
@@ -195,7 +195,7 @@ class CropDataset:
     def __init__(self, opened: Sequence[shards.Shard], tracks: Iterable[str], crop_frames: int, *,
                  train: bool, cfg_dropout: float = CFG_DROPOUT, seed: int = 0, max_items: int | None = None):
         if crop_frames < 1:
-            raise UserError("segment_seconds is too short: a crop needs at least one frame (1/50 s).")
+            raise UserError("crop_seconds is too short: a crop needs at least one frame (1/50 s).")
         self.shards = list(opened)
         self.crop_frames = int(crop_frames)
         self.train = train

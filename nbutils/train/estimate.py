@@ -53,13 +53,13 @@ def measure(cfg, steps: int = 3) -> dict[str, Any]:
 def show(cfg, steps: int = 3) -> dict[str, Any]:
     """Notebook cell: print the GPU, the suggestion for this model, the table, and a measured estimate."""
     gpu = presets.detect()
-    preset = presets.suggest(cfg.model, gpu, cfg.segment_seconds)
+    preset = presets.suggest(cfg.model, gpu, cfg.crop_seconds)
     print(f"Device: {gpu.name + f' ({gpu.vram_gb:g} GB)' if gpu else 'CPU (no GPU)'}")
     print(f"Suggested for {cfg.model}: batch {preset.batch_size} x accumulation {preset.grad_accum}, "
           f"{preset.precision}, gradient checkpointing {'on' if preset.grad_checkpointing else 'off'}"
           + (f" (~{preset.memory_gb:g} GB)" if preset.memory_gb else "") + (f". {preset.note}" if preset.note else ""))
-    print("\nEstimates for the Colab GPUs at", f"{cfg.segment_seconds:g} s crops:")
-    print(presets.format_table(presets.table(cfg.segment_seconds)))
+    print("\nEstimates for the Colab GPUs at", f"{cfg.crop_seconds:g} s crops:")
+    print(presets.format_table(presets.table(cfg.crop_seconds)))
     timing = measure(cfg, steps)
     print(f"\nMeasured here: {timing['seconds_per_step']:.2f} s per step (batch {timing['batch_size']} x "
           f"{timing['grad_accum']}, {timing['precision']}) -> about {durations.human(timing['epoch_seconds'])} "

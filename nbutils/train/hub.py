@@ -34,7 +34,7 @@ def facts(trainer, name: str) -> dict[str, Any]:
         },
         "hyperparameters": {
             "lora": trainer.lora_config,
-            "segment_seconds": cfg.segment_seconds,
+            "crop_seconds": cfg.crop_seconds,
             "cfg_dropout": cfg.cfg_dropout,
             "effective_batch": trainer.effective_batch,
             "lr": cfg.lr,
@@ -70,7 +70,7 @@ A LoRA adapter for [{base}](https://huggingface.co/{base}), trained with the Mus
 | training data | {data["train_hours"]} h in {data["train_tracks"]} tracks ({data["shards"]} shards); {data["val_tracks"]} tracks held out |
 | validation loss | {val if val is not None else "n/a"} |
 | LoRA | r={lora["r"]}, alpha={lora["lora_alpha"]}, dropout={lora["lora_dropout"]}, targets {", ".join(lora["target_modules"])} |
-| training | {hp["total_steps"]} steps x {hp["effective_batch"]} crops of {hp["segment_seconds"]} s, lr {hp["lr"]} ({hp["scheduler"]}, {hp["warmup_steps"]} warmup), {hp["precision"]} |
+| training | {hp["total_steps"]} steps x {hp["effective_batch"]} crops of {hp["crop_seconds"]} s, lr {hp["lr"]} ({hp["scheduler"]}, {hp["warmup_steps"]} warmup), {hp["precision"]} |
 | text dropout (CFG) | {hp["cfg_dropout"]} |
 
 ## How to load

@@ -45,13 +45,9 @@ def targets(preset: str) -> list[str]:
 
 
 def make_config(preset: str = DEFAULT_PRESET, r: int = 16, alpha: float = 32, dropout: float = 0.05):
-    """A peft ``LoraConfig`` for MusicGen's decoder."""
+    """A peft ``LoraConfig`` for MusicGen's decoder (``TrainConfig`` has checked the values)."""
     from peft import LoraConfig
 
-    if r < 1:
-        raise UserError(f"lora_r must be at least 1 (got {r}).")
-    if not 0 <= dropout < 1:
-        raise UserError(f"lora_dropout must be in [0, 1) (got {dropout}).")
     return LoraConfig(r=int(r), lora_alpha=alpha, lora_dropout=float(dropout), target_modules=targets(preset),
                       bias="none")
 

@@ -153,20 +153,20 @@ def plan(label: str, shape: Shape, gpu: GPU | None, seconds: float = 30.0) -> Pr
     note = ""
     if batch == 0:
         batch, checkpointing = 1, True
-        note = (f"Does not fit in {gpu.vram_gb:g} GB at {seconds:g} s crops: shorten segment_seconds "
-                "or use a bigger GPU.")
+        note = (f"Does not fit in {gpu.vram_gb:g} GB at {seconds:g} s crops: shorten crop_seconds "
+                "(notebook 02: SEGMENT_SECONDS) or use a bigger GPU.")
     return Preset(gpu.name, label, batch, EFFECTIVE_BATCH // batch, precision, checkpointing,
                   round(memory_gb(shape, batch, seconds, checkpointing), 1), note)
 
 
-def suggest(model_name: str, gpu: GPU | dict | None | str = "detect", segment_seconds: float = 30.0) -> Preset:
+def suggest(model_name: str, gpu: GPU | dict | None | str = "detect", crop_seconds: float = 30.0) -> Preset:
     """The preset for ``model_name`` on this machine's GPU (or the given one)."""
     if isinstance(gpu, str):
         gpu = detect()
     elif isinstance(gpu, dict):
         gpu = detect(gpu)
     label, shape = shape_of(model_name)
-    return plan(label, shape, gpu, segment_seconds)
+    return plan(label, shape, gpu, crop_seconds)
 
 
 def settings_for(cfg: Any, model_name: str) -> dict[str, Any]:
@@ -176,7 +176,7 @@ def settings_for(cfg: Any, model_name: str) -> dict[str, Any]:
         cfg: A ``TrainConfig`` (``0`` / ``"auto"`` fields take the preset's value).
         model_name: The model trained (its size picks the preset).
     """
-    preset = suggest(model_name, segment_seconds=cfg.segment_seconds)
+    preset = suggest(model_name, crop_seconds=cfg.crop_seconds)
     precision = preset.precision if cfg.precision == "auto" else cfg.precision
     checkpointing = preset.grad_checkpointing if cfg.grad_checkpointing == "auto" else cfg.grad_checkpointing == "on"
     batch_size, grad_accum = cfg.batch_size or preset.batch_size, cfg.grad_accum or preset.grad_accum
@@ -200,13 +200,14 @@ def out_of_memory_error(batch_size: int, grad_accum: int) -> UserError:
     return UserError(
         f"Out of GPU memory with batch_size {batch_size}. Halve it and double grad_accum (batch_size "
         f"{max(1, batch_size // 2)}, grad_accum {grad_accum * 2}) to keep the same effective batch, turn on "
-        "grad_checkpointing, or shorten segment_seconds. Re-running resumes from the last checkpoint."
+        "grad_checkpointing, or shorten crop_seconds (notebook 02: SEGMENT_SECONDS). Re-running resumes from the "
+        "last checkpoint."
     )
 
 
-def table(segment_seconds: float = 30.0) -> list[Preset]:
+def table(crop_seconds: float = 30.0) -> list[Preset]:
     """Presets for small / medium / large on every known GPU."""
-    return [plan(label, shape, gpu, segment_seconds) for gpu in KNOWN_GPUS.values() for label, shape in SIZES.items()]
+    return [plan(label, shape, gpu, crop_seconds) for gpu in KNOWN_GPUS.values() for label, shape in SIZES.items()]
 
 
 def format_table(rows: list[Preset]) -> str:

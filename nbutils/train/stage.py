@@ -24,11 +24,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+import typing
+import warnings
 from typing import Any, Callable
 
 from nbutils.core import config, diskerrors, tracking
 from nbutils.core.config import option
-from nbutils.core.errors import UserError
+from nbutils.core.errors import UserError  # noqa: F401 - tests and users catch train.UserError
 from nbutils.train import dataset as data
 from nbutils.train import history, hub, lora
 from nbutils.train.trainer import ADAPTERS_DIR, Trainer
@@ -38,63 +40,79 @@ PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 CHECKPOINTING = ("auto", "on", "off")
 
 
+MUST, MAY = config.MUST_MATCH, config.MAY_CHANGE
+
+
 @dataclasses.dataclass
 class TrainConfig:
-    """Settings of one LoRA training run. Fields marked in ``MEANINGFUL`` cannot change on resume."""
+    """Settings of one LoRA training run.
 
-    tokens: str = option("", "Folder of token shards written by the tokenize stage (its --out).")
+    ``resume=`` on each field says what a resumed run may change: ``must-match`` settings decide what
+    the weights mean (a change is refused, with what differs and how to start fresh); ``may-change``
+    ones say how long, how often, where to log and how to fit the GPU (a change is accepted and noted).
+    """
+
+    WHAT: typing.ClassVar[str] = "training"
+
+    tokens: str = option("", "Folder of token shards written by the tokenize stage (its --out).", resume=MAY)
     out: str = option("", "Run folder: latest.pt, checkpoints/, adapters/, samples/. Re-running with the "
                           "same folder resumes.")
     model: str = option("", "MusicGen to fine-tune: hub id, local save_pretrained folder, or 'tiny'. "
-                            "Empty: the model the shards were tokenized with.")
-    segment_seconds: float = option(30.0, "Length of a training crop in seconds (MusicGen was trained on 30 s).")
+                            "Empty: the model the shards were tokenized with.", resume=MUST)
+    crop_seconds: float = option(30.0, "Length of a training crop in seconds (MusicGen was trained on 30 s); "
+                                       "formerly segment_seconds.", resume=MUST, aliases=("segment_seconds",))
     cfg_dropout: float = option(data.CFG_DROPOUT, "Probability of training a crop without its text, so "
-                                "classifier-free guidance keeps working (audiocraft's default 0.3).")
-    val_fraction: float = option(0.05, "Share of tracks held out for validation (whole tracks).")
-    val_crops: int = option(256, "At most this many validation crops per evaluation (evenly spaced).")
-    seed: int = option(0, "Seed of the split, data order, crops, CFG dropout and LoRA initialization.")
+                                "classifier-free guidance keeps working (audiocraft's default 0.3).", resume=MUST)
+    val_fraction: float = option(0.05, "Share of tracks held out for validation (whole tracks).", resume=MUST)
+    val_crops: int = option(256, "At most this many validation crops per evaluation (evenly spaced).", resume=MUST)
+    seed: int = option(0, "Seed of the split, data order, crops, CFG dropout and LoRA initialization.", resume=MUST)
     batch_size: int = option(0, "Crops per process per micro-batch; 0 = the GPU preset (nbutils.presets). "
                                 "Set alone, the accumulation makes up the preset's effective batch of 16 "
-                                "(or as near as it divides).")
+                                "(or as near as it divides).", resume=MAY)
     grad_accum: int = option(0, "Micro-batches per optimizer step; 0 = the GPU preset (or what makes up 16 "
-                                "crops with the batch_size you set).")
+                                "crops with the batch_size you set).", resume=MAY)
     precision: str = option("auto", "auto (bf16 on A100/H100/L4, fp16 with loss scaling on T4/V100, fp32 on "
-                                    "CPU), bf16, fp16 or fp32.")
-    grad_checkpointing: str = option("auto", "Recompute activations to save GPU memory: auto (GPU preset), on, off.")
-    lr: float = option(2e-4, "Peak learning rate of AdamW.")
-    weight_decay: float = option(0.01, "AdamW weight decay (on LoRA weights only).")
-    warmup_steps: int = option(100, "Steps of linear warmup from 0 to lr.")
-    scheduler: str = option("cosine", "Decay after warmup: cosine, linear (both to 0 at the last step) or constant.")
-    max_grad_norm: float = option(1.0, "Clip the gradient norm to this (0: no clipping).")
-    max_steps: int = option(0, "Optimizer steps to train; 0 = use epochs.")
-    epochs: int = option(1, "Passes over the training crops (when max_steps is 0).")
-    save_every: int = option(200, "Write latest.pt and a step folder every N steps (also at the end and on stop).")
-    keep_checkpoints: int = option(3, "Step folders to keep in checkpoints/ (older ones are deleted).")
-    eval_every: int = option(0, "Compute the validation loss every N steps; 0 = at every save.")
-    sample_every: int = option(1000, "Generate audio samples every N steps (base model at step 0); 0 = never.")
+                                    "CPU), bf16, fp16 or fp32.", resume=MAY)
+    grad_checkpointing: str = option("auto", "Recompute activations to save GPU memory: auto (GPU preset), on, off.",
+                                     resume=MAY)
+    lr: float = option(2e-4, "Peak learning rate of AdamW.", resume=MUST)
+    weight_decay: float = option(0.01, "AdamW weight decay (on LoRA weights only).", resume=MUST)
+    warmup_steps: int = option(100, "Steps of linear warmup from 0 to lr.", resume=MUST)
+    scheduler: str = option("cosine", "Decay after warmup: cosine, linear (both to 0 at the last step) or constant.",
+                            resume=MUST)
+    max_grad_norm: float = option(1.0, "Clip the gradient norm to this (0: no clipping).", resume=MUST)
+    max_steps: int = option(0, "Optimizer steps to train; 0 = use epochs.", resume=MAY)
+    epochs: int = option(1, "Passes over the training crops (when max_steps is 0).", resume=MAY)
+    save_every: int = option(200, "Write latest.pt and a step folder every N steps (also at the end and on stop).",
+                             resume=MAY)
+    keep_checkpoints: int = option(3, "Step folders to keep in checkpoints/ (older ones are deleted).", resume=MAY)
+    eval_every: int = option(0, "Compute the validation loss every N steps; 0 = at every save.", resume=MAY)
+    sample_every: int = option(1000, "Generate audio samples every N steps (base model at step 0); 0 = never.",
+                               resume=MAY)
     sample_prompts: list[str] = option([], "Fixed prompts for samples; empty = up to 3 descriptions from the "
-                                           "validation tracks.")
-    sample_seconds: float = option(8.0, "Length of each sample in seconds.")
-    log_every: int = option(10, "Flush metrics.jsonl (the loss curve) every N steps.")
+                                           "validation tracks.", resume=MAY)
+    sample_seconds: float = option(8.0, "Length of each sample in seconds.", resume=MAY)
+    log_every: int = option(10, "Flush metrics.jsonl (the loss curve) every N steps.", resume=MAY)
     lora_targets: str = option(lora.DEFAULT_PRESET, "LoRA targets: self-attention (q,k,v,out of the decoder), "
-                                                    "attention (+ cross-attention), all-linear (+ fc1, fc2).")
-    lora_r: int = option(16, "LoRA rank.")
-    lora_alpha: float = option(32.0, "LoRA alpha (scale = alpha / r).")
-    lora_dropout: float = option(0.05, "Dropout on the LoRA input.")
+                                                    "attention (+ cross-attention), all-linear (+ fc1, fc2).",
+                               resume=MUST)
+    lora_r: int = option(16, "LoRA rank.", resume=MUST)
+    lora_alpha: float = option(32.0, "LoRA alpha (scale = alpha / r).", resume=MUST)
+    lora_dropout: float = option(0.05, "Dropout on the LoRA input.", resume=MUST)
     wandb: str = option("auto", "WandB mode: auto (WANDB_MODE if set, else online with WANDB_API_KEY and offline "
-                                "into the run folder without it), online, offline or disabled.")
-    wandb_project: str = option("musicgen-lora", "WandB project.")
-    wandb_name: str = option("", "WandB run name; empty = the run folder's name.")
+                                "into the run folder without it), online, offline or disabled.", resume=MAY)
+    wandb_project: str = option("musicgen-lora", "WandB project.", resume=MAY)
+    wandb_name: str = option("", "WandB run name; empty = the run folder's name.", resume=MAY)
     push_to_hub: str = option("", "Hub repo id (user/name) to upload the final adapter to, with a model card; "
-                                  "needs HF_TOKEN.")
-    hub_private: bool = option(True, "Create the Hub repo as private.")
+                                  "needs HF_TOKEN.", resume=MAY)
+    hub_private: bool = option(True, "Create the Hub repo as private.", resume=MAY)
 
     def __post_init__(self) -> None:
         if isinstance(self.sample_prompts, str):  # "a | b", as notebook 03's PROMPTS: not one prompt per letter
             self.sample_prompts = [p.strip() for p in self.sample_prompts.split("|") if p.strip()]
-        checks = [
+        config.require(self.WHAT, [
             (all(isinstance(p, str) for p in self.sample_prompts), "sample_prompts must be a list of texts"),
-            (self.segment_seconds > 0, "segment_seconds must be positive"),
+            (self.crop_seconds > 0, "crop_seconds must be positive"),
             (0 <= self.cfg_dropout < 1, "cfg_dropout must be in [0, 1)"),
             (0 <= self.val_fraction <= 0.5, "val_fraction must be in [0, 0.5]"),
             (self.batch_size >= 0 and self.grad_accum >= 0, "batch_size and grad_accum must be >= 0 (0 = preset)"),
@@ -102,31 +120,27 @@ class TrainConfig:
             (self.grad_checkpointing in CHECKPOINTING, f"grad_checkpointing must be one of {CHECKPOINTING}"),
             (self.scheduler in SCHEDULERS, f"scheduler must be one of {SCHEDULERS}"),
             (self.lora_targets in lora.PRESETS, f"lora_targets must be one of {tuple(lora.PRESETS)}"),
+            (self.lora_r >= 1, f"lora_r must be at least 1 (got {self.lora_r})"),
+            (self.lora_alpha > 0, f"lora_alpha must be positive (got {self.lora_alpha})"),
+            (0 <= self.lora_dropout < 1, f"lora_dropout must be in [0, 1) (got {self.lora_dropout})"),
             (self.wandb in tracking.MODES, f"wandb must be one of {tracking.MODES}"),
             (self.max_steps >= 0 and self.epochs >= 1, "max_steps must be >= 0 and epochs >= 1"),
             (self.save_every >= 1, "save_every must be >= 1"),
             (self.keep_checkpoints >= 0, "keep_checkpoints must be >= 0"),
             (self.lr > 0 and self.warmup_steps >= 0, "lr must be positive and warmup_steps >= 0"),
             (self.val_crops >= 1, "val_crops must be >= 1 (to train without validation, set val_fraction 0)"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise UserError(f"Invalid training setting: {message}.")
+        ])
 
     @staticmethod
-    def resume_rule() -> tuple[tuple[str, ...], tuple[str, ...]]:
-        """``(MEANINGFUL, HARMLESS)``: what must match to resume a run, and what may change (with a note)."""
-        return MEANINGFUL, HARMLESS
+    def project_defaults(project, given: dict[str, Any]) -> dict[str, Any]:
+        """Notebook 02's folders and model: the project's tokens, its run folder (``runs/<RUN_NAME>``,
+        set by the Connect cell) and its model."""
+        return {"tokens": str(project.paths.tokens), "out": str(project.run_dir), "model": project.model}
 
 
-# What a checkpoint's weights mean: changing any of these refuses to resume (see check_resume).
-MEANINGFUL = ("model", "data", "crop_frames", "effective_batch", "lora_targets", "lora_r", "lora_alpha",
-              "lora_dropout", "seed", "cfg_dropout", "val_fraction", "val_crops", "lr", "weight_decay",
-              "warmup_steps", "scheduler", "max_grad_norm")
-# Accepted on resume (with a note): how long, how often, where to log, how to fit the GPU.
-HARMLESS = ("max_steps", "epochs", "save_every", "keep_checkpoints", "eval_every", "sample_every",
-            "sample_prompts", "sample_seconds", "log_every", "wandb", "wandb_project", "wandb_name",
-            "batch_size", "grad_accum", "precision", "grad_checkpointing", "push_to_hub", "hub_private", "tokens")
+# What the weights also depend on, derived from the settings and the data (``Trainer.identity``):
+# these must match too when a run resumes.
+DERIVED_MUST_MATCH = ("data", "effective_batch")
 
 
 def read_metrics(out: str | os.PathLike) -> list[dict[str, Any]]:
@@ -199,18 +213,23 @@ def _summary(trainer: Trainer, started: float) -> dict[str, Any]:
     }
 
 
-def notebook_config(project, run_name: str = "", **settings: Any) -> TrainConfig:
-    """Notebook 02's settings: the project's tokens, ``runs/<run_name>`` and model, plus ``settings``.
+def config_for(project, **settings: Any) -> TrainConfig:
+    """Notebook 02's settings: the project's tokens, run folder and model, plus ``settings`` (``**SETTINGS``).
 
     Args:
-        project: From ``colab.connect`` / ``colab.current``.
-        run_name: Folder under ``runs/``; a new name starts a new run, the same name resumes.
-            Empty: the project's run (``project.run_dir``), which notebooks 03 and 04 read.
+        project: From ``colab.connect`` / ``colab.current``; its run folder is ``runs/<RUN_NAME>``.
         **settings: Any ``TrainConfig`` field (unknown names are refused with a suggestion).
     """
-    out = project.paths.run(run_name) if run_name else project.run_dir
-    base = {"tokens": str(project.paths.tokens), "out": str(out), "model": project.model}
-    return config.from_dict(TrainConfig, {**base, **settings}, what="training")
+    return config.build(TrainConfig, settings, project=project)
+
+
+def notebook_config(project, run_name: str = "", **settings: Any) -> TrainConfig:
+    """0.1.0's name of ``config_for`` (kept for one release): ``run_name`` picks ``runs/<run_name>``."""
+    warnings.warn("train.notebook_config is now train.config_for (RUN_NAME goes to the Connect cell); the old "
+                  "name works until the next release.", FutureWarning, stacklevel=2)
+    if run_name:
+        settings = {"out": str(project.paths.run(run_name)), **settings}
+    return config_for(project, **settings)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,7 +247,7 @@ def run_cli(args) -> dict[str, Any]:
     from accelerate.state import PartialState
 
     try:
-        summary = run(config.from_args(TrainConfig, args))
+        summary = run(config.build(TrainConfig, args=args))
     finally:
         # Under accelerate launch / torchrun, leave the process group before exiting: otherwise
         # gloo's threads can still be talking to a peer that already exited, and the process

@@ -95,7 +95,7 @@ class Trainer:
             self.log(unlabelled)
         tracks = sorted({data.track_of(s, shard) for shard in opened for s in shard.segments})
         self.split = data.split_tracks(tracks, cfg.val_fraction, cfg.seed)
-        self.crop_frames = max(1, round(cfg.segment_seconds * self.spec.frame_rate))
+        self.crop_frames = max(1, round(cfg.crop_seconds * self.spec.frame_rate))
         self.train_set = data.CropDataset(opened, self.split["train_tracks"], self.crop_frames, train=True,
                                           cfg_dropout=cfg.cfg_dropout, seed=cfg.seed)
         self.val_set = data.CropDataset(opened, self.split["val_tracks"], self.crop_frames, train=False,
@@ -173,13 +173,13 @@ class Trainer:
             data.write_split(self.out, self.split)
             self.metrics.discard()  # lines of a run that never saved
         self.log(f"Starting a new run in {self.out}: {self.model_name}, {len(self.train_set)} training "
-                 f"crops of {self.cfg.segment_seconds:g} s, {len(self.val_set)} validation crops, "
+                 f"crops of {self.cfg.crop_seconds:g} s, {len(self.val_set)} validation crops, "
                  f"{self.total_steps} steps of {self.effective_batch} crops, "
                  f"{self.trainable:,} trainable of {self.total_params:,} parameters.")
         longest = max((s.frames for shard in self.shards for s in shard.segments), default=0)
         if longest < self.crop_frames:
             self.log(f"Note: the token segments are at most {longest / self.spec.frame_rate:g} s long, shorter "
-                     f"than segment_seconds ({self.cfg.segment_seconds:g} s): each crop is a whole segment.")
+                     f"than crop_seconds ({self.cfg.crop_seconds:g} s): each crop is a whole segment.")
         if self.cfg.warmup_steps > self.total_steps:
             self.log(f"Note: warmup_steps ({self.cfg.warmup_steps}) is more than the run's {self.total_steps} "
                      "steps, so the learning rate never reaches lr; lower warmup_steps for a short run.")
@@ -450,10 +450,12 @@ class Trainer:
         """Continue from a checkpoint (see ``checkpoint.restore``); returns notes about accepted changes.
 
         Raises:
-            UserError: when a meaningful setting differs (see ``TrainConfig.resume_rule``).
+            UserError: when a setting or fact the weights depend on differs (the ``must-match``
+                fields of ``TrainConfig``, and ``DERIVED_MUST_MATCH``).
         """
-        meaningful, harmless = self.cfg.resume_rule()
-        return checkpoint.restore(self, state, meaningful, harmless)
+        from nbutils.train.stage import DERIVED_MUST_MATCH
+
+        return checkpoint.restore(self, state, DERIVED_MUST_MATCH)
 
     def save(self) -> None:
         """Write latest.pt + a step folder (main process), after flushing the metrics."""
