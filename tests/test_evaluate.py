@@ -123,7 +123,8 @@ def test_reference_is_the_runs_validation_tracks_from_source_or_decoded(data, pi
     start = int(first.start * rate)
     assert np.allclose(from_source.audio[0][:, 0], wave[start : start + 32_000], atol=1e-6)
 
-    decoded = reference.reference_audio(evaluate.EvalConfig(model="tiny", max_reference=3), pipe, opened, data["run"])
+    decoded = reference.reference_audio(evaluate.EvalConfig(model="tiny", tokens=str(data["tokens"]), max_reference=3),
+                                        pipe, opened, data["run"])
     assert decoded.origins == ["decoded"] * 3 and len(decoded.audio) == 3, "evenly spread, at most max_reference"
     assert all(a.shape == (50 * 640, 1) for a in decoded.audio)
     # without a run (no split.json) the sample is fixed: the same tracks every time
@@ -219,7 +220,8 @@ def test_rerun_resumes_and_other_settings_are_refused(data, tmp_path):
     evaluate.run(cfg)
     assert len(list(out.rglob("*.wav"))) == len(wavs) + 5, "only the torn unit (5 prompts) was redone"
     assert (out / "summary.csv").read_text() == summary, "resumed equals uninterrupted"
-    with pytest.raises(UserError, match=r"other settings \(seconds: 0.5 -> 2.0\).*delete this one"):
+    with pytest.raises(UserError, match=r"(?s)other settings, so it cannot be continued:\n  seconds: 0.5 -> 2.0\n.*"
+                                        r"another --out .*or delete"):
         evaluate.run(eval_config(data, out, samples_per_prompt=1, num_prompts=1, seconds=2.0))
 
 
@@ -251,7 +253,7 @@ def test_a_failed_start_does_not_block_the_corrected_command(data, tmp_path):
     out = tmp_path / "eval"
     with pytest.raises(UserError, match="neither an existing folder or file nor a Hub repo id"):
         evaluate.run(eval_config(data, out, adapters=[str(data["run"] / "adapters" / "bets")]))
-    with pytest.raises(UserError, match="Pass --tokens"):
+    with pytest.raises(UserError, match="pass tokens .* or prompts"):
         evaluate.run(eval_config(data, out, tokens=""))
     assert not (out / "eval_config.json").exists()
     results = evaluate.run(eval_config(data, out, samples_per_prompt=1, num_prompts=1))
@@ -335,7 +337,8 @@ def test_cli_contract(data, tmp_path):
     for key in ("summary_csv", "per_prompt_csv", "json", "plot"):
         assert Path(summary[key]).is_file()
     assert {r["model"] for r in summary["summary"]} == {"base", "lora-final", "held-out"}
-    missing = run_cli("evaluate", "--model", "tiny", "--out", str(out / "x"), "--clap", "tiny", check=False)
+    missing = run_cli("evaluate", "--model", "tiny", "--out", str(out / "x"), "--clap", "tiny", "--tokens",
+                      str(data["tokens"]), check=False)
     assert missing.returncode == 2 and "No adapter to evaluate" in missing.stderr
 
 
@@ -405,7 +408,8 @@ def test_nfd_and_unflagged_utf8_member_names_are_found_in_their_zip(tmp_path, pi
     names = {"Música/Café del Mar.wav": unicodedata.normalize("NFD", "Música/Café del Mar.wav"),
              "Björk/Jóga.wav": "Björk/Jóga.wav|no-utf8-flag", "plain/song.wav": "plain/song.wav"}
     opened, waves = _named_tokens(tmp_path, names)
-    cfg = evaluate.EvalConfig(model="tiny", zips=str(tmp_path / "zips"), max_reference=8)
+    cfg = evaluate.EvalConfig(model="tiny", tokens=str(tmp_path / "tokens"), zips=str(tmp_path / "zips"),
+                              max_reference=8)
     got = reference.reference_audio(cfg, pipe, opened, None)
     chosen = reference.held_out_segments(opened, None, 8)[0]
     assert len(got.audio) == len(chosen) >= 1
@@ -427,13 +431,14 @@ def test_an_oversize_member_is_refused_by_the_cap_and_its_segment_decoded_with_t
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     opened, _ = _named_tokens(tmp_path, {"big/track.wav": "big/track.wav"})
-    small = evaluate.EvalConfig(model="tiny", zips=str(tmp_path / "zips"), max_member_mb=0.01)  # 10 KiB < 125 KiB
+    small = evaluate.EvalConfig(model="tiny", tokens=str(tmp_path / "tokens"), zips=str(tmp_path / "zips"),
+                                max_member_mb=0.01)  # 10 KiB < 125 KiB
     got = reference.reference_audio(small, pipe, opened, None)
     assert got.origins == ["decoded"]
     ((why, count),) = got.why_decoded.items()
     assert count == 1 and "over the 10485 bytes per-file cap (zip-bomb guard" in why
     assert not list(scratch.iterdir()), "the extraction folder is removed"
-    roomy_cfg = evaluate.EvalConfig(model="tiny", zips=str(tmp_path / "zips"))
+    roomy_cfg = evaluate.EvalConfig(model="tiny", tokens=str(tmp_path / "tokens"), zips=str(tmp_path / "zips"))
     roomy = reference.reference_audio(roomy_cfg, pipe, opened, None)
     assert roomy.origins == ["source"]
 
@@ -495,5 +500,5 @@ def test_a_0_1_0_evaluation_folder_resumes_and_keeps_its_name(data, tmp_path):
     evaluate._check_resumable(cfg, out)  # same settings: no refusal
     blob = json.dumps({k: flat[k] for k in evaluate.RESULT_KEYS}, sort_keys=True, separators=(",", ":"))
     assert config.config_hash(cfg, evaluate.RESULT_KEYS) == hashlib.sha256(blob.encode()).hexdigest()[:16]
-    with pytest.raises(UserError, match=r"other settings \(top_k: 100 -> 250\)"):
+    with pytest.raises(UserError, match=r"other settings, so it cannot be continued:\n  top_k: 100 -> 250\n"):
         evaluate.run(eval_config(data, out, samples_per_prompt=1, num_prompts=1))

@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
+import typing
 from pathlib import Path
 from typing import Any
 
 from nbutils.core import atomic, config, devices, diskerrors
 from nbutils.core.config import option
-from nbutils.core.errors import UserError
 from nbutils.core.sampling import SamplingConfig
 from nbutils.evaluate import clap, clips, prompts, reference, report
 from nbutils.evaluate.report import BASE
@@ -39,35 +38,44 @@ from nbutils.generate.musicgen import Pipeline
 from nbutils.tokenize import archive, shards
 
 MIN_REFERENCE_SECONDS = 0.1  # 5 code frames: shorter held-out audio is nothing CLAP can embed
-# settings that change the numbers: a folder holding results for other values is not resumed
-# (flat names: the sampling settings by their own names, as 0.1.0 recorded them)
-RESULT_KEYS = (
-    "model", "adapters", "checkpoints", "clap", "prompts", "tokens", "zips", "num_prompts", "samples_per_prompt",
-    "seconds", "seed", "max_reference", "reference_seconds", "guidance_scale", "temperature", "top_k", "top_p",
-    "batch_size",
-)
+MUST = config.MUST_MATCH
 
 
 @dataclasses.dataclass
 class EvalConfig:
-    """One evaluation: which models, which prompts and seeds, which reference, where to write."""
+    """One evaluation: which models, which prompts and seeds, which reference, where to write.
 
-    model: str = option("", "Base MusicGen: Hub id, local save_pretrained folder, or 'tiny'.")
-    adapters: list[str] = option([], "LoRA adapter to compare with the base model (PEFT folder, Hub id, latest.pt, step checkpoint or run folder); repeat for several.", flag="--adapter")
-    checkpoints: bool = option(False, "Also evaluate every checkpoints/step-XXXXXX of the adapter's training run.")
+    The ``must-match`` settings change the numbers: a folder holding results for other values is
+    not continued. The others (where to write, device, precision) are not compared.
+    """
+
+    WHAT: typing.ClassVar[str] = "evaluation"
+
+    model: str = option("", "Base MusicGen: Hub id, local save_pretrained folder, or 'tiny'.", resume=MUST)
+    adapters: list[str] = option([], "LoRA adapter to compare with the base model (PEFT folder, Hub id, latest.pt, "
+                                     "step checkpoint or run folder); repeat for several.", flag="--adapter",
+                                 resume=MUST)
+    checkpoints: bool = option(False, "Also evaluate every checkpoints/step-XXXXXX of the adapter's training run.",
+                               resume=MUST)
     out: str = option("eval", "Folder for the tables, plot and generated samples (re-running resumes).")
-    clap: str = option(clap.DEFAULT_CLAP, "CLAP model: Hub id, local folder, or 'tiny'.")
-    prompts: str = option("", "Prompt file: one style prompt per line, or JSON {\"style\": [...], \"generic\": [...]}; empty: training descriptions + generic prompts.")
-    tokens: str = option("", "Token shards of the training data: held-out reference audio and default prompts.")
-    zips: str = option("", "Folder with the source ZIPs; reference segments are read from there when present, else decoded from the shards.")
-    num_prompts: int = option(4, "Style prompts taken from the training descriptions (most frequent first) when no prompt file is given.")
-    samples_per_prompt: int = option(2, "Clips per prompt and model; clip i is seeded with seed + i.")
-    seconds: float = option(10.0, "Seconds per generated clip (CLAP listens in 10 s windows).")
-    seed: int = option(0, "Base seed: the same seed gives the same clips and numbers.")
-    max_reference: int = option(32, "At most this many held-out segments form the style reference (evenly spread).")
-    reference_seconds: float = option(10.0, "Seconds of each held-out segment that are used.")
-    sampling: SamplingConfig = config.nested(SamplingConfig, "How the clips' tokens are drawn: guidance, temperature, top-k, top-p.")
-    batch_size: int = option(8, "Prompts generated together.")
+    clap: str = option(clap.DEFAULT_CLAP, "CLAP model: Hub id, local folder, or 'tiny'.", resume=MUST)
+    prompts: str = option("", "Prompt file: one style prompt per line, or JSON {\"style\": [...], \"generic\": [...]}; "
+                              "empty: training descriptions + generic prompts.", resume=MUST)
+    tokens: str = option("", "Token shards of the training data: held-out reference audio and default prompts.",
+                         resume=MUST)
+    zips: str = option("", "Folder with the source ZIPs; reference segments are read from there when present, else "
+                           "decoded from the shards.", resume=MUST)
+    num_prompts: int = option(4, "Style prompts taken from the training descriptions (most frequent first) when no "
+                                 "prompt file is given.", resume=MUST)
+    samples_per_prompt: int = option(2, "Clips per prompt and model; clip i is seeded with seed + i.", resume=MUST)
+    seconds: float = option(10.0, "Seconds per generated clip (CLAP listens in 10 s windows).", resume=MUST)
+    seed: int = option(0, "Base seed: the same seed gives the same clips and numbers.", resume=MUST)
+    max_reference: int = option(32, "At most this many held-out segments form the style reference (evenly spread).",
+                                resume=MUST)
+    reference_seconds: float = option(10.0, "Seconds of each held-out segment that are used.", resume=MUST)
+    sampling: SamplingConfig = config.nested(SamplingConfig, "How the clips' tokens are drawn: guidance, temperature, "
+                                                             "top-k, top-p.", resume=MUST)
+    batch_size: int = option(8, "Prompts generated together.", resume=MUST)
     device: str = option("auto", "cuda, cpu, or auto.")
     precision: str = option("auto", "auto (bf16 on GPUs that run it natively, fp16 on other GPUs, fp32 on CPU), "
                                     "bf16, fp16 or fp32.", aliases=("dtype",))
@@ -79,7 +87,11 @@ class EvalConfig:
             self.adapters = [self.adapters] if self.adapters else []
         self.device = devices.device_name(self.device)
         self.precision = devices.precision_name(self.precision)
-        config.require("evaluation", [
+        config.require(self.WHAT, [
+            (bool(self.model), "model is needed (--model; notebooks: MODEL, or the project's). Example: python -m "
+                               "nbutils evaluate --model tiny --adapter runs/lora --tokens tokens --out eval --clap tiny"),
+            (bool(self.tokens or self.prompts), "pass tokens (the training shards: reference audio and prompts) or "
+                                                "prompts (a prompt file), or both"),
             (self.samples_per_prompt >= 1, "samples_per_prompt must be at least 1"),
             (self.seconds > 0, "seconds must be positive"),
             (self.max_reference >= 1, "max_reference must be at least 1"),
@@ -91,6 +103,20 @@ class EvalConfig:
             (self.max_member_mb > 0, "max_member_mb must be positive"),
         ])
 
+    @staticmethod
+    def project_defaults(project, given: dict[str, Any]) -> dict[str, Any]:
+        """Notebook 04's model, adapter, tokens and ZIPs from the project, and its output folder
+        ``PROJECT_ROOT/eval/eval-<settings hash>``: the same settings resume there, other settings
+        get their own folder (earlier results stay)."""
+        adapter = generate.default_adapter(project)
+        paths = project.paths
+        defaults = {"model": project.model, "adapters": [adapter] if adapter else [], "tokens": str(paths.tokens),
+                    "zips": str(paths.zips)}
+        if "out" not in given:
+            draft = config.from_dict(EvalConfig, {**defaults, **given})
+            defaults["out"] = str(paths.eval / f"eval-{config.config_hash(draft, RESULT_KEYS)[:8]}")
+        return defaults
+
     def generation(self, texts: list[str], out: Path) -> generate.GenerateConfig:
         """The generation settings every model gets (same prompts, seeds and sampling)."""
         return generate.GenerateConfig(
@@ -98,6 +124,11 @@ class EvalConfig:
             variations=self.samples_per_prompt, sampling=self.sampling, batch_size=self.batch_size,
             device=self.device, precision=self.precision,
         )
+
+
+# The settings that change the numbers (by their flat names, as 0.1.0 recorded them): the folder
+# name of notebook 04's results hashes exactly these.
+RESULT_KEYS = config.resume_keys(EvalConfig, MUST)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -112,16 +143,11 @@ def _check_resumable(cfg: EvalConfig, out: Path) -> None:
     so a run that failed on a typo does not claim the folder for its wrong settings.
     """
     record = out / "eval_config.json"
-    if record.exists():
-        old = atomic.read_json(record)
-        # compared by flat names: a record written before sampling was nested reads the same
-        diffs = config.differences(config.flatten(EvalConfig, old), config.flatten(EvalConfig, config.to_dict(cfg)),
-                                   RESULT_KEYS)
-        if diffs:
-            raise UserError(
-                f"{out} holds an evaluation with other settings ({'; '.join(diffs)}). Use another --out / "
-                "output folder, or delete this one to start fresh."
-            )
+    if record.exists():  # a record written before sampling was nested (0.1.0) reads the same
+        refused = config.resume_differences(EvalConfig, atomic.read_json(record), config.to_dict(cfg)).refused
+        if refused:
+            raise config.resume_refusal(out, refused, kind="evaluation folder", holds="results",
+                                        fresh="use another --out (notebook 04 picks a folder per settings)")
 
 
 def _record_settings(cfg: EvalConfig, out: Path) -> None:
@@ -159,7 +185,7 @@ def _generate_all(cfg: EvalConfig, specs: list[str], texts: list[str], out: Path
 
 def _score(cfg: EvalConfig, samples: list[dict], sets: dict[str, list[str]], ref, sample_rate: int):
     """Per-prompt and summary rows: CLAP embeddings of every clip, prompt and reference segment."""
-    print(f"Scoring {len(samples)} clips with CLAP '{cfg.clap}'...", file=sys.stderr)
+    print(f"Scoring {len(samples)} clips with CLAP '{cfg.clap}'...")
     scorer = clap.load(cfg.clap, device=devices.pick_device(cfg.device))
     texts = [p for name in prompts.PROMPT_SETS for p in sets.get(name, [])]
     audio_emb = clap.audio_embeddings(scorer, [clips.read_wav(s["path"]) for s in samples], sample_rate)
@@ -176,8 +202,6 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     specs = clips.adapter_specs(cfg)
     generate.release()  # a model loaded by notebook 03 in this runtime would double GPU memory
     all_shards = shards.open_all(cfg.tokens) if cfg.tokens else []
-    if not all_shards and not cfg.prompts:
-        raise UserError("Pass --tokens (the training shards: reference audio and prompts) or --prompts FILE.")
     sets = prompts.prompt_sets(all_shards, cfg.prompts, cfg.num_prompts)
     texts = [p for name in prompts.PROMPT_SETS for p in sets.get(name, [])]
     _record_settings(cfg, out)  # the inputs are valid: the folder now holds this evaluation
@@ -192,22 +216,10 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 
 
-def config_for(project, **values: Any) -> EvalConfig:
-    """An ``EvalConfig`` for notebook 04: model, adapter, tokens and ZIPs from the project.
-
-    The output folder is ``PROJECT_ROOT/eval/eval-<settings hash>``: re-running with the same
-    settings resumes there, other settings get their own folder (earlier results stay).
-    """
-    values = {k: v for k, v in values.items() if v is not None and v != ""}
-    adapter = values.pop("adapter", "") or generate.default_adapter(project)
-    values.setdefault("adapters", [adapter] if adapter else [])
-    values.setdefault("model", project.model)
-    values.setdefault("tokens", str(project.paths.tokens))
-    values.setdefault("zips", str(project.paths.zips))
-    cfg = config.from_dict(EvalConfig, values)
-    if "out" not in values:
-        cfg.out = str(project.paths.eval / f"eval-{config.config_hash(cfg, RESULT_KEYS)[:8]}")
-    return cfg
+def config_for(project, **settings: Any) -> EvalConfig:
+    """An ``EvalConfig`` for notebook 04: model, adapter, tokens, ZIPs and output folder from the project
+    (``EvalConfig.project_defaults``), plus ``settings`` (``**SETTINGS``)."""
+    return config.build(EvalConfig, settings, project=project)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,10 +232,6 @@ def add_cli(parser: argparse.ArgumentParser) -> None:
 
 
 def run_cli(args: argparse.Namespace) -> dict[str, Any]:
-    cfg = config.from_args(EvalConfig, args)
-    if not cfg.model:
-        raise UserError("Missing --model. Example: python -m nbutils evaluate --model tiny --adapter runs/lora "
-                        "--tokens tokens --out eval --clap tiny")
-    results = run(cfg)
+    results = run(config.build(EvalConfig, args=args))
     return {**results["files"], "summary": results["summary"], "forgetting_generic_clap_text":
             results["forgetting_generic_clap_text"], "reference": results["reference"]}

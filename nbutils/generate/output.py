@@ -199,3 +199,41 @@ def save(clips: list, cfg, pipe, out: str | Path) -> list[dict[str, Any]]:
             atomic.write_json(wav.with_suffix(".json"), record)
             records.append({**record, "path": str(wav), "sidecar": str(wav.with_suffix(".json"))})
     return records
+
+
+def find_saved(cfg, out: str | Path, variants: Iterable[str], fingerprint: str = "") -> list[dict[str, Any]] | None:
+    """The clips of an earlier identical request in ``out``, in the order ``save`` returns them, or None.
+
+    A saved clip counts when its sidecar holds exactly ``cfg``'s parameters (``reuse`` aside), the
+    adapter's weights have the ``fingerprint`` they have now, and its WAV is there. Every prompt x
+    variation x variant needs one; the newest is taken. None when any is missing.
+
+    Args:
+        cfg: The ``GenerateConfig`` asked for.
+        variants: The models it runs (``cfg.variants``).
+        fingerprint: The adapter's weights fingerprint ('' without an adapter).
+    """
+    wanted = {k: v for k, v in config.to_dict(cfg).items() if k != "reuse"}
+    found: dict[tuple, list[dict[str, Any]]] = {}
+    for path in sorted(Path(out).expanduser().glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True):
+        try:
+            record = atomic.read_json(path)
+        except (OSError, ValueError):
+            continue  # not a sidecar, or damaged: never reused
+        if not isinstance(record, dict) or not isinstance(record.get("parameters"), dict):
+            continue
+        loaded = record.get("adapter_loaded") or {}
+        wav = path.with_suffix(".wav")
+        if ({k: v for k, v in record["parameters"].items() if k != "reuse"} == wanted and wav.is_file()
+                and (loaded.get("fingerprint") or "") == fingerprint):
+            key = (record.get("prompt"), record.get("variation"), record.get("variant"))
+            found.setdefault(key, []).append({**record, "path": str(wav), "sidecar": str(path)})
+    records = []
+    for variation in range(cfg.variations):
+        for prompt in cfg.prompts:  # the same prompt twice is two takes: each takes its own clip
+            for variant in variants:
+                takes = found.get((prompt, variation, variant))
+                if not takes:
+                    return None
+                records.append(takes.pop(0))
+    return records

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,8 @@ def seed_rule(variations: int = 1) -> str:
 class GenerateConfig:
     """Everything one generation request needs (also written into every sidecar)."""
 
+    WHAT: typing.ClassVar[str] = "generation"
+
     model: str = option("", "MusicGen: a Hub id (facebook/musicgen-small...), a local save_pretrained folder, or 'tiny'.")
     adapter: str = option("", "LoRA adapter: a PEFT folder, a Hub repo id, a training latest.pt, step checkpoint or run folder; empty = base model only.")
     prompts: list[str] = option([], "Text prompt; repeat --prompt for several (they are generated as a batch).", flag="--prompt")
@@ -73,14 +75,19 @@ class GenerateConfig:
     precision: str = option("auto", "auto (bf16 on GPUs that run it natively, fp16 on other GPUs, fp32 on CPU), "
                                     "bf16, fp16 or fp32.", aliases=("dtype",))
     merge: bool = option(False, "Merge the LoRA into the weights for speed (not with compare=both).")
+    reuse: bool = option(False, "Reuse the clips saved in --out with exactly these settings (same prompts, seeds, "
+                                "model and adapter weights) instead of generating them again; if any is missing, "
+                                "generate them all.")
 
     def __post_init__(self):
-        if isinstance(self.prompts, str):
-            self.prompts = [self.prompts]
+        if isinstance(self.prompts, str):  # one notebook field: prompts separated by | or new lines
+            self.prompts = split_prompts(self.prompts)
         self.device = devices.device_name(self.device)
         self.precision = devices.precision_name(self.precision)
         window = self.window_seconds
-        config.require("generation", [
+        config.require(self.WHAT, [
+            (bool(self.model), "model is needed: a Hub id (facebook/musicgen-small), a local save_pretrained folder "
+                               "or 'tiny' (--model; notebooks: MODEL, or the project's)"),
             (self.seconds > 0, "seconds must be positive"),
             (self.variations >= 1, "variations must be at least 1"),
             (seed_ok(self.seed, self.variations), seed_rule(self.variations)),
@@ -91,6 +98,17 @@ class GenerateConfig:
              f"context_seconds ({self.context_seconds}) must be shorter than the window ({window:g} s)"),
             (not (self.merge and self.compare == "both"), "merge cannot be combined with compare=both (A/B needs the unmerged adapter)"),
         ])
+
+    @staticmethod
+    def project_defaults(project, given: dict[str, Any]) -> dict[str, Any]:
+        """Notebook 03's model and output folder, and the project's trained adapter (when ``adapter``
+        is empty: the newest of adapters/best, adapters/final, latest.pt)."""
+        defaults = {"model": project.model, "out": str(project.paths.generated)}
+        if not given.get("adapter"):
+            defaults["adapter"] = default_adapter(project)
+            if not defaults["adapter"]:
+                print("No trained adapter in this project yet: generating with the base model only.")
+        return defaults
 
     def variants(self, has_adapter: bool) -> tuple[str, ...]:
         """The models to run, in order: ``("base",)``, ``("lora",)`` or ``("base", "lora")``."""
@@ -132,7 +150,7 @@ def pipeline(cfg: GenerateConfig) -> Pipeline:
         release()  # the old model goes before the new one loads, even if a notebook variable holds it
         _LOADED = Pipeline(cfg.model, cfg.adapter, device=cfg.device, precision=cfg.precision, merge=cfg.merge)
         what = f"{cfg.model} + adapter {_LOADED.adapter.location}" if _LOADED.adapter else f"{cfg.model} (no adapter)"
-        print(f"Loaded {what} on {_LOADED.device} ({str(_LOADED.dtype).replace('torch.', '')}).", file=sys.stderr)
+        print(f"Loaded {what} on {_LOADED.device} ({str(_LOADED.dtype).replace('torch.', '')}).")
     return _LOADED
 
 
@@ -153,10 +171,14 @@ def batches(items: list[str], size: int) -> list[list[str]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-def sample_clips(pipe: Pipeline, cfg: GenerateConfig) -> list[Clip]:
-    """Every prompt x variation x model of ``cfg`` as ``Clip``s (A/B pairs adjacent)."""
+def _require_prompts(cfg: GenerateConfig) -> None:
     if not cfg.prompts:
         raise UserError("No prompt given. Pass --prompt TEXT (repeat it for several) or fill PROMPTS in the notebook.")
+
+
+def sample_clips(pipe: Pipeline, cfg: GenerateConfig) -> list[Clip]:
+    """Every prompt x variation x model of ``cfg`` as ``Clip``s (A/B pairs adjacent)."""
+    _require_prompts(cfg)
     variants = cfg.variants(pipe.adapter is not None)
     prepared = pipe.prepare(cfg)  # audio prompt, chroma, windows: once for every batch, variation and variant
     clips: list[Clip] = []
@@ -178,13 +200,26 @@ def _pair_order(clips: list[Clip]) -> list[Clip]:
 
 @diskerrors.guard("out")  # a read-only or full --out is a message, not a traceback
 def run(cfg: GenerateConfig, pipe: Pipeline | None = None) -> list[dict[str, Any]]:
-    """Generate and save everything ``cfg`` asks for; returns one record per WAV written."""
+    """Generate and save everything ``cfg`` asks for; returns one record per WAV written.
+
+    With ``cfg.reuse``, the clips saved earlier in ``cfg.out`` with exactly these settings are
+    returned instead, when all of them are there (no model is loaded then).
+    """
     out = output.output_folder(cfg.out)  # a file in the way is refused before the model loads
+    _require_prompts(cfg)
+    if cfg.reuse:
+        variants = cfg.variants(bool(cfg.adapter))
+        fingerprint = adapters.fingerprint(cfg.adapter) if cfg.adapter else ""
+        saved = output.find_saved(cfg, out, variants, fingerprint)
+        if saved is not None:
+            print(f"Reusing {len(saved)} clip(s) saved earlier in {out} with these settings (reuse=False, or "
+                  "another seed, makes new ones).")
+            return saved
     pipe = pipe or pipeline(cfg)
     clips = sample_clips(pipe, cfg)
     records = output.save(clips, cfg, pipe, out)
     for r in records:
-        print(f"{r['variant']:>4}  {r['seconds']:.1f} s  x{r['realtime_factor']:.2f} real time  {r['path']}", file=sys.stderr)
+        print(f"{r['variant']:>4}  {r['seconds']:.1f} s  x{r['realtime_factor']:.2f} real time  {r['path']}")
     return records
 
 
@@ -220,23 +255,12 @@ def default_adapter(project) -> str:
     return ""
 
 
-def config_for(project, **values: Any) -> GenerateConfig:
-    """A ``GenerateConfig`` for a notebook: model, adapter and output folder from the project.
-
-    Empty ``adapter`` means the project's trained adapter when there is one; ``prompts`` may
-    be one string with ``|`` between prompts. Notebook cells call it each time they run, with the
-    parameters as they are then.
+def config_for(project, **settings: Any) -> GenerateConfig:
+    """A ``GenerateConfig`` for a notebook: model, adapter and output folder from the project, plus
+    ``settings`` (``**SETTINGS``; empty ``adapter``: the project's trained one; ``prompts`` may be one
+    text with ``|`` between prompts). Cells call it each time they run, with the parameters as they are then.
     """
-    values = {k: v for k, v in values.items() if v is not None}
-    if isinstance(values.get("prompts"), str):
-        values["prompts"] = split_prompts(values["prompts"])
-    values.setdefault("model", project.model)
-    if not values.get("adapter"):
-        values["adapter"] = default_adapter(project)
-        if not values["adapter"]:
-            print("No trained adapter in this project yet: generating with the base model only.", file=sys.stderr)
-    values.setdefault("out", str(project.paths.generated))
-    return config.from_dict(GenerateConfig, values)
+    return config.build(GenerateConfig, settings, project=project)
 
 
 def players(records: list[dict[str, Any]]):
@@ -259,9 +283,8 @@ def add_cli(parser: argparse.ArgumentParser) -> None:
 
 
 def run_cli(args: argparse.Namespace) -> dict[str, Any]:
-    cfg = config.from_args(GenerateConfig, args)
-    missing = [flag for flag, value in (("--model", cfg.model), ("--prompt", cfg.prompts)) if not value]
-    if missing:
-        raise UserError(f"Missing {' and '.join(missing)}. Example: python -m nbutils generate --model tiny "
-                        "--prompt 'calm piano' --seconds 5 --out generated")
+    cfg = config.build(GenerateConfig, args=args)
+    if not cfg.prompts:
+        raise UserError("Missing --prompt. Example: python -m nbutils generate --model tiny --prompt 'calm piano' "
+                        "--seconds 5 --out generated")
     return summary(run(cfg))
