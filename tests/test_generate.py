@@ -113,6 +113,49 @@ def test_sixty_seconds_with_the_models_own_window(pipe, tmp_path):
     assert pipe.window_seconds == 30.0
 
 
+# What others save: generation_config.json with max_new_tokens only, with neither limit, or with an
+# unusual max_length (transformers 4's default of 20). (generation config, its window in seconds)
+FOREIGN = {
+    "max_new_tokens-only": ({"max_length": None, "max_new_tokens": 1500}, 30.0),
+    "neither": ({"max_length": None, "max_new_tokens": None}, 2048 / 50),  # the decoder's max_position_embeddings
+    "max_length-20": ({"max_length": 20, "max_new_tokens": None}, 0.4),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(FOREIGN))
+def test_a_checkpoint_saved_by_others_generates_and_evaluates(kind, tmp_path, capsys):
+    """Issue 11: a folder whose generation config lacks max_length crashed in Pipeline.window_seconds."""
+    from nbutils.core import models
+    from nbutils.evaluate import stage as evaluate
+
+    settings, window = FOREIGN[kind]
+    folder = tmp_path / "foreign"
+    model, processor = models.build_tiny("tiny")
+    for name, value in settings.items():
+        setattr(model.generation_config, name, value)
+    model.save_pretrained(str(folder))
+    processor.save_pretrained(str(folder))
+    saved = json.loads((folder / "generation_config.json").read_text())
+    assert {k: saved.get(k) for k in settings} == settings, "the folder holds the generation config under test"
+
+    records = generate.run(cfg(tmp_path, model=str(folder), seconds=1.0))
+    # the short window: 20 frames, then 14 new after 6 of context each
+    assert read(records[0]).shape == (SR, 1) and records[0]["windows"] == (4 if window < 1 else 1)
+    loaded = generate.pipeline(cfg(tmp_path, model=str(folder)))
+    assert loaded.window_seconds == pytest.approx(window)
+    generate.release()
+    if window < 1:  # a window shorter than the 10 s context: a third of it continues each window
+        assert "each window continues the last 0.12 s instead" in capsys.readouterr().out
+
+    adapter = save_peft(peft_model(str(folder), model=models.load_musicgen(str(folder))[0]), tmp_path / "adapter")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("calm piano\n")
+    results = evaluate.run(config.from_dict(evaluate.EvalConfig, {
+        "model": str(folder), "adapters": [str(adapter)], "prompts": str(prompts), "clap": "tiny", "seconds": 0.5,
+        "samples_per_prompt": 1, "out": str(tmp_path / "eval")}))
+    assert {row["model"] for row in results["summary"]} == {"base", "adapter"}
+
+
 def test_each_window_continues_the_codes_before_it(pipe):
     """The last `context` frames of what exists become the next window's prompt, unchanged, and
     the codes of all windows are kept in order (decoded once: joins are exact)."""

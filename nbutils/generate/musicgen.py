@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -133,8 +134,8 @@ class Pipeline:
 
     @property
     def window_seconds(self) -> float:
-        """The model's own window (``generation_config.max_length`` frames: 30 s for every MusicGen)."""
-        return self.model.generation_config.max_length / self.spec.frame_rate
+        """The model's own window (30 s for every ``facebook/musicgen-*``; see ``sampling.own_window``)."""
+        return sampling.own_window(self.model, self.spec.frame_rate) / self.spec.frame_rate
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -227,10 +228,20 @@ class Pipeline:
         return melody.chroma(wave, self.spec.sample_rate).to(self.device, self.model.dtype)
 
     def windows(self, window_seconds: float = 0.0, context_seconds: float = 10.0) -> sampling.Windows:
+        """The window plan: ``window_seconds`` (0: the model's own) with ``context_seconds`` of context.
+
+        A model whose own window is shorter than the context (a checkpoint saved with a short
+        generation limit) continues the last third of each window instead, with a note.
+        """
         own = self.window_seconds
         window = window_seconds or own
         if window > own + 1e-9:
             raise UserError(f"window_seconds {window} exceeds the model's window of {own:g} s; use {own:g} or less.")
+        if context_seconds >= window and not window_seconds:
+            shorter = math.floor(window * self.spec.frame_rate / 3) / self.spec.frame_rate
+            print(f"Note: {self.model_name} generates windows of {own:g} s (its generation config), shorter than "
+                  f"context_seconds {context_seconds:g}: each window continues the last {shorter:g} s instead.")
+            context_seconds = shorter
         if context_seconds >= window:
             raise UserError(f"context_seconds ({context_seconds}) must be shorter than the window ({window:g} s).")
         rate = self.spec.frame_rate

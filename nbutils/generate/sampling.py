@@ -48,6 +48,24 @@ class Windows:
         return windows
 
 
+DEFAULT_WINDOW_SECONDS = 30.0  # what MusicGen was trained on: every facebook/musicgen-* window
+
+
+def own_window(model, frame_rate: int) -> int:
+    """Frames one ``generate`` call may hold for ``model``: its window.
+
+    The generation config's limit (``max_new_tokens``, else ``max_length``: 1500 frames, 30 s, in
+    every ``facebook/musicgen-*``), else the decoder's ``max_position_embeddings``, else 30 s. A
+    checkpoint saved by others may set either limit, neither, or an unusual one.
+    """
+    gen = getattr(model, "generation_config", None)
+    for limit in (getattr(gen, "max_new_tokens", None), getattr(gen, "max_length", None),
+                  getattr(model.config.decoder, "max_position_embeddings", None)):
+        if isinstance(limit, int) and limit > 0:
+            return limit
+    return round(DEFAULT_WINDOW_SECONDS * frame_rate)
+
+
 def frames_for(seconds: float, spec: AudioSpec) -> tuple[int, int]:
     """``(samples, frames)`` for a duration: samples rounded, frames enough to cover them."""
     samples = int(round(seconds * spec.sample_rate))
