@@ -137,12 +137,10 @@ def test_connect_reads_the_project_and_overrides_only_this_runtime(local, capsys
 
 
 def test_missing_project_and_lost_runtime_say_which_cell_to_run(local):
-    with pytest.raises(UserError, match="Run notebook 00_setup first.*3. Mount Drive and create the project"):
+    with pytest.raises(UserError, match="Run notebook 00_setup first \\(its cell '2. Connect'\\)"):
         colab.connect(local / "nothing-here", notebook="01_tokenize")
     with pytest.raises(UserError, match="cell '2. Connect'"):
         colab.current()
-    with pytest.raises(UserError, match="cell '3. Mount Drive and create the project'"):
-        colab.current(cell=colab.PROJECT_CELL)
 
 
 def test_drive_path_outside_colab_is_refused(local):
@@ -234,6 +232,27 @@ def test_a_dead_drive_mount_is_remounted_by_the_connect_cell(fake_colab, monkeyp
     project = colab.connect(root, notebook="02_train")
     assert "connection died" in capsys.readouterr().out and project.model == "tiny"
     assert fake_colab.calls("drive.mount")[-1]["force_remount"] is True and colab.drive_mounted()
+
+
+def test_the_long_job_reminder_names_the_flush_cell_of_the_notebook_that_wrote(fake_colab, monkeypatch, capsys):
+    """Only the runtime that wrote can flush it: the reminder names that notebook's flush cell."""
+    import IPython
+
+    class Shell:
+        def __init__(self):
+            self.events = type("Events", (), {"register": lambda _, name, f: setattr(self, name, f)})()
+
+    shell = Shell()
+    monkeypatch.setattr(IPython, "get_ipython", lambda: shell)
+    monkeypatch.setattr(colab.drive, "LONG_CELL_SECONDS", 0)
+    monkeypatch.setattr(colab.drive, "drive_mounted", lambda: True)
+    for name, expected in (("01_tokenize", "run cell '6. Before you close the tab: flush Drive' of this notebook"),
+                           ("02_train", "run cell '6. Before you close the tab: flush Drive' of this notebook"),
+                           ("04_evaluate", "run colab.flush_drive() in a new cell of this notebook")):
+        colab.drive.offer_flush_after_long_cells(name)  # what connect(notebook=...) does
+        shell.pre_run_cell()
+        shell.post_run_cell()
+        assert expected in capsys.readouterr().out, name
 
 
 def test_rerunning_setup_keeps_the_saved_model_unless_asked(local, capsys):
@@ -337,8 +356,9 @@ def test_setup_notebook_on_colab(tmp_path, monkeypatch):
     assert colab.colab_url("notebooks/01_tokenize.ipynb") in text
     assert len(fake.calls("drive.flush_and_unmount")) == 1 and "Drive flushed and unmounted" in text
     long_job = next(c for c in executed.cells if "long job done" in c.source)
-    assert "run colab.flush_drive()" in notebooks.outputs_text(nbformat.from_dict({"cells": [long_job]}))
-    assert text.count("run colab.flush_drive()") == 1  # offered after the long cell only
+    reminder = f"run cell '{colab.drive.FLUSH_CELLS['00_setup']}' of this notebook"  # the cell below, by name
+    assert reminder in notebooks.outputs_text(nbformat.from_dict({"cells": [long_job]}))
+    assert text.count("That was a long job") == 1  # offered after the long cell only
 
     # secrets: in no output, in no file (notebook, project, HOME: no netrc), anywhere under tmp
     assert not any(v in text for v in SECRETS.values())
@@ -360,34 +380,42 @@ def _cell(nb, title_prefix: str):
 
 
 @pytest.mark.slow
-def test_setup_notebook_cells_say_which_cell_to_run(tmp_path, monkeypatch):
-    """Run-order guard: without the suite installed, or after a restart, each cell names the cell to run."""
+def test_later_cells_say_which_cells_to_run_after_a_disconnect_or_a_restart(tmp_path, monkeypatch):
+    """A new runtime (after a disconnect) has no nbutils: every later cell of every notebook says to run
+    the parameters cell and the Connect cell, instead of raising ModuleNotFoundError. After a restart
+    (nbutils there, the project not), colab.current() says the same."""
     from nbclient import NotebookClient
 
     monkeypatch.delenv("PYTHONPATH")
+    later = [(name, c) for name in notebooks.NOTEBOOKS
+             for c in [c for c in nbformat.read(str(notebooks.notebook_path(name)), as_version=4).cells
+                       if c.cell_type == "code"][2:]]
     setup = nbformat.read(str(notebooks.notebook_path("00_setup")), as_version=4)
     nb = nbformat.v4.new_notebook(metadata=setup.metadata)
-    nb.cells = [
-        nbformat.v4.new_code_cell(_HIDE_NBUTILS),  # a fresh runtime, even where nbutils is pip-installed (CI)
-        _cell(setup, "#@title 1."),
-        nbformat.v4.new_code_cell(f"PROJECT_ROOT = {str(tmp_path / 'project')!r}; MODEL = 'tiny'"),
-        _cell(setup, "#@title 3."),  # before the install
-        nbformat.v4.new_code_cell(f"sys.path.insert(0, {str(REPO)!r})  # as if cell 2 ran"),
-        _cell(setup, "#@title 5."),  # after a restart: the suite is there, the project is not
-        _cell(setup, "#@title 3."),
-        _cell(setup, "#@title 5."),
-    ]
+    nb.cells = [nbformat.v4.new_code_cell(_HIDE_NBUTILS)]  # a fresh runtime, even where nbutils is installed (CI)
+    nb.cells += [copy.deepcopy(c) for _, c in later]  # run straight after reconnecting, out of order
+    nb.cells += [nbformat.v4.new_code_cell(f"sys.path.insert(0, {str(REPO)!r})  # as if a Connect cell installed it"),
+                 copy.deepcopy(later[1][1]),  # 00's GPU cell after a restart: the suite is there, the project not
+                 _cell(setup, "#@title 1."),
+                 nbformat.v4.new_code_cell(f"PROJECT_ROOT = {str(tmp_path / 'project')!r}; MODEL = 'tiny'"),
+                 _cell(setup, "#@title 2."),  # the Connect cell: then the same cell works
+                 copy.deepcopy(later[1][1])]
     NotebookClient(nb, timeout=300, kernel_name="python3", allow_errors=True,
                    resources={"metadata": {"path": str(tmp_path)}}).execute()
 
-    def shown(i):
-        return "".join(o.get("text", "") + o.get("evalue", "") for o in nb.cells[i].outputs)
+    def shown(cell):
+        return "".join(o.get("text", "") + o.get("evalue", "") for o in cell.outputs)
 
-    assert nb.cells[3].outputs[0]["ename"] == "ModuleNotFoundError", nb.cells[3].outputs
-    assert "run cell '2. Install the suite' first" in shown(3)
-    assert "\u274c This runtime has no project yet" in shown(5) and f"'{colab.PROJECT_CELL}'" in shown(5)
-    assert "Project on a local folder" in shown(6)
-    assert "No GPU in this runtime" in shown(7)
+    assert len(later) >= 14, "every later cell of 00-04"
+    for (name, source), cell in zip(later, nb.cells[1:]):
+        title = source.source.splitlines()[0]
+        errors = [o for o in cell.outputs if o.output_type == "error"]
+        assert errors and errors[0]["ename"] != "ModuleNotFoundError", f"{name} {title}: {cell.outputs}"
+        assert "run the parameters cell and cell '2. Connect' first" in shown(cell), f"{name} {title}"
+    restarted, *_, connected, gpu = nb.cells[len(later) + 2:]
+    assert "\u274c This runtime has no project yet" in shown(restarted) and "'2. Connect'" in shown(restarted)
+    assert "Project on a local folder" in shown(connected)
+    assert "No GPU in this runtime (00_setup needs none)" in shown(gpu)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -396,9 +424,10 @@ def test_setup_notebook_cells_say_which_cell_to_run(tmp_path, monkeypatch):
 
 
 def _install_lines(notebook: str = "00_setup") -> str:
-    """The install lines of a notebook: 00_setup's install cell, or the Connect cell without connect()."""
-    cell = _cell(nbformat.read(str(notebooks.notebook_path(notebook)), as_version=4), "#@title 2.").source
-    return "\n".join(line for line in cell.splitlines() if "colab.connect(" not in line)
+    """The install lines of a notebook: its Connect cell up to ``colab.install.dependencies()``."""
+    lines = _cell(nbformat.read(str(notebooks.notebook_path(notebook)), as_version=4), "#@title 2.").source.splitlines()
+    end = next(i for i, line in enumerate(lines) if line.startswith("colab.install.dependencies()"))
+    return "\n".join(lines[: end + 1])
 
 
 def _checkout(tmp: Path, *extra_requirements: str) -> Path:
@@ -481,7 +510,8 @@ def test_install_cell_installs_the_suite_and_keeps_torch_and_numpy(tmp_path):
     proc = venv.install_cell(package)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"Installed extra-dep>=1; kept torch/numpy: {_here_versions()}" in proc.stdout
-    assert "pip log (" in proc.stdout and (tmp_path / "nbutils-pip.log").exists()
+    assert "pip log (" not in proc.stdout and (tmp_path / "nbutils-pip.log").exists(), "quiet success, log kept"
+    assert proc.stderr == "", "nothing red in the cell"
     assert venv.versions("extra-dep") == {**_here_versions(), "extra-dep": "1.2", "nbutils": True}
     pins = (tmp_path / "nbutils-pins.txt").read_text()
     assert pins == "".join(f"{n}=={v}\n" for n, v in _here_versions().items())
@@ -516,6 +546,21 @@ def test_install_cell_refuses_to_downgrade_numpy_and_fails_loudly(tmp_path):
         assert "still missing: needs_old_numpy" in proc.stderr
         assert "numpy" in proc.stdout.split("pip log (", 1)[1]  # the log's tail shows the conflict
         assert venv.versions("needs_old_numpy") == {**_here_versions(), "needs_old_numpy": None, "nbutils": True}
+
+
+@pytest.mark.slow
+def test_the_first_pip_step_is_quiet_and_its_failure_shows_pips_error(tmp_path):
+    """The --no-deps install of the suite itself: nothing printed when it works, pip's own error and
+    what to do when it does not (no internet, a wrong URL)."""
+    venv = Venv(tmp_path)
+    proc = venv.install_cell(tmp_path / "no-such-checkout")
+    assert proc.returncode != 0 and "Installing the suite failed (pip exit code 1)" in proc.stderr
+    assert "internet connection, then run this cell again" in proc.stderr
+    assert "no-such-checkout" in proc.stderr.split("pip said:", 1)[1], "pip's own error is shown"
+    assert proc.stdout == "" and venv.versions()["nbutils"] is False
+    proc = venv.install_cell(_checkout(tmp_path))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout == "nbutils 0.1.0 and its dependencies are installed.\n" and proc.stderr == ""
 
 
 @pytest.mark.slow

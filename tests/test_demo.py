@@ -72,7 +72,7 @@ def test_dataset_is_kept_on_rerun_and_another_demo_is_refused(tmp_path):
     assert zip_path.stat().st_mtime_ns == stamp  # kept, not rewritten
 
     other = demo.DemoConfig(out=tmp_path, zips=1, tracks_per_zip=3, track_seconds=2.0)
-    with pytest.raises(UserError, match=r"tracks_per_zip: 2 -> 3.*another --out folder"):
+    with pytest.raises(UserError, match=r"(?s)other settings.*\n  tracks_per_zip: 2 -> 3\n.*another --out folder"):
         demo.make_dataset(paths, other)
 
     # a run killed before the dataset was complete (no demo.json yet) writes it again

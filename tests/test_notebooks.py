@@ -1,9 +1,11 @@
 """Notebook hygiene: what every committed notebook must look like (no kernel needed).
 
-Stripped outputs, Colab GPU + private_outputs metadata, a badge that opens the notebook itself
-from the one repository slug, numbered ``#@title`` steps, short code cells that call nbutils, a
-``parameters`` cell, the shared Connect cell, the run-order guard in every later cell, and install
-lines that all use ``colab.install_url()``. The README carries one badge per notebook.
+Stripped outputs, the Colab runtime each notebook asks for + private_outputs, a badge that opens the
+notebook itself from the one repository slug, numbered ``#@title`` steps, short code cells that call
+nbutils, a ``parameters`` cell of form fields that ends by collecting the stage's settings once
+(``SETTINGS = dict(...)``, passed on as ``**SETTINGS``), the shared Connect cell, the run-order
+guard line in every later cell, a flush cell where long jobs write, and install lines that all use
+``colab.install_url()``. The README carries one badge per notebook.
 """
 
 from __future__ import annotations
@@ -15,26 +17,42 @@ import nbformat
 import pytest
 
 from nbutils import colab
-from nbutils.colab.notebooks import NOTEBOOK_DIR, NOTEBOOKS
+from nbutils.colab.notebooks import GPU_TYPES, NOTEBOOK_DIR, NOTEBOOKS
+from nbutils.core import config
 
-MAX_CODE_LINES = 15  # per cell but the parameters (form fields), not counting #@title and comment lines
+MAX_CODE_LINES = 12  # per cell but the parameters (form fields), not counting #@title and comment lines
 BADGE_IMAGE = "https://colab.research.google.com/assets/colab-badge.svg"
 # Cells call nbutils; these few standard modules are what the install / guard lines need.
 ALLOWED_IMPORTS = {"importlib.util", "subprocess", "sys"}  # the install lines; everything else goes through nbutils
-# Every notebook gets the suite the same way (nbutils.install): 00_setup's install cell and the Connect
-# cell of 01-04 are these lines, then their own. A fresh runtime installs the suite's code with --no-deps
-# (nothing else can change); install.dependencies() adds what is missing with torch/numpy pinned.
+# Every notebook gets the suite the same way (nbutils.install): its Connect cell starts with these lines.
+# A fresh runtime installs the suite's code with --no-deps (nothing else can change), pip quiet unless it
+# fails; install.dependencies() adds what is missing with torch/numpy pinned.
 INSTALL_LINES = f'''import importlib.util, subprocess, sys
 if importlib.util.find_spec("nbutils") is None:  # a fresh runtime: the suite's own code only (--no-deps: torch/numpy stay)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "{colab.install_url()}"], check=True)
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "{colab.install_url()}"], capture_output=True, text=True)
+    if pip.returncode: raise RuntimeError(f"Installing the suite failed (pip exit code {{pip.returncode}}): check the runtime's internet connection, then run this cell again. pip said:\\n{{pip.stdout}}{{pip.stderr}}")
     importlib.invalidate_caches()
 from nbutils import colab
 colab.install.dependencies()  # what the suite needs and this runtime lacks, with its torch/numpy pinned
 '''  # noqa: E501 - the notebooks' own lines
-INSTALL_TEMPLATE = "#@title 2. Install the suite (quick when it is already installed)\n" + INSTALL_LINES
-CONNECT_TEMPLATE = ("#@title 2. Connect (re-run this after a restart or disconnect)\n" + INSTALL_LINES
-                    + 'project = colab.connect(PROJECT_ROOT, notebook="{name}"')
-SETUP_GUARD = 'if not importlib.util.find_spec("nbutils"): raise ModuleNotFoundError('
+CONNECT_TITLES = {"00_setup": "#@title 2. Connect: install the suite, mount Drive, create the project"}
+CONNECT_TITLE = "#@title 2. Connect (re-run this after a restart or disconnect)"
+CONNECT_CALLS = {
+    "00_setup": "project = colab.create_project(PROJECT_ROOT, model=MODEL, zip_dir=ZIP_DIR, "
+                "change_model=CHANGE_MODEL)\nprint(colab.describe_project(project))",
+    "01_tokenize": 'project = colab.connect(PROJECT_ROOT, notebook="01_tokenize", model=MODEL, zip_dir=ZIP_DIR)',
+    "02_train": 'project = colab.connect(PROJECT_ROOT, notebook="02_train", model=MODEL, run_name=RUN_NAME)',
+    "03_generate": 'project = colab.connect(PROJECT_ROOT, notebook="03_generate", model=MODEL)',
+    "04_evaluate": 'project = colab.connect(PROJECT_ROOT, notebook="04_evaluate", model=MODEL)',
+}
+# After a disconnect the runtime is new and has no nbutils: the first line of every later cell says
+# which cells to run (the same line everywhere; tests/test_colab.py runs it).
+GUARD = ('import importlib.util; assert importlib.util.find_spec("nbutils"), "A new runtime (after a disconnect): '
+         "run the parameters cell and cell '2. Connect' first, then this cell.\"")
+# The stage each notebook's SETTINGS configure, and the parameters the Connect cell reads instead.
+STAGES = {"01_tokenize": ("tokenize", "TokenizeConfig"), "02_train": ("train", "TrainConfig"),
+          "03_generate": ("generate", "GenerateConfig"), "04_evaluate": ("evaluate", "EvalConfig")}
+CONNECT_PARAMETERS = {"PROJECT_ROOT", "MODEL", "ZIP_DIR", "RUN_NAME", "CHANGE_MODEL"}
 
 
 def _load(name: str):
@@ -64,12 +82,15 @@ def test_no_outputs_execution_counts_or_widget_state(notebook):
     assert "widgets" not in nb.metadata
 
 
-def test_colab_metadata_asks_for_a_gpu_and_private_outputs(notebook):
+def test_colab_metadata_asks_for_the_runtime_the_notebook_needs(notebook):
+    """Setup needs no GPU, tokenizing and generating a T4, training an A100: not an A100 everywhere."""
     name, nb = notebook
-    assert nb.metadata.get("accelerator") == "GPU", name
     assert nb.metadata["colab"].get("private_outputs") is True, name
-    assert nb.metadata["colab"].get("gpuType"), name
     assert nb.metadata["kernelspec"]["name"] == "python3"
+    gpu = GPU_TYPES[name]
+    assert nb.metadata["colab"].get("gpuType") == gpu, name
+    assert nb.metadata.get("accelerator") == ("GPU" if gpu else None), name
+    assert (GPU_TYPES["00_setup"], GPU_TYPES["01_tokenize"]) == (None, "T4")
 
 
 def test_the_badge_opens_this_notebook_from_the_one_repository(notebook):
@@ -108,6 +129,24 @@ def test_code_cells_are_numbered_titled_short_steps_that_call_nbutils(notebook):
                     f"{name}: '{lines[0]}' imports {module}; call nbutils instead"
 
 
+def _stage_config(name: str) -> type:
+    import importlib
+
+    package, cls = STAGES[name]
+    return getattr(importlib.import_module(f"nbutils.{package}"), cls)
+
+
+def _settings(nb) -> tuple[dict[str, str], list[str]]:
+    """The parameters cell's ``SETTINGS = dict(...)``: ``({setting: parameter}, [parameters spread with **])``."""
+    node = ast.parse(_code(nb)[0].source).body[-1]
+    assert isinstance(node, ast.Assign) and node.targets[0].id == "SETTINGS", "the last line is SETTINGS = dict(...)"
+    call = node.value
+    assert isinstance(call, ast.Call) and call.func.id == "dict" and not call.args, "SETTINGS = dict(name=FIELD, ...)"
+    named = {kw.arg: kw.value.id for kw in call.keywords if kw.arg is not None}
+    spread = [kw.value.id for kw in call.keywords if kw.arg is None]
+    return named, spread
+
+
 def test_parameters_cell_holds_plain_form_fields(notebook):
     name, nb = notebook
     cell = _code(nb)[0]
@@ -115,7 +154,9 @@ def test_parameters_cell_holds_plain_form_fields(notebook):
     assert sum("parameters" in _tags(c) for c in nb.cells) == 1
     values = {}
     lines = cell.source.splitlines()
-    for node in ast.parse(cell.source).body:
+    body = ast.parse(cell.source).body
+    fields = body[:-1] if name in STAGES else body  # 01-04 end with SETTINGS = dict(...)
+    for node in fields:
         assert isinstance(node, ast.Assign) and len(node.targets) == 1, \
             f"{name}: parameters must be plain assignments (papermill-style injection)"
         target = node.targets[0].id
@@ -132,6 +173,33 @@ def test_parameters_cell_holds_plain_form_fields(notebook):
         assert "ZIP_DIR" in values
 
 
+def test_settings_are_collected_once_and_passed_on(notebook):
+    """The parameters cell builds the stage's settings once; later cells pass ``**SETTINGS`` and never
+    repeat a field that SETTINGS holds. Every setting name is one the stage knows."""
+    name, nb = notebook
+    if name not in STAGES:
+        assert "SETTINGS" not in _code(nb)[0].source  # setup hands its few fields to the Connect cell
+        return
+    named, spread = _settings(nb)
+    fields = _parameter_names(nb)
+    assert set(named.values()) | set(spread) <= fields, f"{name}: SETTINGS reads a name that is not a field"
+    assert set(named) <= set(config.setting_names(_stage_config(name))), \
+        f"{name}: SETTINGS names {sorted(set(named) - set(config.setting_names(_stage_config(name))))}"
+    collected = set(named.values()) | set(spread)
+    used = set()
+    for cell in _code(nb)[1:]:
+        names = {n.id for n in ast.walk(ast.parse(cell.source)) if isinstance(n, ast.Name)}
+        assert not names & collected, f"{name}: '{cell.source.splitlines()[0]}' repeats {sorted(names & collected)}"
+        used |= names
+        for call in ast.walk(ast.parse(cell.source)):
+            if isinstance(call, ast.Call) and getattr(call.func, "attr", "") == "config_for":
+                spreads = [kw.value.id for kw in call.keywords if kw.arg is None]
+                assert spreads == ["SETTINGS"], f"{name}: config_for without **SETTINGS"
+    assert "SETTINGS" in used, f"{name}: no cell uses SETTINGS"
+    assert fields - collected - CONNECT_PARAMETERS <= used, \
+        f"{name}: fields neither in SETTINGS nor used: {sorted(fields - collected - CONNECT_PARAMETERS - used)}"
+
+
 def test_every_install_line_uses_the_pinned_install_url(notebook):
     name, nb = notebook
     # badge and install name the same ref: an opened notebook gets the package it was written for
@@ -144,50 +212,37 @@ def test_every_install_line_uses_the_pinned_install_url(notebook):
             assert colab.install_url() in cell.source, f"{name}: an install that is not install_url()"
 
 
-def test_cells_after_setup_guard_the_run_order(notebook):
-    """After a restart (or a new runtime), every later cell says which cell to run first."""
+def test_every_notebook_connects_and_later_cells_guard_the_run_order(notebook):
+    """Cell 2 installs the suite (if needed) and connects, in every notebook the same way; every later
+    cell begins with the one guard line, so after a disconnect it says which cells to run."""
     name, nb = notebook
     cells = _code(nb)
-    if name == "00_setup":
-        assert cells[1].source == INSTALL_TEMPLATE.strip(), \
-            f"{name}: the install cell differs from the shared install lines:\n{cells[1].source}"
-        assert colab.INSTALL_CELL in cells[1].source.splitlines()[0]
-        assert cells[2].source.startswith(f"#@title {colab.PROJECT_CELL}")
-        for cell in cells[2:]:
-            assert SETUP_GUARD in cell.source and f"'{colab.INSTALL_CELL}'" in cell.source, cell.source
-            if "project" in cell.source and "create_project" not in cell.source:
-                assert "colab.current(cell=colab.PROJECT_CELL)" in cell.source, cell.source
-        return
     connect = cells[1].source
-    expected = CONNECT_TEMPLATE.format(name=name)
-    assert connect.startswith(expected), f"{name}: the Connect cell differs from the shared one:\n{connect}"
-    assert connect.count("\n") == expected.count("\n"), f"{name}: Connect has extra lines"
+    expected = "\n".join([CONNECT_TITLES.get(name, CONNECT_TITLE), INSTALL_LINES.strip(), CONNECT_CALLS[name]])
+    assert connect == expected, f"{name}: the Connect cell differs from the shared one:\n{connect}"
+    assert connect.splitlines()[0].startswith(f"#@title {colab.CONNECT_CELL}")
     for cell in cells[2:]:
-        assert "colab.current()" in cell.source, f"{name}: '{cell.source.splitlines()[0]}' lacks colab.current()"
+        title, first = cell.source.splitlines()[:2]
+        assert first == GUARD, f"{name}: '{title}' does not start with the guard line"
+        assert cell.source.count("importlib") == 2, f"{name}: '{title}' has a second guard"
+        if "project" in cell.source:
+            assert "project = colab.current()" in cell.source, f"{name}: '{title}' lacks colab.current()"
+
+
+def test_notebooks_that_write_long_jobs_end_with_their_flush_cell(notebook):
+    """The ten-minute reminder names this cell (colab.drive.FLUSH_CELLS): it must be there."""
+    name, nb = notebook
+    cell = colab.drive.FLUSH_CELLS.get(name)
+    last = _code(nb)[-1].source
+    if cell is None:
+        assert "flush_drive" not in last
+        return
+    assert last.startswith(f"#@title {cell}\n") and last.endswith("colab.flush_drive()"), last
+    assert {"01_tokenize", "02_train"} <= set(colab.drive.FLUSH_CELLS)
 
 
 def _parameter_names(nb) -> set[str]:
     return {node.targets[0].id for node in ast.parse(_code(nb)[0].source).body}
-
-
-def _calls(cell) -> set[str]:
-    return {node.func.attr for node in ast.walk(ast.parse(cell.source))
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)}
-
-
-def test_cells_read_the_parameters_as_they_are_when_run(notebook):
-    """Change a parameter, re-run one cell: that cell must use the new value. Settings saved by an
-    earlier cell would silently be the old ones."""
-    name, nb = notebook
-    if name != "03_generate":
-        return
-    wanted = _parameter_names(nb) - {"PROJECT_ROOT", "MODEL"}  # those two are read by Connect
-    generating = [c for c in _code(nb)[2:] if _calls(c) & {"run", "form"}]
-    assert len(generating) == 2, "cell 4 (plain) and cell 5 (form) generate"
-    for cell in generating:
-        used = {n.id for n in ast.walk(ast.parse(cell.source)) if isinstance(n, ast.Name)}
-        assert "config_for" in _calls(cell) and wanted <= used, \
-            f"{name}: '{cell.source.splitlines()[0]}' does not build its settings from {sorted(wanted - used)}"
 
 
 def test_all_notebooks_are_there():

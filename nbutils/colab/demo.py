@@ -38,8 +38,9 @@ STAGE_PARAMETERS: dict[str, dict[str, Any]] = {
     "01_tokenize": {"TEST_TRACKS": 2, "SEGMENT_SECONDS": 2.0},  # 3 segments per track: a held-out set for 04
     "02_train": {"SEGMENT_SECONDS": 1.0, "MAX_STEPS": 12, "SAVE_EVERY": 4, "BATCH_SIZE": 2, "GRAD_ACCUM": 1,
                  "SAMPLE_EVERY": 6, "SAMPLE_SECONDS": 1.0, "WANDB": "offline", "MORE_SETTINGS": {"warmup_steps": 3}},
+    # REUSE: a re-run plays the clips the first run made, as every other stage continues or skips
     "03_generate": {"PROMPTS": "calm piano chords, slow | dark percussion noise bursts, energetic beat",
-                    "SECONDS": 2.0, "COMPARE": "both", "SEED": 1},
+                    "SECONDS": 2.0, "COMPARE": "both", "SEED": 1, "REUSE": True},
     "04_evaluate": {"CLAP": "tiny", "SECONDS": 1.0, "SAMPLES_PER_PROMPT": 1},
 }
 
@@ -49,10 +50,12 @@ class DemoConfig:
     """Settings of the offline demo."""
 
     out: Path = config.option(Path("demo_out"), "Folder for everything the demo makes (it becomes PROJECT_ROOT).")
-    zips: int = config.option(2, "Number of synthetic ZIP batches (archive_batch_0001.zip, ...).")
-    tracks_per_zip: int = config.option(3, "Tracks per ZIP; styles rotate: chords, arpeggio, percussion.")
-    track_seconds: float = config.option(6.0, "Length of each synthetic track, in seconds.")
-    seed: int = config.option(0, "Seed of the synthetic music (same seed, same files).")
+    zips: int = config.option(2, "Number of synthetic ZIP batches (archive_batch_0001.zip, ...).",
+                              resume=config.MUST_MATCH)
+    tracks_per_zip: int = config.option(3, "Tracks per ZIP; styles rotate: chords, arpeggio, percussion.",
+                                        resume=config.MUST_MATCH)
+    track_seconds: float = config.option(6.0, "Length of each synthetic track, in seconds.", resume=config.MUST_MATCH)
+    seed: int = config.option(0, "Seed of the synthetic music (same seed, same files).", resume=config.MUST_MATCH)
     cell_timeout: int = config.option(1800, "Seconds a single notebook cell may run before the demo stops.")
 
     def __post_init__(self) -> None:
@@ -66,9 +69,6 @@ class DemoConfig:
 # ---------------------------------------------------------------------------------------------
 # The synthetic collection
 # ---------------------------------------------------------------------------------------------
-
-DATASET_KEYS = ("zips", "tracks_per_zip", "track_seconds", "seed")
-
 
 def _encode(wave, sample_rate: int, fmt: str) -> bytes:
     import soundfile as sf
@@ -104,14 +104,10 @@ def _check_same_dataset(paths: Paths, cfg: DemoConfig) -> bool:
     marker = paths.root / DEMO_FILE
     if not marker.exists():
         return False
-    old = atomic.read_json(marker)
-    new = config.to_dict(cfg)
-    changed = config.differences(old, new, DATASET_KEYS)
-    if changed:
-        raise UserError(
-            f"{paths.root} already holds a demo made with other settings ({'; '.join(changed)}). "
-            "Use another --out folder, or delete this one to start fresh."
-        )
+    refused = config.resume_differences(DemoConfig, atomic.read_json(marker), config.to_dict(cfg)).refused
+    if refused:
+        raise config.resume_refusal(paths.root, refused, kind="demo folder", holds="a demo dataset",
+                                    fresh="use another --out folder")
     return all((paths.zips / f"archive_batch_{b:04d}.zip").exists() for b in range(1, cfg.zips + 1))
 
 
@@ -299,4 +295,4 @@ def add_cli(parser: argparse.ArgumentParser) -> None:
 
 
 def run_cli(args: argparse.Namespace) -> dict[str, Any]:
-    return run(config.from_args(DemoConfig, args))
+    return run(config.build(DemoConfig, args=args))

@@ -21,7 +21,9 @@ from nbutils.core.errors import UserError
 DRIVE_MOUNT = Path(os.environ.get("NBUTILS_DRIVE_MOUNT") or "/content/drive")
 DEFAULT_PROJECT_ROOT = "/content/drive/MyDrive/musicgen-lora"
 LONG_CELL_SECONDS = 10 * 60  # a cell that ran this long was a "long job": offer to flush Drive after it
-CONNECT_CELL = "2. Connect"  # in notebooks 01-04
+CONNECT_CELL = "2. Connect"  # in every notebook: installs the suite if needed, mounts Drive, the project
+# The cell at the end of a notebook that writes for a long time: flush what this runtime wrote to Drive.
+FLUSH_CELLS = {name: "6. Before you close the tab: flush Drive" for name in ("00_setup", "01_tokenize", "02_train")}
 
 
 def in_colab() -> bool:
@@ -106,18 +108,23 @@ def mount_drive(project_root: str | os.PathLike) -> bool:
     return True
 
 
-def offer_flush_after_long_cells() -> None:
-    """In IPython: after a cell that ran ``LONG_CELL_SECONDS`` or more, offer ``flush_drive()``.
+def offer_flush_after_long_cells(notebook: str = "") -> None:
+    """In IPython: after a cell that ran ``LONG_CELL_SECONDS`` or more, offer to flush Drive.
 
     The end of a long tokenize or training job is when users close the tab, and Drive may still
-    be writing in the background. Unmounting is not done for them: later cells need the mount.
+    be writing in the background; only the runtime that wrote can flush it, so the reminder names
+    the flush cell of ``notebook`` (the one the Connect cell ran in). Unmounting is not done for
+    them: later cells need the mount.
     """
     try:
         from IPython import get_ipython
     except ImportError:
         return
     shell = get_ipython()
-    if shell is None or getattr(shell, "_nbutils_flush_offer", False):
+    if shell is None:
+        return
+    shell._nbutils_notebook = notebook  # the latest Connect cell's notebook: this runtime's
+    if getattr(shell, "_nbutils_flush_offer", False):
         return
     started: list[float] = []
 
@@ -126,12 +133,19 @@ def offer_flush_after_long_cells() -> None:
 
     def post_run_cell(*_: Any) -> None:
         if started and time.monotonic() - started[0] >= LONG_CELL_SECONDS and in_colab() and drive_mounted():
-            print(f"That was a long job. Before you close this tab, run colab.flush_drive() (00_setup's last "
-                  f"cell shows it) so that Drive finishes writing; then run '{CONNECT_CELL}' to keep working.")
+            print(flush_reminder(shell._nbutils_notebook))
 
     shell.events.register("pre_run_cell", pre_run_cell)
     shell.events.register("post_run_cell", post_run_cell)
     shell._nbutils_flush_offer = True
+
+
+def flush_reminder(notebook: str) -> str:
+    """What to do before closing the tab after a long job in ``notebook``: its flush cell, by name."""
+    cell = FLUSH_CELLS.get(notebook)
+    how = f"run cell '{cell}' of this notebook" if cell else "run colab.flush_drive() in a new cell of this notebook"
+    return (f"That was a long job. Before you close this tab, {how}, so that Drive finishes writing what this "
+            f"runtime wrote; then run '{CONNECT_CELL}' to keep working.")
 
 
 def flush_drive() -> bool:

@@ -1,4 +1,4 @@
-"""The GPU check of 00_setup: what this runtime's GPU is and the training preset for it."""
+"""The GPU check of 00_setup: what this runtime's GPU is and the training presets for Colab's GPUs."""
 
 from __future__ import annotations
 
@@ -20,8 +20,9 @@ def gpu_report(model: str, info: dict[str, Any] | None = None) -> str:
     models.quiet_transformers()  # reading the model's config must not bury the report in warnings
     info = devices.gpu_info() if info is None else info
     if info is None:
-        head = ("No GPU in this runtime. On Colab choose Runtime > Change runtime type > GPU (A100 if "
-                "available, else L4 or T4), then run this notebook again; a CPU is practical only for `tiny`.")
+        head = ("No GPU in this runtime (00_setup needs none). 01_tokenize and 02_train ask Colab for one "
+                "(a T4, an A100); if Colab gives them none, choose Runtime > Change runtime type > GPU there (A100 "
+                "if available, else L4 or T4). A CPU is practical only for `tiny`.")
     else:
         count = f" x {info['count']}" if info.get("count", 1) > 1 else ""
         head = f"GPU: {info['name']}{count}, {info['vram_gb']} GiB, bf16 {'yes' if info['bf16'] else 'no'}"

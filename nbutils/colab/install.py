@@ -4,10 +4,11 @@ Every notebook gets the suite the same way (00_setup's install cell and the Conn
 share these lines; tests/test_notebooks.py checks that they do):
 
 1. a fresh runtime runs ``pip install --no-deps <colab.install_url()>``: the suite's own code only,
-   so nothing else in the runtime can change;
+   so nothing else in the runtime can change; pip's output is captured and shown only if it fails;
 2. ``install.dependencies()`` then installs the requirements the installed suite declares and this
    runtime lacks (or has outside the required range), with the runtime's torch and numpy pinned as
-   pip constraints, pip's output in a log, and a check afterwards that torch and numpy are unchanged.
+   pip constraints, pip's output in a log (printed only on failure), and a check afterwards that
+   torch and numpy are unchanged.
 
 Step 2 runs every time and costs nothing when everything is there, so re-running the cell completes
 an install that failed or was interrupted. This module uses the standard library only (plus pip's
@@ -112,11 +113,11 @@ def dependencies(log_dir: str | Path | None = None) -> list[str]:
     with open(log, "w") as out:
         pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-c", str(pins), *todo],
                              stdout=out, stderr=out)
-    print(f"pip log ({log}):", log.read_text()[-LOG_TAIL:] or "(empty)", sep="\n")
     importlib.invalidate_caches()
     changed = {name: _version(name) for name in keep if _version(name) != keep[name]}
     still = missing() or []
-    if pip.returncode or changed or still:
+    if pip.returncode or changed or still:  # only now is pip's log worth reading
+        print(f"pip log ({log}):", log.read_text()[-LOG_TAIL:] or "(empty)", sep="\n")
         raise UserError(
             f"Installing the suite's dependencies failed (pip exit code {pip.returncode}; torch/numpy changed: "
             f"{changed or 'no'}; still missing: {', '.join(still) or 'nothing'}). Read the pip log above, fix "

@@ -3,8 +3,11 @@
 ``execute`` runs a notebook with nbclient the way papermill does: the values you pass are
 injected as a new cell (tagged ``injected-parameters``) right after the cell tagged
 ``parameters``, so the notebook's own defaults stay readable and any of them can be overridden.
-``new_notebook`` writes a notebook with the suite's conventions (Colab badge, GPU accelerator,
-``private_outputs``, ``#@title`` steps, no outputs), so every notebook starts out clean.
+A parameters cell ends by deriving its stage settings from its fields (``SETTINGS = dict(...)``):
+the injected cell derives them again from the injected values (papermill itself does not, so
+with papermill pass the fields you change and ``SETTINGS`` too, or use ``execute``).
+``new_notebook`` writes a notebook with the suite's conventions (Colab badge, the runtime it asks
+for, ``private_outputs``, ``#@title`` steps, no outputs), so every notebook starts out clean.
 """
 
 from __future__ import annotations
@@ -18,12 +21,21 @@ from nbutils.core.errors import UserError
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 NOTEBOOKS = ("00_setup", "01_tokenize", "02_train", "03_generate", "04_evaluate")
-COLAB_METADATA = {
-    "colab": {"provenance": [], "private_outputs": True, "toc_visible": True, "gpuType": "A100"},
-    "accelerator": "GPU",
-    "kernelspec": {"name": "python3", "display_name": "Python 3"},
-    "language_info": {"name": "python"},
-}
+# The runtime each notebook asks Colab for: setup needs no GPU, EnCodec and generation run well on a
+# T4 (the free tier's GPU), training is where an A100 pays off (the presets fit every GPU).
+GPU_TYPES: dict[str, str | None] = {"00_setup": None, "01_tokenize": "T4", "02_train": "A100",
+                                    "03_generate": "T4", "04_evaluate": "T4"}
+
+
+def colab_metadata(gpu: str | None) -> dict[str, Any]:
+    """Notebook metadata for Colab: private outputs, and the GPU type to ask for (None: no GPU)."""
+    colab: dict[str, Any] = {"provenance": [], "private_outputs": True, "toc_visible": True}
+    metadata: dict[str, Any] = {"colab": colab}
+    if gpu:
+        colab["gpuType"] = gpu
+        metadata["accelerator"] = "GPU"
+    return {**metadata, "kernelspec": {"name": "python3", "display_name": "Python 3"},
+            "language_info": {"name": "python"}}
 
 
 # Only the headless runner (the demo, the tests) needs these; Colab has its own. pyproject's "demo" extra.
@@ -66,7 +78,8 @@ def badge_markdown(relative_path: str) -> str:
     return f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({colab_url(relative_path)})"
 
 
-def new_notebook(path: str | os.PathLike, title: str, intro: str, cells: Iterable[tuple]) -> Path:
+def new_notebook(path: str | os.PathLike, title: str, intro: str, cells: Iterable[tuple],
+                 gpu: str | None = None) -> Path:
     """Write a clean notebook following the suite's conventions.
 
     Args:
@@ -75,12 +88,13 @@ def new_notebook(path: str | os.PathLike, title: str, intro: str, cells: Iterabl
         intro: Markdown under the heading (what the notebook does, what re-running means).
         cells: ``("md", text)`` or ``("code", source)`` or ``("code", source, ["parameters"])``
             (tags). Code sources should start with ``#@title N. ...``.
+        gpu: The Colab GPU type it asks for (``"T4"``), None for none (``GPU_TYPES``).
     """
     import nbformat
 
     path = Path(path)
     relative = f"notebooks/{path.name}"
-    nb = nbformat.v4.new_notebook(metadata=COLAB_METADATA)
+    nb = nbformat.v4.new_notebook(metadata=colab_metadata(gpu))
     nb.cells.append(nbformat.v4.new_markdown_cell(f"{badge_markdown(relative)}\n\n# {title}\n\n{intro.strip()}"))
     for cell in cells:
         kind, source, *rest = cell
@@ -109,22 +123,41 @@ def strip(nb) -> Any:
     return nb
 
 
-def _parameters_cell(parameters: dict[str, Any]):
+def derived_assignments(source: str) -> list[str]:
+    """The statements of a parameters cell whose value is not a literal (``SETTINGS = dict(...)``):
+    they derive settings from the fields above them."""
+    import ast
+
+    derived = []
+    for node in ast.parse(source).body:
+        if not isinstance(node, ast.Assign):
+            continue
+        try:
+            ast.literal_eval(node.value)
+        except ValueError:  # not a literal: it reads the fields above
+            derived.append(ast.get_source_segment(source, node))
+    return derived
+
+
+def _parameters_cell(parameters: dict[str, Any], derived: list[str]):
     import nbformat
 
     lines = ["# Parameters injected by nbutils.notebooks.execute"]
     lines += [f"{name} = {value!r}" for name, value in parameters.items()]
+    if derived:
+        lines += ["# derived again from the injected values, as the parameters cell derives them", *derived]
     cell = nbformat.v4.new_code_cell("\n".join(lines))
     cell.metadata["tags"] = ["injected-parameters"]
     return cell
 
 
 def inject_parameters(nb, parameters: dict[str, Any]):
-    """Insert the parameters after the cell tagged ``parameters`` (papermill's convention)."""
+    """Insert the parameters after the cell tagged ``parameters`` (papermill's convention), followed
+    by that cell's derived assignments (``SETTINGS = dict(...)``), so they see the injected values."""
     nb.cells = [c for c in nb.cells if "injected-parameters" not in c.metadata.get("tags", [])]
     for i, cell in enumerate(nb.cells):
         if "parameters" in cell.metadata.get("tags", []):
-            nb.cells.insert(i + 1, _parameters_cell(parameters))
+            nb.cells.insert(i + 1, _parameters_cell(parameters, derived_assignments(cell.source)))
             return nb
     raise UserError("The notebook has no cell tagged 'parameters'; cannot inject values.")
 

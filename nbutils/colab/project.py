@@ -1,7 +1,7 @@
 """The project: its folders and ``project.json`` settings, and the cells that set them up.
 
-Notebook 00_setup creates the project (``create_project``); notebooks 01-04 start with
-``project = colab.connect(PROJECT_ROOT, ...)`` and later cells call ``colab.current()``, which
+Notebook 00_setup's Connect cell creates the project (``create_project``); notebooks 01-04 start
+with ``project = colab.connect(PROJECT_ROOT, ...)``, and later cells call ``colab.current()``, which
 tells the user which cell to re-run when the runtime was restarted in between.
 
 Every Colab notebook runs in its own runtime, so ``connect`` repeats what each runtime needs:
@@ -24,8 +24,8 @@ from nbutils.core import atomic
 from nbutils.core.errors import UserError
 from nbutils.core.paths import DEFAULT_RUN, PROJECT_FILE, Paths
 
-INSTALL_CELL = "2. Install the suite"  # in 00_setup
-PROJECT_CELL = "3. Mount Drive and create the project"  # in 00_setup
+# 00_setup's Connect cell installs the suite and creates the project (two cells in 0.1.0: their names stay)
+INSTALL_CELL = PROJECT_CELL = CONNECT_CELL
 
 _CURRENT: "Project | None" = None
 
@@ -70,7 +70,7 @@ def create_project(project_root: str | os.PathLike, *, change_model: bool = Fals
     """
     global _CURRENT
     show_errors_briefly()
-    drive.offer_flush_after_long_cells()
+    drive.offer_flush_after_long_cells("00_setup")
     if not drive.mount_drive(project_root) and drive.in_colab():
         print(f"Warning: PROJECT_ROOT {project_root} is on this runtime's own disk, which is deleted with the "
               f"runtime. To keep your work, use a folder under {drive.DRIVE_MOUNT / 'MyDrive'} "
@@ -137,7 +137,7 @@ def connect(project_root: str | os.PathLike, *, notebook: str = "", **overrides:
     """
     global _CURRENT
     show_errors_briefly()
-    drive.offer_flush_after_long_cells()
+    drive.offer_flush_after_long_cells(notebook)
     drive.mount_drive(project_root)
     paths = Paths.at(project_root)
     if not paths.project_file.exists():
@@ -161,7 +161,7 @@ def current(cell: str = CONNECT_CELL) -> Project:
 
     Args:
         cell: The cell that sets the project up in the calling notebook (the Connect cell in
-            01-04, ``PROJECT_CELL`` in 00_setup), named in the message.
+            every notebook), named in the message.
     """
     show_errors_briefly()
     if _CURRENT is None:
