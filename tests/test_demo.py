@@ -164,3 +164,16 @@ def test_demo_left_every_stage_output_in_the_project(demo_run):
     assert any(Path(p).suffix == ".csv" for p in summary["tables"])
     assert any(Path(p).is_relative_to(paths.eval) for p in summary["plots"])
     assert os.path.getsize(summary["plots"][0]) > 1000
+
+
+@pytest.mark.slow
+def test_a_demo_rerun_reuses_its_clips(demo_run):
+    """Re-running continues, as the README says: notebook 03 plays the clips the first run made (REUSE)."""
+    out, _, _ = demo_run
+    paths = Paths.at(out)
+    before = sorted(p.name for p in paths.generated.iterdir())
+    assert demo.STAGE_PARAMETERS["03_generate"]["REUSE"] is True
+    demo.run(demo.DemoConfig(out=out), names=("03_generate",))
+    assert sorted(p.name for p in paths.generated.iterdir()) == before, "no new clips"
+    executed = nbformat.read(str(out / "notebooks" / "03_generate.ipynb"), as_version=4)
+    assert "Reusing 4 clip(s) saved earlier" in notebooks.outputs_text(executed)

@@ -154,6 +154,9 @@ def test_a_checkpoint_saved_by_others_generates_and_evaluates(kind, tmp_path, ca
         "model": str(folder), "adapters": [str(adapter)], "prompts": str(prompts), "clap": "tiny", "seconds": 0.5,
         "samples_per_prompt": 1, "out": str(tmp_path / "eval")}))
     assert {row["model"] for row in results["summary"]} == {"base", "adapter"}
+    printed = capsys.readouterr()  # what is not an error goes to stdout (Jupyter shows stderr in red)
+    assert "Scoring 10 clips with CLAP" in printed.out and "Wrote " in printed.out
+    assert "Scoring" not in printed.err and "Wrote " not in printed.err
 
 
 def test_each_window_continues_the_codes_before_it(pipe):
@@ -450,6 +453,36 @@ def test_duplicate_prompts_each_get_their_own_files(ab_pipe, tmp_path):
     assert not np.array_equal(audio[0], audio[2])
 
 
+def test_reuse_plays_the_clips_saved_with_the_same_settings(tmp_path, monkeypatch, capsys):
+    """``reuse`` (the demo's re-run, REUSE in notebook 03): the clips saved with exactly these settings and
+    adapter weights come back without loading a model; anything else generates."""
+    adapter = save_peft(peft_model("tiny", seed=1), tmp_path / "adapter")
+    settings = cfg(tmp_path, adapter=str(adapter), compare="both", prompts=["rain", "rain", "sun"], seed=5,
+                   seconds=0.3, reuse=True)
+    first = generate.run(settings)
+    generate.release()
+    printed = capsys.readouterr()
+    assert printed.out.count("real time") == 6 and "real time" not in printed.err, "notes on stdout, not in red"
+    loads = []
+    monkeypatch.setattr(generate, "pipeline", lambda c: loads.append(c) or pytest.fail("loaded a model"))
+    again = generate.run(settings)
+    assert [r["path"] for r in again] == [r["path"] for r in first] and [r["prompt"] for r in again] == [
+        "rain", "rain", "rain", "rain", "sun", "sun"]
+    assert len({r["path"] for r in again}) == 6, "the same prompt twice: two takes, each its own clip"
+    assert "Reusing 6 clip(s) saved earlier" in capsys.readouterr().out
+    assert len(list((tmp_path / "out").glob("*.wav"))) == 6
+    monkeypatch.undo()
+    try:
+        for changed in (dataclasses.replace(settings, seed=6), dataclasses.replace(settings, reuse=False)):
+            assert not {r["path"] for r in generate.run(changed)} & {r["path"] for r in first}
+        save_peft(peft_model("tiny", seed=2), adapter)  # retrained into the same folder: its clips are not these
+        assert not {r["path"] for r in generate.run(settings)} & {r["path"] for r in first}
+        Path(first[0]["path"]).unlink()  # a clip gone: the request is generated again, whole
+        assert len(list((tmp_path / "out").glob("*.wav"))) == 23
+    finally:
+        generate.release()
+
+
 def test_reserve_refuses_a_suffix_twice(tmp_path):
     with pytest.raises(ValueError, match="same suffix twice"):
         output.reserve(tmp_path, "clip", ["_lora.wav", "_lora.wav"])
@@ -529,9 +562,11 @@ def test_notebook_executes_plain_cells_and_the_form_button(tmp_path):
     nb.cells.append(nbformat.v4.new_code_cell(
         "form.seconds.value = 0.6\nform.seed.value = 9\nform.compare.value = 'base'\n"
         "form.button.click()\nprint('FORM', [r['path'] for r in form.records])"))
-    # change two parameters and re-run only cell 4: it must use them, not the load cell's settings
+    # change two fields, run the parameters cell (its SETTINGS line) and cell 4 again: it uses them
     plain = next(c for c in nb.cells if c.source.startswith("#@title 4."))
-    nb.cells.append(nbformat.v4.new_code_cell("SEED = 11\nSECONDS = 0.3\n" + plain.source))
+    parameters = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    settings = notebooks.derived_assignments(parameters.source)
+    nb.cells.append(nbformat.v4.new_code_cell("\n".join(["SEED = 11", "SECONDS = 0.3", *settings, plain.source])))
     copy = tmp_path / "03_generate.ipynb"
     nbformat.write(nb, str(copy))
     params = {"PROJECT_ROOT": str(root), "MODEL": "tiny", "PROMPTS": "calm piano | dark techno",

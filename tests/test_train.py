@@ -271,11 +271,42 @@ def test_bad_inputs_say_what_to_do(tmp_path):
         train.run(small_config(data, tmp_path / "run"))
     from nbutils.core.paths import Paths
 
-    project = type("Project", (), {"paths": Paths.at(tmp_path), "model": "tiny"})
+    project = type("Project", (), {"paths": Paths.at(tmp_path), "model": "tiny", "run_dir": tmp_path / "runs" / "lora"})
     with pytest.raises(UserError, match="Unknown training setting 'lora_rank'. Did you mean 'lora_r'"):
-        train.notebook_config(project, "run", lora_rank=8)  # a typo in the notebook's MORE_SETTINGS
+        train.config_for(project, lora_rank=8)  # a typo in the notebook's MORE_SETTINGS
+    with pytest.warns(FutureWarning, match="notebook_config is now train.config_for"):  # 0.1.0's name, one release
+        assert train.notebook_config(project, "run", lora_r=8).out == str(tmp_path / "runs" / "run")
     with pytest.raises(UserError, match="cfg_dropout"):
         small_config(data, tmp_path / "run", cfg_dropout=1.5)
+
+
+def test_a_0_1_0_run_with_segment_seconds_resumes_and_the_old_name_still_works(tmp_path, capsys):
+    """train's segment_seconds is now crop_seconds: a checkpoint that recorded the old name resumes as the
+    same run, and the old name is accepted (with a note) from a notebook or the command line."""
+    data, out = tokens(tmp_path), tmp_path / "run"
+    train.run(small_config(data, out, max_steps=2))
+    state = torch.load(out / "latest.pt", weights_only=True)
+    for record in (state["config"], state["identity"]):  # as 0.1.0 wrote them
+        record["segment_seconds"] = record.pop("crop_seconds")
+    torch.save(state, out / "latest.pt")
+    messages = []
+    summary = train.run(small_config(data, out, max_steps=3), log=messages.append)
+    assert summary["resumed_from"] == 2 and summary["step"] == 3
+    assert not [m for m in messages if "crop" in m or "segment" in m], messages
+    with pytest.raises(UserError, match="crop_seconds: 0.4 -> 0.6"):  # the old record still guards the crop
+        torch.save(state, out / "latest.pt")
+        train.run(small_config(data, out, max_steps=3, crop_seconds=0.6))
+
+    from nbutils.core.paths import Paths
+
+    project = type("Project", (), {"paths": Paths.at(tmp_path), "model": "tiny", "run_dir": out})
+    with pytest.warns(FutureWarning, match="'segment_seconds' is now called 'crop_seconds'"):
+        assert train.config_for(project, segment_seconds=0.6).crop_seconds == 0.6
+    from nbutils import cli
+
+    assert cli.main(["train", "--tokens", str(data), "--out", str(tmp_path / "r2"), "--segment-seconds", "0",
+                     "--model", "tiny"]) == 2
+    assert "crop_seconds must be positive" in capsys.readouterr().err
 
 
 def test_melody_checkpoints_are_refused_before_anything_heavy(tmp_path):

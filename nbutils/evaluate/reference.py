@@ -15,7 +15,6 @@ import collections
 import dataclasses
 import hashlib
 import shutil
-import sys
 import tempfile
 import zipfile
 from pathlib import Path
@@ -215,5 +214,5 @@ def reference_audio(cfg, pipe, all_shards: list[shards.Shard], run: Path | None)
     reference.why_decoded = dict(why)
     if source is not None and why:
         print(f"{sum(why.values())} held-out segment(s) were decoded from the shards instead of read from "
-              f"{cfg.zips}: " + "; ".join(f"{reason} ({n})" for reason, n in why.items()), file=sys.stderr)
+              f"{cfg.zips}: " + "; ".join(f"{reason} ({n})" for reason, n in why.items()))
     return reference

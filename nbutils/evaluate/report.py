@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import io
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -164,7 +163,7 @@ def write_results(cfg, out: Path, sets: dict[str, list[str]], samples: list[dict
         "wandb": log_wandb(samples, summary, sample_rate),
     }
     atomic.write_json(files["json"], results)
-    print(f"Wrote {files['summary_csv']}, {files['per_prompt_csv']}, {files['json']} and {files['plot']}", file=sys.stderr)
+    print(f"Wrote {files['summary_csv']}, {files['per_prompt_csv']}, {files['json']} and {files['plot']}")
     return results
 
 

@@ -206,7 +206,8 @@ def find_saved(cfg, out: str | Path, variants: Iterable[str], fingerprint: str =
 
     A saved clip counts when its sidecar holds exactly ``cfg``'s parameters (``reuse`` aside), the
     adapter's weights have the ``fingerprint`` they have now, and its WAV is there. Every prompt x
-    variation x variant needs one; the newest is taken. None when any is missing.
+    variation x variant needs one, taken in the order ``save`` named them (the earliest request first;
+    a prompt given twice: ``name``, then ``name-2``). None when any is missing.
 
     Args:
         cfg: The ``GenerateConfig`` asked for.
@@ -215,7 +216,7 @@ def find_saved(cfg, out: str | Path, variants: Iterable[str], fingerprint: str =
     """
     wanted = {k: v for k, v in config.to_dict(cfg).items() if k != "reuse"}
     found: dict[tuple, list[dict[str, Any]]] = {}
-    for path in sorted(Path(out).expanduser().glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True):
+    for path in sorted(Path(out).expanduser().glob("*.json"), key=_name_order):
         try:
             record = atomic.read_json(path)
         except (OSError, ValueError):
@@ -237,3 +238,8 @@ def find_saved(cfg, out: str | Path, variants: Iterable[str], fingerprint: str =
                     return None
                 records.append(takes.pop(0))
     return records
+
+
+def _name_order(path: Path) -> str:
+    """Sort key of a result's name: its time stamp, then ``stem``, ``stem-2`` ... ``stem-10`` in number order."""
+    return re.sub(r"_s(\d+)(?:-(\d+))?_(\w+)\.json$", lambda m: f"_s{m[1]}-{int(m[2] or 1):05d}_{m[3]}.json", path.name)
