@@ -65,7 +65,8 @@ class Encoder:
         if self.dtype is None:
             yield
             return
-        with torch.autocast(self.device.split(":")[0], dtype=self.dtype), devices.without_autocast(self.codec.quantizer, "encode"):
+        with torch.autocast(self.device.split(":")[0], dtype=self.dtype), \
+                devices.without_autocast(self.codec.quantizer, "encode"):
             yield
 
     def default_batch(self, segment_seconds: float) -> int:

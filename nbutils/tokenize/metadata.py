@@ -129,7 +129,8 @@ class BadLines:
     def short(self) -> str:
         """``2 unusable lines skipped (first: line 3: ...)``, or that the whole file was not read."""
         if self.first.startswith(WHOLE_FILE):
-            return f"not read at all ({self.first.removeprefix(WHOLE_FILE + ', ')}: {self.reason}), none of its entries used"
+            where = self.first.removeprefix(WHOLE_FILE + ", ")
+            return f"not read at all ({where}: {self.reason}), none of its entries used"
         unit = ("item" if self.first.startswith("item") else "line") + ("s" if self.count != 1 else "")
         return f"{self.count} unusable {unit} skipped (first: {self.first}: {self.reason})"
 

@@ -203,7 +203,8 @@ def _encode_tracks(stage: Stage, zf: zipfile.ZipFile, tracks: list[_Track], memb
     def work(item, emit):
         stage.read_track(zf, members, item, emit)
 
-    for index, piece in prefetch.ordered(enumerate(tracks), work, workers=stage.cfg.decode_workers, depth=PREFETCH_DEPTH):
+    pieces = prefetch.ordered(enumerate(tracks), work, workers=stage.cfg.decode_workers, depth=PREFETCH_DEPTH)
+    for index, piece in pieces:
         track = tracks[index]
         if piece is not None:
             track.pieces.append((piece.start, piece.samples))
@@ -435,7 +436,8 @@ def process_zip(stage: Stage, plan: ZipPlan, number: int) -> ZipResult:
 def _finish(stage: Stage, plan: ZipPlan, result: ZipResult, read, testing: bool) -> None:
     """Count the outcomes, write the shard, and append the ledger line (last: it says "done")."""
     tracks, catalog, codes = read
-    writer = None if testing else shards.ShardWriter(stage.tokens, plan.path.stem, _shard_meta(stage, plan, result.zip_bytes))
+    meta = None if testing else _shard_meta(stage, plan, result.zip_bytes)
+    writer = None if testing else shards.ShardWriter(stage.tokens, plan.path.stem, meta)
     _collect(stage, result, tracks, catalog, codes, writer)
     if not testing and not result.counts.files_ok:
         c = result.counts
