@@ -28,6 +28,7 @@ from nbutils.core.errors import UserError
 WINDOW = 200  # losses of the last applied steps the running median is taken over
 MIN_HISTORY = 20  # no divergence verdict before this many losses: the median means little yet
 SHOWN_TRACKS = 8  # source tracks named in a message (metrics.jsonl has them all)
+KEPT_TRACKS = 100  # tracks of a run of skipped steps kept for the message (and the checkpoint)
 SCALER_SKIP = "fp16 overflow: the loss scaler skipped the step and lowered its scale"
 
 
@@ -100,7 +101,7 @@ class StepGuard:
         self.high = 0  # steps in a row with the loss above factor x median
         self.high_since: int | None = None
         self.median: float | None = None  # the running median the last high loss was compared with
-        self.reasons: list[str] = []  # of the current run of skipped steps
+        self.reasons: dict[str, int] = {}  # why the steps of the current run of skipped steps were skipped
         self.tracks: list[str] = []  # source tracks of the current run of skipped steps
         self.losses: collections.deque[float] = collections.deque(maxlen=WINDOW)
 
@@ -126,11 +127,11 @@ class StepGuard:
             self.scaler_skipped += skipped == SCALER_SKIP
             self.in_a_row += 1
             self.first_skipped = self.first_skipped if self.in_a_row > 1 else step
-            self.reasons.append(skipped)
-            self.tracks = sorted(set(self.tracks) | set(tracks))
+            self.reasons[skipped] = self.reasons.get(skipped, 0) + 1
+            self.tracks = sorted(set(self.tracks) | set(tracks))[:KEPT_TRACKS]
             fields = {"train/skipped": 1, "train/skip_reason": skipped, "train/skip_tracks": ", ".join(sorted(tracks))}
         else:
-            self.in_a_row, self.first_skipped, self.reasons, self.tracks = 0, None, [], []
+            self.in_a_row, self.first_skipped, self.reasons, self.tracks = 0, None, {}, []
             self._watch_loss(step, loss)
         fields["train/skipped_steps"] = self.skipped
         return fields
@@ -175,8 +176,7 @@ class StepGuard:
             out: The run folder, for the message.
         """
         if self.max_skipped and self.in_a_row >= self.max_skipped:
-            reasons = collections.Counter(self.reasons).most_common()
-            why = "; ".join(f"{reason}: {n}x" for reason, n in reasons)
+            why = "; ".join(f"{reason}: {n}x" for reason, n in collections.Counter(self.reasons).most_common())
             what = (f"Training diverged: the last {self.in_a_row} steps ({self.first_skipped} to {step}) were all "
                     f"skipped because their loss or gradients were not finite ({why}).")
             since = self.first_skipped
@@ -218,7 +218,7 @@ class StepGuard:
         """The counters and the loss window, for the checkpoint (plain numbers and lists)."""
         return {"skipped": self.skipped, "scaler_skipped": self.scaler_skipped, "in_a_row": self.in_a_row,
                 "first_skipped": self.first_skipped, "high": self.high, "high_since": self.high_since,
-                "median": self.median, "reasons": list(self.reasons), "tracks": list(self.tracks),
+                "median": self.median, "reasons": dict(self.reasons), "tracks": list(self.tracks),
                 "losses": list(self.losses)}
 
     def load(self, state: dict[str, Any] | None) -> None:
@@ -228,5 +228,6 @@ class StepGuard:
             setattr(self, key, int(state.get(key, 0)))
         self.first_skipped, self.high_since = state.get("first_skipped"), state.get("high_since")
         self.median = state.get("median")
-        self.reasons, self.tracks = list(state.get("reasons", [])), list(state.get("tracks", []))
+        self.reasons = {str(k): int(v) for k, v in state.get("reasons", {}).items()}
+        self.tracks = list(state.get("tracks", []))
         self.losses = collections.deque((float(v) for v in state.get("losses", [])), maxlen=WINDOW)
