@@ -152,10 +152,10 @@ def test_the_resume_rules_keep_what_each_stage_compared_before():
                     "lora_dropout", "seed", "cfg_dropout", "val_fraction", "val_crops", "lr", "weight_decay",
                     "warmup_steps", "scheduler", "max_grad_norm"}
     may = set(config.resume_keys(train.TrainConfig, config.MAY_CHANGE))
-    assert may == {"max_steps", "epochs", "save_every", "keep_checkpoints", "eval_every", "sample_every",
-                   "sample_prompts", "sample_seconds", "log_every", "wandb", "wandb_project", "wandb_name",
-                   "batch_size", "grad_accum", "precision", "grad_checkpointing", "push_to_hub", "hub_private",
-                   "tokens"}
+    assert may == {"max_steps", "epochs", "save_every", "save_every_minutes", "keep_checkpoints", "eval_every",
+                   "sample_every", "sample_prompts", "sample_seconds", "log_every", "max_skipped_steps",
+                   "divergence_factor", "divergence_steps", "wandb", "wandb_project", "wandb_name", "batch_size",
+                   "grad_accum", "precision", "grad_checkpointing", "push_to_hub", "hub_private", "tokens"}
     assert set(config.field_names(train.TrainConfig)) - must - may == {"out"}, "every other setting is classified"
 
 
