@@ -17,6 +17,7 @@ from nbutils import cli, evaluate, generate, tokenize, train
 from nbutils.core import config, models
 from nbutils.core.errors import UserError
 from nbutils.core.paths import Paths
+from nbutils.train.trainer import DERIVED_MUST_MATCH
 
 STAGES = {"tokenize": tokenize.TokenizeConfig, "train": train.TrainConfig, "generate": generate.GenerateConfig,
           "evaluate": evaluate.EvalConfig}
@@ -147,7 +148,7 @@ def test_the_resume_rules_keep_what_each_stage_compared_before():
         "model", "adapters", "checkpoints", "clap", "prompts", "tokens", "zips", "num_prompts", "samples_per_prompt",
         "seconds", "seed", "max_reference", "reference_seconds", "guidance_scale", "temperature", "top_k", "top_p",
         "batch_size"}
-    must = set(config.resume_keys(train.TrainConfig, config.MUST_MATCH)) | set(train.stage.DERIVED_MUST_MATCH)
+    must = set(config.resume_keys(train.TrainConfig, config.MUST_MATCH)) | set(DERIVED_MUST_MATCH)
     assert must == {"model", "data", "crop_seconds", "effective_batch", "lora_targets", "lora_r", "lora_alpha",
                     "lora_dropout", "seed", "cfg_dropout", "val_fraction", "val_crops", "lr", "weight_decay",
                     "warmup_steps", "scheduler", "max_grad_norm"}

@@ -50,6 +50,7 @@ class TrainConfig:
     ``resume=`` on each field says what a resumed run may change: ``must-match`` settings decide what
     the weights mean (a change is refused, with what differs and how to start fresh); ``may-change``
     ones say how long, how often, where to log and how to fit the GPU (a change is accepted and noted).
+    The facts derived from them that must match too are ``trainer.DERIVED_MUST_MATCH``.
     """
 
     WHAT: typing.ClassVar[str] = "training"
@@ -152,9 +153,6 @@ class TrainConfig:
         return {"tokens": str(project.paths.tokens), "out": str(project.run_dir), "model": project.model}
 
 
-# What the weights also depend on, derived from the settings and the data (``Trainer.identity``):
-# these must match too when a run resumes.
-DERIVED_MUST_MATCH = ("data", "effective_batch")
 
 
 def read_metrics(out: str | os.PathLike) -> list[dict[str, Any]]:

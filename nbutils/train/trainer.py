@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 
 SAMPLES_DIR = "samples"
 ADAPTERS_DIR = "adapters"
+# What the weights also depend on, derived from the settings and the data (``identity``): these must
+# match too when a run resumes, besides the ``must-match`` fields of ``TrainConfig``.
+DERIVED_MUST_MATCH = ("data", "effective_batch")
 
 
 class Trainer:
@@ -447,8 +450,6 @@ class Trainer:
             UserError: when a setting or fact the weights depend on differs (the ``must-match``
                 fields of ``TrainConfig``, and ``DERIVED_MUST_MATCH``).
         """
-        from nbutils.train.stage import DERIVED_MUST_MATCH
-
         return checkpoint.restore(self, state, DERIVED_MUST_MATCH)
 
     def save(self, folder: bool = True) -> None:
