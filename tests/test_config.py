@@ -37,7 +37,7 @@ def test_hash_depends_only_on_chosen_keys():
     a, b = Example(limit=1), Example(limit=2)
     assert config.config_hash(a, ["segment_seconds"]) == config.config_hash(b, ["segment_seconds"])
     assert config.config_hash(a) != config.config_hash(b)
-    assert config.differences(config.to_dict(a), config.to_dict(b), ["limit"]) == ["limit: 1 -> 2"]
+    assert config.change("limit", 1, 2) == "limit: 1 -> 2"
 
 
 def test_hash_of_a_dict_is_the_one_token_folders_already_record():

@@ -227,11 +227,6 @@ def config_hash(config: Any, keys: Iterable[str] | None = None) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def differences(old: dict[str, Any], new: dict[str, Any], keys: Iterable[str]) -> list[str]:
-    """Human lines ``key: old -> new`` for the keys whose values differ."""
-    return [change(k, old.get(k), new.get(k)) for k in keys if old.get(k) != new.get(k)]
-
-
 def change(key: str, old: Any, new: Any, shown: int = 5) -> str:
     """``key: old -> new``; for mappings (a data fingerprint per shard) which entries were added,
     changed, removed, ``shown`` names of each."""
