@@ -222,12 +222,21 @@ def run(cfg: DoctorConfig, *, log: Callable[[str], None] = print) -> dict[str, A
     return report
 
 
-def run_doctor(project, *, quick: bool = False) -> dict[str, Any]:
+def run_doctor(project, *, quick: bool | None = None) -> dict[str, Any]:
     """Notebook cell (00_setup, 02_train): the doctor on the project's folder and model.
+
+    Args:
+        project: From ``colab.connect`` / ``colab.create_project``.
+        quick: Small sizes. None: only for the embedded ``tiny`` test models (the demo, the tests),
+            whose figures say nothing about a real model anyway.
 
     Raises:
         UserError: after the table, when a check failed (so *Run all* stops before hours of work).
     """
+    from nbutils.core import models
+
+    if quick is None:
+        quick = models.is_tiny(project.model)
     report = run(DoctorConfig(root=str(project.paths.root), model=project.model, quick=quick))
     if report["verdict"] != "ok":
         failed = ", ".join(c["name"] for c in report["checks"] if c["status"] == steps.FAIL)
