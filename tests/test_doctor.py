@@ -293,6 +293,15 @@ def test_steps_without_their_inputs_are_skipped_and_say_why(tmp_path):
     assert "the train_steps step makes" in check("train_memory", gpu_ctx)["reason"]
 
 
+def test_a_melody_checkpoint_is_not_trained_and_generates_without_an_adapter(made_tokens, tmp_path):
+    ctx = context(tmp_path, model="tiny-melody", state={"tokens": made_tokens[1]})
+    trained = check("train_steps", ctx)
+    assert trained["status"] == "skipped" and "melody checkpoint" in trained["reason"]
+    generated = check("generate", ctx)
+    assert generated["status"] == "pass" and "no adapter: melody checkpoints are not trained" in generated["reason"]
+    assert generated["numbers"]["base_realtime_factor"] > 0 and "lora_realtime_factor" not in generated["numbers"]
+
+
 def test_train_memory_on_a_cpu_is_skipped_with_its_reason(tmp_path):
     result = check("train_memory", context(tmp_path))
     assert result["status"] == "skipped" and "predicts CUDA memory in half precision" in result["reason"]
