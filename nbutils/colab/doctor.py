@@ -167,7 +167,10 @@ def write_report(report: dict[str, Any], root: Path) -> tuple[Path | None, str]:
     name = f"{report['started'].replace(':', '-')}.json"
     problem = ""
     for folder in (root / REPORT_DIR, Path(tempfile.gettempdir()) / "nbutils-doctor"):
-        path = folder / name
+        path, again = folder / name, 1
+        while path.exists():  # two runs within a second: keep both
+            again += 1
+            path = folder / f"{Path(name).stem}-{again}.json"
         try:
             report["report"] = str(path)
             atomic.write_json(path, report)
