@@ -206,6 +206,17 @@ def test_encoder_autocast_below_99_percent_makes_tokenization_fp32(tmp_path, mon
     assert used == ["bf16"] and summary["files_ok"] == 1
 
 
+def test_tokenize_ignores_a_project_json_it_cannot_use(tmp_path):
+    tokens = tmp_path / "tokens"
+    assert encode_precision.resolve("auto", tokens) == ("auto", None)  # no project.json
+    for content in ("{not json", '["a list"]', '{"tokenize_precision": "fp8"}', '{"tokenize_precision": "auto"}'):
+        (tmp_path / "project.json").write_text(content)
+        assert encode_precision.resolve("auto", tokens) == ("auto", None), content
+    (tmp_path / "project.json").write_text('{"tokenize_precision": "fp32", "tokenize_precision_note": "measured"}')
+    chosen, note = encode_precision.resolve("auto", tokens)
+    assert chosen == "fp32" and note.startswith("Encoding in fp32: measured. Set the precision explicitly")
+
+
 def test_encoder_autocast_that_agrees_records_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(encode_precision, "autocast_precision", lambda device: "fp32")  # the same path twice
     result = check("encoder_autocast", context(tmp_path))
