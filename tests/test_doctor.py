@@ -345,7 +345,7 @@ def test_resume_equals_an_uninterrupted_run_bit_for_bit(trained):
 
 
 def test_resume_fails_when_the_save_fails(trained, monkeypatch):
-    def read_only(out, state, write_adapter, keep):
+    def read_only(out, state, write_adapter, keep, **options):
         raise OSError(errno.EROFS, "Read-only file system", str(Path(out) / checkpoint.LATEST))
 
     monkeypatch.setattr(checkpoint, "save", read_only)
@@ -372,10 +372,11 @@ def test_resume_fails_when_the_save_writes_other_weights(trained, monkeypatch):
 def test_resume_fails_when_latest_pt_is_truncated(trained, monkeypatch):
     original = checkpoint.save
 
-    def torn(out, state, write_adapter, keep):
-        path = original(out, state, write_adapter, keep)
+    def torn(out, state, write_adapter, keep, **options):
+        result = original(out, state, write_adapter, keep, **options)
+        path = Path(out) / checkpoint.LATEST
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-        return path
+        return result
 
     monkeypatch.setattr(checkpoint, "save", torn)
     result = check("resume", trained)
