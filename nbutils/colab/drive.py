@@ -23,7 +23,9 @@ DEFAULT_PROJECT_ROOT = "/content/drive/MyDrive/musicgen-lora"
 LONG_CELL_SECONDS = 10 * 60  # a cell that ran this long was a "long job": offer to flush Drive after it
 CONNECT_CELL = "2. Connect"  # in every notebook: installs the suite if needed, mounts Drive, the project
 # The cell at the end of a notebook that writes for a long time: flush what this runtime wrote to Drive.
-FLUSH_CELLS = {name: "6. Before you close the tab: flush Drive" for name in ("00_setup", "01_tokenize", "02_train")}
+FLUSH_CELLS = {"00_setup": "7. Before you close the tab: flush Drive",
+               "01_tokenize": "6. Before you close the tab: flush Drive",
+               "02_train": "7. Before you close the tab: flush Drive"}
 
 
 def in_colab() -> bool:
