@@ -7,8 +7,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from nbutils.core import models
-from nbutils.generate import melody
+from nbutils.core import melody, models
 from nbutils.generate import stage as generate
 
 SR = 32_000
