@@ -34,10 +34,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from nbutils.core import atomic, audio, config, diskerrors, durations, tracking
+from nbutils.core import atomic, audio, config, diskerrors, durations, models, tracking
 from nbutils.core.config import add_arguments, differences, from_args, option
 from nbutils.core.errors import UserError
-from nbutils.tokenize import archive, ledger, lock, metadata, shards
+from nbutils.tokenize import archive, chroma, ledger, lock, metadata, shards
 from nbutils.tokenize.zipjob import Counts, Stage, ZipPlan, ZipResult, process_zip, remove_stale_scratch, uncommit
 
 DEFAULT_MODEL = "facebook/musicgen-small"
@@ -83,6 +83,9 @@ class TokenizeConfig:
     max_member_mb: float = option(archive.MAX_MEMBER_MB, "Files inside a ZIP larger than this are refused "
                                   "(MiB; zip-bomb guard).")
     retry_failed: bool = option(False, "Also retry ZIPs that failed before and have not changed since.")
+    add_chroma: bool = option(False, "Add the chroma of --model (a melody checkpoint) to the shards already in --out "
+                                     "that lack it, so a melody model can train on them: the source ZIPs are decoded "
+                                     "again with each shard's own settings, the codes are kept (nothing is encoded).")
     progress: bool = option(True, "Show progress bars (files per second and ETA, per ZIP and overall).")
 
     def __post_init__(self) -> None:
@@ -124,13 +127,24 @@ def code_settings(cfg: TokenizeConfig) -> dict[str, Any]:
     return {**values, "tokenizer_version": TOKENIZER_VERSION}
 
 
-def _mismatch(folder: Path, diffs: list[str]) -> UserError:
+def _mismatch(folder: Path, diffs: list[str], cfg: TokenizeConfig | None = None) -> UserError:
+    melody = ""
+    if cfg is not None and all(d.startswith("model:") for d in diffs) and _is_melody(cfg.model):
+        melody = (f" To train {cfg.model} on the shards already there, add its chroma to them instead (the codes "
+                  f"are kept): {chroma.command(folder, cfg.model, cfg.zips)}.")
     return UserError(
         f"The token folder {folder} was made with other settings that change the codes "
         f"({'; '.join(diffs)}). Mixing them would give training incompatible tokens. To keep both, "
         f"pass a new --out folder (notebook: another PROJECT_ROOT); to start over with the new "
-        f"settings, delete {folder}; or run again with the folder's settings."
+        f"settings, delete {folder}; or run again with the folder's settings.{melody}"
     )
+
+
+def _is_melody(model: str) -> bool:
+    try:
+        return models.is_melody(model)
+    except UserError:  # the model cannot be read: the mismatch message is what matters here
+        return False
 
 
 def check_folder(cfg: TokenizeConfig, *, write: bool) -> list[str]:
@@ -151,7 +165,7 @@ def check_folder(cfg: TokenizeConfig, *, write: bool) -> list[str]:
         saved = atomic.read_json(path)
         diffs = differences(saved.get("code", {}), code, CODE_KEYS)
         if diffs:
-            raise _mismatch(folder, diffs)
+            raise _mismatch(folder, diffs, cfg)
         changed = differences(saved.get("text", {}), text, TEXT_KEYS)
         if changed:
             warnings.append(f"Description settings changed ({'; '.join(changed)}): ZIPs tokenized before keep "
@@ -162,8 +176,9 @@ def check_folder(cfg: TokenizeConfig, *, write: bool) -> list[str]:
             if meta.get("config_hash") != config.config_hash(code):
                 old = {k: meta.get(k) for k in CODE_KEYS}
                 raise _mismatch(folder, differences(old, code, CODE_KEYS))
-    if write:
-        atomic.write_json(path, {"code": code, "text": text, "config_hash": config.config_hash(code)})
+    if write:  # the ZIP folder too: a melody run refusing chroma-less shards names it in its command
+        atomic.write_json(path, {"code": code, "text": text, "config_hash": config.config_hash(code),
+                                 "zips": str(Path(cfg.zips).expanduser().absolute())})
     return warnings
 
 
@@ -260,6 +275,10 @@ def run(cfg: TokenizeConfig) -> dict[str, Any]:
     if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
         raise UserError(f"The token folder {cfg.out} is a file. Pass a folder for --out (notebook: the project's "
                         "tokens folder), new or existing.")
+    if cfg.add_chroma:
+        if cfg.limit:
+            raise UserError("add_chroma has no test mode: leave limit at 0.")
+        return chroma.run(cfg)
     if cfg.limit > 0:
         return _run(cfg, None)
     with lock.hold(cfg.out, say=_say) as held:
