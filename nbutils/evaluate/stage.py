@@ -31,7 +31,7 @@ from nbutils.core import atomic, config, devices, diskerrors
 from nbutils.core.config import option
 from nbutils.core.errors import UserError
 from nbutils.core.sampling import SamplingConfig
-from nbutils.evaluate import clap, clips, prompts, reference, report
+from nbutils.evaluate import clap, clips, melody, prompts, reference, report
 from nbutils.evaluate.report import BASE
 from nbutils.generate import adapters, output
 from nbutils.generate import stage as generate
@@ -133,7 +133,8 @@ def _generate_all(cfg: EvalConfig, specs: list[str], texts: list[str], out: Path
     """Every model's clips and the held-out reference, with the base model loaded once.
 
     Returns:
-        ``(clip records, Reference or None, the model's AudioSpec, {label: adapter fingerprint})``.
+        ``(clip records, Reference or None, the model's AudioSpec, {label: adapter fingerprint},
+        (melody clip records, Melodies or None))`` -- melody clips only for a melody model (``melody``).
     """
     store = clips.Samples(out / "samples")
     gen = cfg.generation(texts, out / "samples")
@@ -146,15 +147,18 @@ def _generate_all(cfg: EvalConfig, specs: list[str], texts: list[str], out: Path
             if all_shards:  # the first adapter's training run says which tracks were held out
                 run = reference.run_folder(adapters.locate(specs[0])[1])
                 ref = reference.reference_audio(cfg, pipe, all_shards, run)
+            tunes = melody.choose(ref, out, pipe.spec.sample_rate) if pipe.is_melody else None
+            tuned = melody.generate(pipe, gen, tunes, BASE, "base", bar)
             for spec in specs:
                 adapter = pipe.use_adapter(spec)  # replaces the previous adapter; the base stays loaded
                 label = clips.unique_label(clips.adapter_label(adapter.location, adapter.kind, adapter.step), labels)
                 labels.append(label)
                 fingerprints[label] = adapter.fingerprint
                 samples += store.ensure(pipe, gen, prepared, label, "lora", bar)
+                tuned += melody.generate(pipe, gen, tunes, label, "lora", bar)
     finally:
         pipe.release()  # one model in memory at a time: CLAP loads next
-    return samples, ref, pipe.spec, fingerprints
+    return samples, ref, pipe.spec, fingerprints, (tuned, tunes)
 
 
 def _score(cfg: EvalConfig, samples: list[dict], sets: dict[str, list[str]], ref, sample_rate: int):
@@ -181,10 +185,11 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     sets = prompts.prompt_sets(all_shards, cfg.prompts, cfg.num_prompts)
     texts = [p for name in prompts.PROMPT_SETS for p in sets.get(name, [])]
     _record_settings(cfg, out)  # the inputs are valid: the folder now holds this evaluation
-    samples, ref, spec, fingerprints = _generate_all(cfg, specs, texts, out, all_shards)
+    samples, ref, spec, fingerprints, (tuned, tunes) = _generate_all(cfg, specs, texts, out, all_shards)
     per_prompt, summary = _score(cfg, samples, sets, ref, spec.sample_rate)
-    return report.write_results(cfg, out, sets, samples, per_prompt, summary, reference.facts(ref), spec.sample_rate,
-                                fingerprints)
+    melody_rows = melody.rows(tuned, tunes, spec.sample_rate)
+    return report.write_results(cfg, out, sets, samples, per_prompt, summary + melody_rows, reference.facts(ref),
+                                spec.sample_rate, fingerprints, melody=melody.facts(cfg, tunes, melody_rows))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -226,4 +231,4 @@ def run_cli(args: argparse.Namespace) -> dict[str, Any]:
                         "--tokens tokens --out eval --clap tiny")
     results = run(cfg)
     return {**results["files"], "summary": results["summary"], "forgetting_generic_clap_text":
-            results["forgetting_generic_clap_text"], "reference": results["reference"]}
+            results["forgetting_generic_clap_text"], "reference": results["reference"], "melody": results["melody"]}
