@@ -129,7 +129,7 @@ def code_settings(cfg: TokenizeConfig) -> dict[str, Any]:
 
 def _mismatch(folder: Path, diffs: list[str], cfg: TokenizeConfig | None = None) -> UserError:
     melody = ""
-    if cfg is not None and all(d.startswith("model:") for d in diffs) and _is_melody(cfg.model):
+    if cfg is not None and any(d.startswith("model:") for d in diffs) and _is_melody(cfg.model):
         melody = (f" To train {cfg.model} on the shards already there, add its chroma to them instead (the codes "
                   f"are kept): {chroma.command(folder, cfg.model, cfg.zips)}.")
     return UserError(

@@ -98,7 +98,7 @@ def _with_melody(model, inputs, melody: dict[str, Any], folder: Path, i: int, se
         audio = model.generate(**inputs, input_features=features, max_new_tokens=how["max_new_tokens"],
                                **how["sampling"].generate_kwargs())
     wav = audio[0].float().cpu().numpy().T.astype(np.float32)
-    source = codec.decode(model, torch.as_tensor(np.asarray(melody["codes"]).T, dtype=torch.long, device=device))
+    source = codec.decode(model, torch.tensor(np.asarray(melody["codes"]).T, dtype=torch.long, device=device))
     source = source.numpy().T
     names = [f"{kind}-{i}-melody.wav", f"melody-{i}.wav"]
     for name, clip in zip(names, (wav, source)):
