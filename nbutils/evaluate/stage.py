@@ -4,7 +4,8 @@ For every model (base, the adapter, optionally every training checkpoint) and ev
 two fixed sets -- **style** prompts (the training descriptions, or a file) and **generic**
 prompts outside the trained style (``prompts``) -- the same seeds generate clips (``clips``),
 and CLAP scores them against the prompts and against held-out training audio (``reference``;
-the metrics and what is written: ``report``).
+the metrics and what is written: ``report``). A melody model is also given held-out segments as
+melodies and scored on how closely it follows them (``melody``: audiocraft's chroma cosine).
 
 The base model is loaded once; each adapter is then attached in place of the previous one
 (``Pipeline.use_adapter``), which gives exactly the clips a freshly loaded base + adapter gives.

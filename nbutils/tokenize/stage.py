@@ -15,6 +15,9 @@ throughput and prints the ETA for everything, and leaves nothing that reads as d
     python -m nbutils tokenize --zips DIR --out DIR [--model M] [--metadata FILE]
         [--default-description TEXT] [--segment-seconds S] [--limit N]
 
+For a melody checkpoint each shard also holds its segments' chroma; ``--add-chroma`` adds a melody
+checkpoint's chroma to shards made without it, keeping their codes (``nbutils.tokenize.chroma``).
+
 The last stdout line is a JSON summary (``zips_done``, ``zips_skipped``, ``zips_failed``,
 ``files_ok``, ``files_failed``, ``files_skipped``, ``segments``, ``audio_seconds``, ``frames``...;
 ``metadata_bad_lines`` lists the metadata files with unusable lines, also warned about before any ZIP).
