@@ -77,6 +77,25 @@ def test_tiny_melody_is_the_real_architecture(melody_pipe):
     assert not torch.allclose(out_c, out_a)
 
 
+def test_generate_sees_the_text_and_the_melody():
+    """transformers <= 5.2x (Colab's 5.15) drops a melody model's conditioning in generate()
+    (huggingface/transformers#45647): every prompt and melody gave the same audio. Loaded by the
+    suite, the cached generation conditions as a full recomputation without cache does."""
+    model, processor = models.load_musicgen("tiny-melody")
+    features = melody.one_hot(np.resize(np.array([2] * 8 + [9] * 8), 235)[None], 12)
+
+    def codes(text, **kwargs):
+        torch.manual_seed(0)
+        return model.generate(**processor.tokenizer([text], return_tensors="pt"), max_new_tokens=23,
+                              guidance_scale=3.0, **kwargs)
+
+    greedy = codes("calm piano", input_features=features, do_sample=False)
+    assert torch.equal(greedy, codes("calm piano", input_features=features, do_sample=False, use_cache=False))
+    sampled = codes("calm piano", input_features=features, do_sample=True)
+    assert not torch.equal(sampled, codes("dark techno metal", input_features=features, do_sample=True)), "text"
+    assert not torch.equal(sampled, codes("calm piano", do_sample=True)), "melody"
+
+
 def test_generation_follows_the_melody_under_each_window(melody_pipe, tmp_path):
     """Each window gets the chroma of its own stretch of the melody file, and the clip is exact."""
     line = np.concatenate([tone("C", 1.0), tone("G", 1.0), tone("E", 1.0)])

@@ -12,7 +12,8 @@
   text-to-decoder projection like musicgen-small) so every code path runs on a CPU in seconds.
 
 Every loader applies the transformers 5.x fix for ``decoder_start_token_id`` (hub configs
-keep it only in ``generation_config``; the training loss needs it on ``config.decoder``).
+keep it only in ``generation_config``; the training loss needs it on ``config.decoder``) and, for
+melody checkpoints, the one that lets ``generate()`` see the text and melody (``compat``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from nbutils.core import melody, modelfiles
+from nbutils.core import compat, melody, modelfiles
 from nbutils.core.errors import UserError
 
 HUB_MODELS = (
@@ -415,6 +416,7 @@ def load_musicgen(name: str, *, device: str | None = None, dtype: Any = None):
         except Exception as err:  # noqa: BLE001
             raise modelfiles.load_error(name, err) from err
     fix_decoder_start(model)
+    compat.keep_melody_conditioning(model)  # transformers <= 5.2x: generate() would ignore text and melody
     if device is not None:
         model = model.to(device)
     return model.eval(), processor
