@@ -340,6 +340,10 @@ def test_samples_with_and_without_a_validation_melody(tmp_path):
         split = json.loads((out / "split.json").read_text())
         assert tune["track"] in split["val_tracks"]
     keys = {k for row in wandb_history(offline_runs(out)[0]) for k in row}
+    from nbutils.train import monitor
+
+    shown = [p.name for p in monitor.play_samples(out)]  # notebook 02's last cell
+    assert shown[:3] == ["lora-0.wav", "lora-0-melody.wav", "melody-0.wav"] and "base-0-melody.wav" in shown
     logged = {"samples/base/0", "samples/base/0-melody", "samples/lora/0", "samples/lora/0-melody", "samples/melody/0"}
     assert {f"{k}/path" for k in logged} <= keys, keys
 
