@@ -2,6 +2,8 @@
 
     python benchmarks/bench_tokenize.py            # 10-20 minutes on a shared 2-core CPU
     python benchmarks/bench_tokenize.py --quick    # smaller inputs, for a smoke test
+    python benchmarks/bench_tokenize.py --only ab  # (a) and (b) only: nbutils.tokenize.speed, which
+                                                   # `python -m nbutils doctor` runs on your runtime
 
 All figures are measured in this one run, on the same generated audio (44.1 kHz stereo mp3, the
 common case on users' Drives), with facebook/encodec_32khz's architecture and random weights
@@ -34,16 +36,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import zipfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import numpy as np  # noqa: E402
-
-from clock import Clock  # noqa: E402 - benchmarks/clock.py, beside this script
-from nbutils.core import models, synth  # noqa: E402
+from nbutils.core import models  # noqa: E402
+from nbutils.tokenize import speed  # noqa: E402 - the (a) and (b) measurement, shared with `nbutils doctor`
 
 # facebook/encodec_32khz's config.json (the codec of every facebook/musicgen-* checkpoint)
 ENCODEC_32KHZ = dict(
@@ -55,7 +54,6 @@ ENCODEC_32KHZ = dict(
 )
 SPEC = models.AudioSpec(sample_rate=32_000, frame_rate=50, hop_length=640, num_codebooks=4, audio_channels=1,
                         codebook_size=2048)
-SOURCE_RATE = 44_100
 
 
 def real_codec():
@@ -74,95 +72,10 @@ def use_real_codec() -> None:
     models.load_codec = lambda name, **kw: (codec, SPEC) if name == "bench" else original(name, **kw)
 
 
-def make_zip(path: Path, files: int, seconds: float) -> Path:
-    """A ZIP of ``files`` 44.1 kHz stereo mp3 tracks (synthetic music, deterministic)."""
-    import io
-
-    import soundfile as sf
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
-        for i in range(files):
-            wave = synth.track(synth.STYLES[i % 3], seconds, SOURCE_RATE, i, channels=2)
-            buf = io.BytesIO()
-            sf.write(buf, wave, SOURCE_RATE, format="MP3", subtype="MPEG_LAYER_III")
-            zf.writestr(f"album {i // 10}/track_{i:03d}.mp3", buf.getvalue())
-    return path
-
-
-def run_pipeline(zips: Path, work: Path, **overrides) -> tuple[Clock, dict]:
-    from contextlib import redirect_stdout
-    from io import StringIO
-
-    from nbutils.tokenize import stage as tokenize
-
-    out = Path(tempfile.mkdtemp(dir=work))
-    cfg = tokenize.TokenizeConfig(zips=str(zips), out=str(out / "tokens"), model="bench",
-                                  scratch=str(out / "scratch"), progress=False, **overrides)
-    with Clock() as timer, redirect_stdout(StringIO()):
-        summary = tokenize.run(cfg)
-    return timer, summary
-
-
-def decoded_segments(zip_path: Path, work: Path, segment_seconds: float) -> list[np.ndarray]:
-    """The segments the pipeline encodes, decoded up front (for the encoder-only figure)."""
-    from nbutils.core import audio
-
-    segments = []
-    with zipfile.ZipFile(zip_path) as zf:
-        for name in zf.namelist():
-            path = Path(zf.extract(name, work / "decoded"))
-            report = audio.TrackReport()
-            segments += [p.audio for p in audio.iter_segments(path, report, segment_seconds=segment_seconds)]
-    return segments
-
-
-def bench_device() -> str:
-    """Where all three methods encode: the GPU when there is one (as the pipeline does), else the CPU."""
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def run_encoder_only(codec, segments: list[np.ndarray], segment_seconds: float) -> Clock:
-    """The pipeline's encoder (same device, precision and batch size) on already decoded segments."""
-    from nbutils.tokenize.encoder import Batcher, Encoder
-
-    encoder = Encoder(codec, SPEC, device=bench_device())
-    batcher = Batcher(encoder, full_samples=int(segment_seconds * SPEC.sample_rate),
-                      batch_size=encoder.default_batch(segment_seconds))
-    with Clock() as timer:
-        for i, segment in enumerate(segments):
-            batcher.add(i, segment)
-        batcher.flush()
-    return timer
-
-
-def run_naive(codec, zip_path: Path, work: Path) -> Clock:
-    """Extract, read, resample, encode the whole file (float32), torch.save -- one file at a time."""
-    import soundfile as sf
-    import soxr
-    import torch
-
-    device = bench_device()
-    codec.to(device)
-    out = Path(tempfile.mkdtemp(dir=work))
-    with Clock() as timer, zipfile.ZipFile(zip_path) as zf:
-        for name in zf.namelist():
-            path = zf.extract(name, out / "extract")
-            wave, sr = sf.read(path, dtype="float32", always_2d=True)
-            wave = soxr.resample(wave.mean(axis=1), sr, SPEC.sample_rate)
-            with torch.no_grad():
-                codes = codec.encode(torch.from_numpy(wave)[None, None].to(device)).audio_codes[0, 0]
-            torch.save(codes, out / (Path(name).stem + ".pt"))
-            os.remove(path)
-    return timer
-
-
 def peak_rss_child(zips: str) -> None:
     """In a fresh process: tokenize the ZIP folder, print the peak RSS (MB) as JSON."""
     use_real_codec()
-    timer, summary = run_pipeline(Path(zips), Path(zips).parent)
+    timer, summary, _ = speed.run_pipeline(Path(zips), Path(zips).parent, "bench")
     print(json.dumps({"maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                       "files_ok": summary["files_ok"], "seconds": round(timer.wall, 1)}))
 
@@ -209,42 +122,27 @@ def measure(args: argparse.Namespace, work: Path) -> None:
 def measure_speed(args: argparse.Namespace, work: Path) -> None:
     import torch
 
-    zips = work / "ab"
-    zip_path = make_zip(zips / "batch_0001.zip", args.files, args.seconds)
-    codec = real_codec()
     use_real_codec()
-    segment_seconds = 30.0
-    segments = decoded_segments(zip_path, work, segment_seconds)
-    audio_seconds = sum(s.shape[-1] for s in segments) / SPEC.sample_rate
-    print(f"{args.files} tracks x {args.seconds:g} s (44.1 kHz stereo mp3), {audio_seconds:.0f} s of audio; "
-          f"device {bench_device()}, torch threads: {torch.get_num_threads()}; load {os.getloadavg()[0]:.1f}",
-          flush=True)
-
-    # Interleaved, so a change in machine load (shared CPU) hits every method alike.
-    runs = {"encoder": [], "pipeline": [], "naive": []}
-    for round_ in range(args.rounds):
-        runs["encoder"].append(run_encoder_only(codec, segments, segment_seconds))
-        runs["pipeline"].append(run_pipeline(zips, work)[0])
-        runs["naive"].append(run_naive(codec, zip_path, work))
-        print(f"  round {round_ + 1} (load {os.getloadavg()[0]:.1f}): "
-              + ", ".join(f"{k} {v[-1].wall:.1f} s" for k, v in runs.items()), flush=True)
-    wall = {k: min(t.wall for t in v) for k, v in runs.items()}
-    cpu = {k: min(t.cpu for t in v) for k, v in runs.items()}
-    for name in runs:
+    print(f"{args.files} tracks x {args.seconds:g} s (44.1 kHz stereo mp3); device {speed.default_device()}, "
+          f"torch threads: {torch.get_num_threads()}; load {os.getloadavg()[0]:.1f}", flush=True)
+    result = speed.measure("bench", work / "ab", files=args.files, seconds=args.seconds, rounds=args.rounds,
+                           codec=real_codec(), spec=SPEC, log=lambda line: print(line, flush=True))
+    wall, cpu, audio_seconds = result["wall"], result["cpu"], result["audio_seconds"]
+    print(f"  {audio_seconds:.0f} s of audio")
+    for name in speed.METHODS:
         print(f"  {name:>9}: best {wall[name]:7.1f} s wall = {audio_seconds / wall[name]:6.2f} audio-seconds/s; "
               f"{cpu[name]:7.1f} s CPU")
-    ratio_a, ratio_b = wall["encoder"] / wall["pipeline"], wall["naive"] / wall["pipeline"]
-    cpu_a, cpu_b = cpu["encoder"] / cpu["pipeline"], cpu["naive"] / cpu["pipeline"]
-
     print("\nResults (this run):")
-    print(f"(a) pipeline / encoder-only throughput: {ratio_a:.2f}  (CPU time: {cpu_a:.2f}; target >= 0.9)")
-    print(f"(b) pipeline vs naive loop:             {ratio_b:.2f}x (CPU time: {cpu_b:.2f}x; target >= 3)")
+    print(f"(a) pipeline / encoder-only throughput: {result['pipeline_vs_encoder']:.2f}  "
+          f"(CPU time: {result['pipeline_vs_encoder_cpu']:.2f}; target >= 0.9)")
+    print(f"(b) pipeline vs naive loop:             {result['pipeline_vs_naive']:.2f}x "
+          f"(CPU time: {result['pipeline_vs_naive_cpu']:.2f}x; target >= 3)")
 
 
 def measure_rss(args: argparse.Namespace, work: Path) -> None:
     few, many = args.rss_files
-    small = make_zip(work / "rss-few" / "batch.zip", few, args.rss_seconds).parent
-    large = make_zip(work / "rss-many" / "batch.zip", many, args.rss_seconds).parent
+    small = speed.make_zip(work / "rss-few" / "batch.zip", few, args.rss_seconds).parent
+    large = speed.make_zip(work / "rss-many" / "batch.zip", many, args.rss_seconds).parent
     rss_small, rss_large = peak_rss(small), peak_rss(large)
     print(f"  peak RSS, {few} files: {rss_small['maxrss_mb']:.0f} MB ({rss_small['seconds']} s); "
           f"{many} files: {rss_large['maxrss_mb']:.0f} MB ({rss_large['seconds']} s), {args.rss_seconds:g} s tracks; "

@@ -1,14 +1,8 @@
-"""Timing for the benchmarks: wall and CPU seconds of a block, measured together."""
+"""Timing for the benchmarks: ``nbutils.core.clock.Clock`` (the doctor times with it too).
 
-import time
+The scripts beside this file put the repository on ``sys.path`` before importing it.
+"""
 
+from nbutils.core.clock import Clock
 
-class Clock:
-    """Wall time and this process's CPU time (all threads) of a ``with`` block."""
-
-    def __enter__(self):
-        self.wall, self.cpu = time.perf_counter(), time.process_time()
-        return self
-
-    def __exit__(self, *exc):
-        self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
+__all__ = ["Clock"]

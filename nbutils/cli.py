@@ -3,6 +3,7 @@
 Each command lives in its stage module, which provides ``add_cli(parser)`` and
 ``run_cli(args) -> dict | None``. When ``run_cli`` returns a dict, it is printed as the last
 line of stdout as one JSON object (the contract outside tests rely on; see docs/architecture.md).
+A module may also provide ``exit_status(summary) -> int`` (the doctor: 1 when a check failed).
 Modules are imported only for the command that runs, so ``--help`` is instant.
 """
 
@@ -21,6 +22,8 @@ COMMANDS = {
     "generate": ("nbutils.generate.stage", "Generate music from text with the base model or a LoRA adapter."),
     "evaluate": ("nbutils.evaluate.stage", "Compare base vs LoRA with CLAP scores, a table and a plot."),
     "demo": ("nbutils.colab.demo", "Run the whole pipeline offline on generated music by executing the notebooks."),
+    "doctor": ("nbutils.colab.doctor", "Self-check this runtime (GPU, disk, encoder, training, resume, generation) "
+                                       "in about two minutes; attach its report to bug reports."),
 }
 
 
@@ -57,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     if summary is not None:
         sys.stderr.flush()
         print(json.dumps(summary, default=str), flush=True)
-    return 0
+    # A command whose summary can report a failure (the doctor's verdict) says so in the exit status.
+    exit_status = getattr(module, "exit_status", None)
+    return exit_status(summary) if exit_status and summary is not None else 0
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ tests change (``drive.DRIVE_MOUNT``, ``drive.LONG_CELL_SECONDS``) are read from 
 """
 
 from nbutils.colab import drive, install, project, release, secrets
+from nbutils.colab.doctor import run_doctor
 from nbutils.colab.drive import (
     CONNECT_CELL,
     DEFAULT_PROJECT_ROOT,
@@ -39,5 +40,6 @@ __all__ = [
     "CONNECT_CELL", "DEFAULT_PROJECT_ROOT", "INSTALL_CELL", "INSTALL_REF",
     "PROJECT_CELL", "Project", "REPO_REF", "REPO_SLUG", "SECRET_NAMES", "colab_url", "connect", "create_project",
     "current", "describe_project", "drive_mounted", "flush_drive", "gpu_report", "in_colab", "install_url",
-    "lookup_secret", "mount_drive", "next_steps", "on_drive", "secret", "show_errors_briefly", "use_secrets",
+    "lookup_secret", "mount_drive", "next_steps", "on_drive", "run_doctor", "secret", "show_errors_briefly",
+    "use_secrets",
 ]

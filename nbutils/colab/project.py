@@ -91,6 +91,27 @@ def create_project(project_root: str | os.PathLike, *, change_model: bool = Fals
     return _CURRENT
 
 
+def record_settings(project_root: str | os.PathLike, **values: Any) -> Path:
+    """Add ``values`` to the project's ``project.json`` (atomically), keeping every other setting.
+
+    Used for what a later notebook learns about the project (the doctor's tokenization precision).
+    A missing ``project.json`` is created with these values alone; ``current()`` sees them at once.
+
+    Returns:
+        The path of ``project.json``.
+
+    Raises:
+        OSError: the project folder cannot be written.
+    """
+    paths = Paths.at(project_root)
+    settings = atomic.read_json(paths.project_file) if paths.project_file.exists() else {}
+    settings.update(values)
+    atomic.write_json(paths.project_file, settings)
+    if _CURRENT is not None and _CURRENT.paths.root == paths.root:
+        _CURRENT.settings.update(values)
+    return paths.project_file
+
+
 def _kept_model_note(saved: str, asked: str) -> str:
     return (f"Note: this project was set up for {saved} (in project.json), so MODEL = {asked} was not applied: "
             f"its tokens and training runs belong to {saved}. To start with {asked}, use a new PROJECT_ROOT; to "

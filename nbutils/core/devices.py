@@ -184,16 +184,20 @@ def unless_out_of_memory(call: Callable[[], T]) -> tuple[T | None, bool]:
 
 
 def gpu_info() -> dict[str, Any] | None:
-    """Name, memory (GiB), count and native bf16 support of the GPU, or None on a CPU runtime."""
+    """Name, memory (GiB, total and free now), count, compute capability and native bf16 support of
+    the GPU, or None on a CPU runtime."""
     import torch
 
     if not torch.cuda.is_available():
         return None
     props = torch.cuda.get_device_properties(0)
+    free, _total = torch.cuda.mem_get_info(0)
     return {
         "name": props.name,
         "vram_gb": round(props.total_memory / 2**30, 1),
+        "free_gb": round(free / 2**30, 2),
         "count": torch.cuda.device_count(),
+        "capability": f"{props.major}.{props.minor}",
         "bf16": bf16_native(0),  # native only: T4 / V100 merely emulate it, slowly
     }
 

@@ -4,7 +4,9 @@
 ``metadata`` finds each track's description, ``encoder`` batches EnCodec, ``shards`` and ``ledger``
 are the durable output, ``lock`` keeps one run per token folder, ``zipjob`` is the work on one
 ZIP (``notes``: what its contents deserve a warning about) and ``stage`` the whole run (config,
-run, CLI), whose public names are re-exported here.
+run, CLI), whose public names are re-exported here. ``precision`` decides whether ``auto`` encodes
+under autocast or in float32 (the doctor's measurement), ``speed`` times the batched pipeline
+against one file at a time (``bench_tokenize`` and the doctor).
 """
 
 from nbutils.tokenize.stage import TokenizeConfig, config_for, run, table

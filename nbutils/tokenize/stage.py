@@ -41,6 +41,7 @@ from nbutils.core import atomic, audio, config, diskerrors, durations, models, t
 from nbutils.core.config import add_arguments, differences, from_args, option
 from nbutils.core.errors import UserError
 from nbutils.tokenize import archive, chroma, ledger, lock, metadata, shards
+from nbutils.tokenize import precision as encode_precision
 from nbutils.tokenize.zipjob import Counts, Stage, ZipPlan, ZipResult, process_zip, remove_stale_scratch, uncommit
 
 DEFAULT_MODEL = "facebook/musicgen-small"
@@ -77,8 +78,10 @@ class TokenizeConfig:
     workers: int = option(0, "Threads that extract, decode and resample the next files while the encoder works; "
                              "0 = one per CPU core beyond the first, 2 to 8 (a Colab A100 has 12 cores).")
     device: str = option("", "Device for the encoder: cuda, cpu, ... (empty: the GPU if there is one).")
-    precision: str = option("auto", "auto (bf16/fp16 autocast on a GPU, float32 on a CPU), fp32, bf16 or fp16. "
-                                    "Only EnCodec's convolutions: its quantizer always runs in float32.")
+    precision: str = option("auto", "auto (bf16/fp16 autocast on a GPU, float32 on a CPU; float32 when `nbutils "
+                                    "doctor` recorded that autocast changes the codes in the project's project.json), "
+                                    "fp32, bf16 or fp16. Only EnCodec's convolutions: its quantizer always runs in "
+                                    "float32.")
     scratch: str = option("", "Local folder for ZIP copies and extracted files, emptied after each ZIP "
                           "(empty: /content/scratch on Colab, the temp folder elsewhere).")
     copy_zip: bool = option(True, "Copy each ZIP to scratch first (fast on Drive); --no-copy-zip reads "
@@ -290,6 +293,10 @@ def run(cfg: TokenizeConfig) -> dict[str, Any]:
 
 def _run(cfg: TokenizeConfig, held: lock.Lock | None) -> dict[str, Any]:
     testing = held is None
+    chosen, why = encode_precision.resolve(cfg.precision, cfg.out)  # `auto` may be fp32 (the doctor's finding)
+    if why:
+        _say(why)
+        cfg = dataclasses.replace(cfg, precision=chosen)
     code = code_settings(cfg)
     config_hash = config.config_hash(code)
     warnings = check_folder(cfg, write=not testing)

@@ -145,6 +145,32 @@ def memory_gb(shape: Shape, batch: int, seconds: float, checkpointing: bool, fra
     return (weights + lora_and_adam + batch * (per_crop + logits)) / GIB + CONTEXT_GB
 
 
+def compare_memory(model_name: str, batch: int, seconds: float, checkpointing: bool,
+                   measured_gb: float) -> dict[str, Any]:
+    """The memory model's prediction for one training step next to a measured peak.
+
+    ``measured_gb`` is what PyTorch's allocator reports (``torch.cuda.max_memory_allocated``),
+    which leaves out the CUDA context; so is the prediction compared with it (``CONTEXT_GB`` off).
+    The presets plan for ``USABLE`` of the GPU's memory, so an underestimate by more than
+    ``1 / USABLE`` can run a preset out of memory: ``within_margin`` is False then.
+
+    Returns:
+        ``predicted_gb`` (with the context, as the presets plan), ``predicted_allocated_gb``,
+        ``measured_gb``, ``error_percent`` (measured vs predicted allocation; positive: the model
+        underestimates) and ``within_margin``.
+    """
+    _, shape = shape_of(model_name)
+    predicted = memory_gb(shape, batch, seconds, checkpointing)
+    allocated = predicted - CONTEXT_GB
+    return {
+        "predicted_gb": round(predicted, 3),
+        "predicted_allocated_gb": round(allocated, 3),
+        "measured_gb": round(measured_gb, 3),
+        "error_percent": round(100 * (measured_gb - allocated) / allocated, 1),
+        "within_margin": measured_gb <= allocated / USABLE,
+    }
+
+
 def _fits(shape: Shape, vram_gb: float, seconds: float, checkpointing: bool) -> int:
     """Largest power-of-two batch (<= EFFECTIVE_BATCH) that fits, or 0."""
     batch = EFFECTIVE_BATCH
