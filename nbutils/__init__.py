@@ -46,7 +46,7 @@ MOVED = {
     "labels": "nbutils.train.labels",
     "ledger": "nbutils.tokenize.ledger",
     "lora": "nbutils.train.lora",
-    "melody": "nbutils.generate.melody",
+    "melody": "nbutils.core.melody",
     "metadata": "nbutils.tokenize.metadata",
     "metrics": "nbutils.evaluate.metrics",
     "models": "nbutils.core.models",

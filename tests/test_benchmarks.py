@@ -24,6 +24,13 @@ def test_bench_generate_prints_its_ratios():
 
 
 @pytest.mark.slow
+def test_bench_melody_quick_prints_a_and_b():
+    out = _bench("benchmarks/bench_melody.py", "--quick")
+    for line in ("(a) chroma:", "KiB per audio-hour", "(b) chroma / EnCodec encode time per 30 s segment:"):
+        assert line in out, out
+
+
+@pytest.mark.slow
 def test_bench_tokenize_quick_prints_a_b_and_c():
     out = _bench("benchmarks/bench_tokenize.py", "--quick")
     for line in ("(a) pipeline / encoder-only throughput:", "(b) pipeline vs naive loop:", "(c) peak RSS"):

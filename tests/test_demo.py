@@ -177,3 +177,47 @@ def test_a_demo_rerun_reuses_its_clips(demo_run):
     assert sorted(p.name for p in paths.generated.iterdir()) == before, "no new clips"
     executed = nbformat.read(str(out / "notebooks" / "03_generate.ipynb"), as_version=4)
     assert "Reusing 4 clip(s) saved earlier" in notebooks.outputs_text(executed)
+
+
+# ---------------------------------------------------------------------------------------------
+# The melody model
+# ---------------------------------------------------------------------------------------------
+
+
+def test_a_demo_folder_belongs_to_one_model(tmp_path):
+    paths = Paths.at(tmp_path)
+    demo.make_dataset(paths, demo.DemoConfig(out=tmp_path, zips=1, tracks_per_zip=1, track_seconds=2.0))
+    with pytest.raises(UserError, match=r"(?s)model: 'tiny' -> 'tiny-melody'.*another --out folder"):
+        demo.make_dataset(paths, demo.DemoConfig(out=tmp_path, zips=1, tracks_per_zip=1, track_seconds=2.0,
+                                                 model="tiny-melody"))
+    with pytest.raises(UserError, match="runs offline with an embedded model"):
+        demo.DemoConfig(out=tmp_path, model="facebook/musicgen-melody")
+    setup, generate = (notebooks.notebook_path(n) for n in ("00_setup", "03_generate"))
+    assert demo.notebook_parameters("00_setup", setup, paths, "tiny-melody")["MODEL"] == "tiny-melody"
+    assert demo.notebook_parameters("03_generate", generate, paths, "tiny-melody")["MELODY_FILE"] == str(
+        tmp_path / demo.MELODY_FILE)
+    assert "MELODY_FILE" not in demo.notebook_parameters("03_generate", generate, paths)
+
+
+@pytest.mark.slow
+def test_demo_runs_the_notebooks_with_the_melody_model(tmp_path):
+    out = tmp_path / "melody_demo"
+    summary = last_json(run_cli("demo", "--out", str(out), "--model", "tiny-melody", timeout=900).stdout)
+    paths = Paths.at(out)
+    assert json.loads(paths.project_file.read_text())["model"] == "tiny-melody"
+    for name in notebooks.NOTEBOOKS:
+        nb = nbformat.read(str(out / "notebooks" / f"{name}.ipynb"), as_version=4)
+        assert not [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"], name
+        assert "\u274c" not in notebooks.outputs_text(nb), name
+    from nbutils.tokenize import shards
+
+    assert all(s.chroma_settings is not None for s in shards.open_all(paths.tokens)), "chroma beside the codes"
+    samples = paths.run("lora") / "samples" / "step-000000"
+    assert {"base-0.wav", "base-0-melody.wav", "melody-0.wav"} <= {p.name for p in samples.iterdir()}
+    generated = [json.loads(Path(p).with_suffix(".json").read_text()) for p in summary["audio"]
+                 if Path(p).is_relative_to(paths.generated)]
+    assert {g["variant"] for g in generated} == {"base", "lora"}
+    assert all(g["parameters"]["melody"] == str(out / demo.MELODY_FILE) for g in generated)
+    (results,) = list(paths.eval.glob("*/results.json"))
+    facts = json.loads(results.read_text())["melody"]
+    assert set(facts["chroma_cosine"]) == {"base", "lora-best"} and facts["melodies"]

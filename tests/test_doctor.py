@@ -304,13 +304,18 @@ def test_steps_without_their_inputs_are_skipped_and_say_why(tmp_path):
     assert "the train_steps step makes" in check("train_memory", gpu_ctx)["reason"]
 
 
-def test_a_melody_checkpoint_is_not_trained_and_generates_without_an_adapter(made_tokens, tmp_path):
-    ctx = context(tmp_path, model="tiny-melody", state={"tokens": made_tokens[1]})
-    trained = check("train_steps", ctx)
-    assert trained["status"] == "skipped" and "melody checkpoint" in trained["reason"]
-    generated = check("generate", ctx)
-    assert generated["status"] == "pass" and "no adapter: melody checkpoints are not trained" in generated["reason"]
-    assert generated["numbers"]["base_realtime_factor"] > 0 and "lora_realtime_factor" not in generated["numbers"]
+def test_a_melody_checkpoint_is_tokenized_with_chroma_trained_and_generates_with_its_adapter(tmp_path):
+    ctx = context(tmp_path, model="tiny-melody")
+    try:
+        assert check("tokenize_batching", ctx)["status"] == "pass"
+        from nbutils.tokenize import shards
+
+        assert all(s.chroma_settings is not None for s in shards.open_all(ctx.state["tokens"]))
+        assert check("train_steps", ctx)["status"] == "pass"
+        generated = check("generate", ctx)
+    finally:
+        ctx.close()
+    assert generated["status"] == "pass" and generated["numbers"]["lora_realtime_factor"] > 0, generated
 
 
 def test_train_memory_on_a_cpu_is_skipped_with_its_reason(tmp_path):

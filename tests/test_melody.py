@@ -7,8 +7,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from nbutils.core import models
-from nbutils.generate import melody
+from conftest import last_json, run_cli
+from nbutils.core import melody, models
 from nbutils.generate import stage as generate
 
 SR = 32_000
@@ -77,6 +77,25 @@ def test_tiny_melody_is_the_real_architecture(melody_pipe):
     assert not torch.allclose(out_c, out_a)
 
 
+def test_generate_sees_the_text_and_the_melody():
+    """transformers <= 5.2x (Colab's 5.15) drops a melody model's conditioning in generate()
+    (huggingface/transformers#45647): every prompt and melody gave the same audio. Loaded by the
+    suite, the cached generation conditions as a full recomputation without cache does."""
+    model, processor = models.load_musicgen("tiny-melody")
+    features = melody.one_hot(np.resize(np.array([2] * 8 + [9] * 8), 235)[None], 12)
+
+    def codes(text, **kwargs):
+        torch.manual_seed(0)
+        return model.generate(**processor.tokenizer([text], return_tensors="pt"), max_new_tokens=23,
+                              guidance_scale=3.0, **kwargs)
+
+    greedy = codes("calm piano", input_features=features, do_sample=False)
+    assert torch.equal(greedy, codes("calm piano", input_features=features, do_sample=False, use_cache=False))
+    sampled = codes("calm piano", input_features=features, do_sample=True)
+    assert not torch.equal(sampled, codes("dark techno metal", input_features=features, do_sample=True)), "text"
+    assert not torch.equal(sampled, codes("calm piano", do_sample=True)), "melody"
+
+
 def test_generation_follows_the_melody_under_each_window(melody_pipe, tmp_path):
     """Each window gets the chroma of its own stretch of the melody file, and the clip is exact."""
     line = np.concatenate([tone("C", 1.0), tone("G", 1.0), tone("E", 1.0)])
@@ -124,3 +143,171 @@ def test_a_surround_melody_is_read_as_tokenization_reads_it_and_its_chroma_made_
     assert len(records) == 4 and len(seen) == 1
     np.testing.assert_array_equal(seen[0], audio.load(melody_file, channels=1)[0])
     assert melody.dominant_pitch(real(seen[0])) == "G"
+
+
+# ---------------------------------------------------------------------------------------------
+# A melody folder saved by someone else: its own chroma settings, no torchaudio, no extra flags
+# ---------------------------------------------------------------------------------------------
+
+THEIR_SETTINGS = {"feature_extractor_type": "MusicgenMelodyFeatureExtractor", "feature_size": 12, "hop_length": 2048,
+                  "n_fft": 8192, "chunk_length": 30, "n_samples": 960000, "sampling_rate": 32000,
+                  "padding_side": "left", "padding_value": 0.0, "return_attention_mask": False,
+                  "stem_indices": [3, 2], "processor_class": "MusicgenMelodyProcessor"}
+
+
+@pytest.fixture(scope="module")
+def foreign_melody(tmp_path_factory):
+    """A melody folder as transformers 4.x (and the Hub checkpoints) save it: ``preprocessor_config.json``
+    naming MusicgenMelodyFeatureExtractor / MusicgenMelodyProcessor, with a hop of its own (2048)."""
+    import json
+
+    model, processor = models.build_tiny("tiny-melody")
+    model.config.chroma_length = 469  # 30 s at its hop of 2048
+    folder = tmp_path_factory.mktemp("their") / "melody-model"
+    model.save_pretrained(folder)
+    processor.tokenizer.save_pretrained(folder)
+    tokenizer_config = folder / "tokenizer_config.json"
+    values = json.loads(tokenizer_config.read_text())
+    tokenizer_config.write_text(json.dumps({**values, "processor_class": "MusicgenMelodyProcessor"}))
+    (folder / "preprocessor_config.json").write_text(json.dumps(THEIR_SETTINGS))
+    return folder
+
+
+def test_chroma_settings_are_read_from_either_processor_layout(tmp_path, foreign_melody):
+    import json
+    import shutil
+
+    from nbutils.core import modelfiles
+
+    theirs = melody.ChromaSettings(sample_rate=32000, n_fft=8192, hop_length=2048, num_chroma=12)
+    assert models.chroma_settings(str(foreign_melody)) == theirs
+    nested = tmp_path / "nested"  # transformers 5.x: processor_config.json with the extractor inside
+    shutil.copytree(foreign_melody, nested)
+    (nested / "preprocessor_config.json").unlink()
+    (nested / "processor_config.json").write_text(json.dumps({"feature_extractor": THEIR_SETTINGS,
+                                                              "processor_class": "MusicgenMelodyProcessor"}))
+    assert models.chroma_settings(str(nested)) == theirs
+    assert modelfiles.chroma_settings(str(tmp_path)) == melody.ChromaSettings(), "no processor file: the released"
+    assert models.chroma_settings("tiny-melody") == melody.ChromaSettings()
+    assert models.chroma_settings("tiny") is None
+
+
+def test_a_foreign_melody_folder_generates_with_a_melody_without_torchaudio(tmp_path, foreign_melody):
+    import importlib.util
+
+    from transformers import AutoProcessor
+
+    if importlib.util.find_spec("torchaudio") is None:  # the user's report: transformers' own loading fails here
+        with pytest.raises(ImportError, match="torchaudio"):
+            AutoProcessor.from_pretrained(str(foreign_melody))
+    sf.write(tmp_path / "hum.wav", tone("G", 2.0), SR)
+    proc = run_cli("generate", "--model", str(foreign_melody), "--melody", str(tmp_path / "hum.wav"),
+                   "--prompt", "calm piano", "--seconds", "0.5", "--out", str(tmp_path / "out"))
+    (sidecar,) = last_json(proc.stdout)["sidecars"]
+    assert json_of(sidecar)["pipeline"]["melody_model"] is True
+    pipe = generate.Pipeline(str(foreign_melody))
+    features = pipe.chroma(str(tmp_path / "hum.wav"))
+    assert features.shape == (2 * SR // 2048 + 1, 12), "its own hop, not the released 4096"
+    assert melody.dominant_pitch(features) == "G"
+
+
+def test_a_foreign_melody_folder_trains_with_no_extra_flags(tmp_path, foreign_melody):
+    from _melody_helpers import melody_config, write_melody_zips
+    from nbutils import tokenize, train
+    from nbutils.tokenize import shards
+
+    zips = write_melody_zips(tmp_path / "zips")
+    tokenize.run(tokenize.TokenizeConfig(zips=str(zips), out=str(tmp_path / "tokens"), model=str(foreign_melody),
+                                         segment_seconds=4.0, progress=False))
+    (shard,) = shards.open_all(tmp_path / "tokens")
+    assert shard.chroma_settings.hop_length == 2048 and len(shard.segment_chroma(0)) == 4 * SR // 2048 + 1
+    summary = train.run(melody_config(tmp_path / "tokens", tmp_path / "run", model="", max_steps=2))
+    assert summary["step"] == 2  # the model the shards were tokenized with: the folder, no flags
+    sf.write(tmp_path / "hum.wav", tone("A", 1.0), SR)
+    records = generate.run(generate.GenerateConfig(model=str(foreign_melody), adapter=summary["adapter_final"],
+                                                   prompts=["calm"], seconds=0.3, melody=str(tmp_path / "hum.wav"),
+                                                   out=str(tmp_path / "g")))
+    assert [r["variant"] for r in records] == ["lora"] and records[0]["parameters"]["melody"]
+
+
+def json_of(path):
+    import json
+
+    return json.loads(open(path, encoding="utf-8").read())
+
+
+# ---------------------------------------------------------------------------------------------
+# Load errors name their real cause
+# ---------------------------------------------------------------------------------------------
+
+
+def test_load_errors_name_their_real_cause(tmp_path, foreign_melody):
+    import shutil
+
+    from nbutils.core import modelfiles
+    from nbutils.core.errors import UserError
+
+    bare = tmp_path / "no-tokenizer"
+    shutil.copytree(foreign_melody, bare)
+    for name in ("tokenizer.json", "tokenizer_config.json", "spiece.model"):
+        (bare / name).unlink(missing_ok=True)
+    with pytest.raises(UserError, match=r"has no tokenizer files.*processor.save_pretrained") as err:
+        models.load_musicgen(str(bare))
+    assert "internet" not in str(err.value) and "Hub id" not in str(err.value)
+    broken = tmp_path / "broken-weights"
+    shutil.copytree(foreign_melody, broken)
+    (broken / "model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(UserError, match="from its folder") as err:
+        models.load_musicgen(str(broken))
+    assert "internet" not in str(err.value) and "Check the Hub id" not in str(err.value), str(err.value)
+    missing = modelfiles.load_error("x/y", ImportError("MusicgenMelodyProcessor requires the torchaudio library but "
+                                                      "it was not found in your environment."))
+    assert "it needs torchaudio, which is not installed" in str(missing) and "pip install torchaudio" in str(missing)
+    with pytest.raises(UserError, match=r"(?s)not in the download cache and the Hub cannot be reached.*'tiny'"):
+        models.load_config("facebook/musicgen-melody")  # the tests run offline
+
+
+# ---------------------------------------------------------------------------------------------
+# A LoRA on the melody base: with and without a melody, base / LoRA / A/B, CLI and form
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def melody_adapter(tmp_path_factory):
+    from _melody_helpers import melody_config, melody_tokens
+    from nbutils import train
+
+    root = tmp_path_factory.mktemp("melody-run")
+    _, tokens = melody_tokens(root)
+    summary = train.run(melody_config(tokens, root / "run", max_steps=2, lr=5e-2, warmup_steps=0))
+    return summary["adapter_best"]
+
+
+def test_the_adapter_loads_onto_the_melody_base_with_and_without_a_melody(tmp_path, melody_adapter):
+    sf.write(tmp_path / "hum.wav", np.concatenate([tone("C", 1.0), tone("A", 1.0)]), SR)
+    made = {}
+    for tune in ("", str(tmp_path / "hum.wav")):
+        proc = run_cli("generate", "--model", "tiny-melody", "--adapter", melody_adapter, "--compare", "both",
+                       "--prompt", "calm piano", "--seconds", "0.4", "--melody", tune, "--out", str(tmp_path / "out"))
+        summary = last_json(proc.stdout)
+        assert summary["variants"] == ["base", "lora"] and summary["clips"] == 2
+        for sidecar in summary["sidecars"]:
+            info = json_of(sidecar)
+            assert info["parameters"]["melody"] == tune and info["pipeline"]["melody_model"]
+            made[(tune, info["variant"])] = sf.read(sidecar[: -len(".json")] + ".wav")[0]
+    assert not np.array_equal(made[("", "lora")], made[(str(tmp_path / "hum.wav"), "lora")]), "the melody counts"
+    assert not np.array_equal(made[("", "base")], made[("", "lora")]), "the adapter counts"
+
+
+def test_the_form_has_a_melody_field_for_melody_models_only(tmp_path, melody_adapter):
+    from nbutils.generate import form as generate_form
+
+    sf.write(tmp_path / "hum.wav", tone("E", 1.0), SR)
+    form = generate_form.form(model="tiny-melody", adapter=melody_adapter, prompts=["calm"], seconds=0.3,
+                              out=str(tmp_path / "out"), compare="both")
+    assert form.melody is not None and form.melody in form.widget.children
+    form.melody.value = str(tmp_path / "hum.wav")
+    records = form.generate()
+    assert sorted(r["variant"] for r in records) == ["base", "lora"]
+    assert all(r["parameters"]["melody"] == str(tmp_path / "hum.wav") for r in records)
+    assert generate_form.form(model="tiny", prompts=["calm"]).melody is None

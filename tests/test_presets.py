@@ -22,14 +22,14 @@ def test_detects_the_colab_gpus(name, vram, expected):
 def test_table_covers_every_gpu_and_size_with_the_same_effective_batch():
     rows = presets.table()
     assert {(r.device, r.model) for r in rows} == {(g.name, s) for g in presets.KNOWN_GPUS.values()
-                                                   for s in ("small", "medium", "large")}
+                                                   for s in ("small", "medium", "large", "melody", "melody-large")}
     for row in rows:
         assert row.effective_batch == presets.EFFECTIVE_BATCH, row
         assert row.precision == ("fp16" if row.device in ("T4", "V100 16GB") else "bf16"), row
         gpu = next(g for g in presets.KNOWN_GPUS.values() if g.name == row.device)
         assert row.memory_gb <= presets.USABLE * gpu.vram_gb or row.note, row
     by = {(r.device, r.model): r for r in rows}
-    for size in ("small", "medium", "large"):  # more memory: never checkpointing where less did without,
+    for size in presets.SIZES:  # more memory: never checkpointing where less did without,
         rows_up = [by[(g, size)] for g in ("T4", "L4", "A100 40GB", "A100 80GB")]  # nor a smaller batch
         flags = [r.grad_checkpointing for r in rows_up]
         assert flags == sorted(flags, reverse=True), (size, flags)

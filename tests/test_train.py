@@ -315,24 +315,6 @@ def test_a_0_1_0_run_with_segment_seconds_resumes_and_the_old_name_still_works(t
     assert "crop_seconds must be positive" in capsys.readouterr().err
 
 
-def test_melody_checkpoints_are_refused_before_anything_heavy(tmp_path):
-    """A melody model would train without its chroma input: refused in one line, nothing written."""
-    out = tmp_path / "run"
-    proc = _cli("train", "--tokens", str(tmp_path / "tokens"), "--out", str(out), "--model", "tiny-melody")
-    assert proc.returncode == 2, proc.stderr
-    message = proc.stderr.strip()
-    assert len(message.splitlines()) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert message.startswith("Error: 'tiny-melody' is a MusicGen melody checkpoint: it needs chroma")
-    assert "facebook/musicgen-small, -medium or -large" in message and "stereo" in message
-    assert proc.stdout == "" and not out.exists()
-    # without --model, the model the shards were tokenized with is checked the same way
-    data = tmp_path / "melody-tokens"
-    write_shards(data, batches=1, tracks_per_batch=1, model="tiny-melody")
-    with pytest.raises(UserError, match="'tiny-melody' is a MusicGen melody checkpoint"):
-        train.run(small_config(data, tmp_path / "run2", model=""))
-    assert not (tmp_path / "run2").exists()
-
-
 def test_learning_rate_schedule():
     factors = [build.lr_factor(s, total=10, warmup=2, kind="cosine") for s in range(10)]
     assert factors[:3] == [0.5, 1.0, 1.0] and factors[-1] == pytest.approx(0.0381, abs=1e-3)

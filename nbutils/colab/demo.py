@@ -3,8 +3,9 @@
 It writes a small synthetic music collection as ZIP batches (chords, arpeggios and percussive
 noise bursts from ``nbutils.synth``, in wav, flac and mp3 at several sample rates, with a
 ``metadata.jsonl`` of descriptions beside the ZIPs), then executes notebooks 00 -> 04 headlessly
-with ``MODEL="tiny"`` and ``PROJECT_ROOT=DIR``, exactly as a Colab user would run them, and keeps
-the executed notebooks in ``DIR/notebooks``. It ends by saying where to look: audio, plots, tables.
+with ``MODEL="tiny"`` (or ``--model tiny-melody``: the melody model, trained on its chroma and
+given a melody file in 03 and 04) and ``PROJECT_ROOT=DIR``, exactly as a Colab user would run
+them, and keeps the executed notebooks in ``DIR/notebooks``. It ends by saying where to look.
 
 Re-running continues: the dataset is kept (when made with the same settings) and every stage
 resumes or skips what is already done.
@@ -29,6 +30,7 @@ from nbutils.core.errors import UserError
 from nbutils.core.paths import Paths
 
 DEMO_FILE = "demo.json"  # the dataset settings of a demo folder, to refuse mixing two demos
+MELODY_FILE = "melody.wav"  # a melody for 03_generate when the demo runs a melody model
 SAMPLE_RATES = (32_000, 44_100, 48_000)  # the collection is not at the model's rate: resampling runs
 FORMATS = ("wav", "flac", "mp3")
 # What the demo changes in each notebook's parameters cell, besides PROJECT_ROOT and MODEL.
@@ -57,9 +59,17 @@ class DemoConfig:
     track_seconds: float = config.option(6.0, "Length of each synthetic track, in seconds.", resume=config.MUST_MATCH)
     seed: int = config.option(0, "Seed of the synthetic music (same seed, same files).", resume=config.MUST_MATCH)
     cell_timeout: int = config.option(1800, "Seconds a single notebook cell may run before the demo stops.")
+    model: str = config.option("tiny", "Embedded model the notebooks run with: tiny, tiny-stereo, or tiny-melody "
+                                       "(trained on chroma; notebook 03 is given a melody).",
+                               resume=config.MUST_MATCH)  # tokens and runs belong to one model
 
     def __post_init__(self) -> None:
+        from nbutils.core import models
+
         self.out = Path(self.out)
+        if self.model not in models.TINY_MODELS:
+            raise UserError(f"--model {self.model!r}: the demo runs offline with an embedded model, one of "
+                            f"{', '.join(models.TINY_MODELS)}. For a real model, run the notebooks on Colab.")
         if self.zips < 1 or self.tracks_per_zip < 1:
             raise UserError("--zips and --tracks-per-zip must be at least 1.")
         if self.track_seconds < 2:
@@ -69,6 +79,23 @@ class DemoConfig:
 # ---------------------------------------------------------------------------------------------
 # The synthetic collection
 # ---------------------------------------------------------------------------------------------
+
+def _is_melody(model: str) -> bool:
+    """Whether the demo's model takes a melody (then notebook 03 is given one)."""
+    from nbutils.core import models
+
+    return models.is_melody(model)
+
+
+def write_melody(path: Path, seconds: float = 2.0) -> Path:
+    """A short melody for notebook 03 (a synthetic arpeggio at 32 kHz), kept on re-runs."""
+    if not path.exists():
+        with atomic.atomic_path(path) as tmp:
+            import soundfile as sf
+
+            sf.write(tmp, synth.track("arpeggio", seconds, 32_000, seed=7), 32_000, format="WAV")
+    return path
+
 
 def _encode(wave, sample_rate: int, fmt: str) -> bytes:
     import soundfile as sf
@@ -104,7 +131,8 @@ def _check_same_dataset(paths: Paths, cfg: DemoConfig) -> bool:
     marker = paths.root / DEMO_FILE
     if not marker.exists():
         return False
-    refused = config.resume_differences(DemoConfig, atomic.read_json(marker), config.to_dict(cfg)).refused
+    old = {"model": "tiny", **atomic.read_json(marker)}  # demos before --model existed ran tiny
+    refused = config.resume_differences(DemoConfig, old, config.to_dict(cfg)).refused
     if refused:
         raise config.resume_refusal(paths.root, refused, kind="demo folder", holds="a demo dataset",
                                     fresh="use another --out folder")
@@ -152,9 +180,11 @@ def parameter_names(notebook_file: str | os.PathLike) -> set[str]:
     raise UserError(f"{Path(notebook_file).name} has no cell tagged 'parameters'.")
 
 
-def notebook_parameters(name: str, notebook_file: Path, paths: Paths) -> dict[str, Any]:
+def notebook_parameters(name: str, notebook_file: Path, paths: Paths, model: str = "tiny") -> dict[str, Any]:
     """What the demo injects into one notebook; every name must exist in its parameters cell."""
-    values = {"PROJECT_ROOT": str(paths.root), "MODEL": "tiny", **STAGE_PARAMETERS.get(name, {})}
+    values = {"PROJECT_ROOT": str(paths.root), "MODEL": model, **STAGE_PARAMETERS.get(name, {})}
+    if name == "03_generate" and _is_melody(model):
+        values["MELODY_FILE"] = str(paths.root / MELODY_FILE)
     unknown = sorted(set(values) - parameter_names(notebook_file))
     if unknown:
         raise UserError(
@@ -204,7 +234,7 @@ def execute_notebooks(paths: Paths, cfg: DemoConfig, names: tuple[str, ...]) -> 
             "&& python -m nbutils demo --out demo_out"
         )
     files = {name: notebooks.notebook_path(name) for name in names}
-    params = {name: notebook_parameters(name, files[name], paths) for name in names}  # check all first
+    params = {name: notebook_parameters(name, files[name], paths, cfg.model) for name in names}  # check all first
     out_dir = paths.root / "notebooks"
     seconds: dict[str, float] = {}
     total = sum(_code_cells(f) for f in files.values()) + len(names)  # + the injected cells
@@ -283,6 +313,8 @@ def run(cfg: DemoConfig, names: tuple[str, ...] | None = None) -> dict[str, Any]
     paths = Paths.at(cfg.out)
     paths.root.mkdir(parents=True, exist_ok=True)
     make_dataset(paths, cfg)
+    if _is_melody(cfg.model):
+        write_melody(paths.root / MELODY_FILE)
     seconds = execute_notebooks(paths, cfg, names or NOTEBOOKS)
     found = results(paths)
     print(where_to_look(paths, found))

@@ -199,9 +199,6 @@ def train_steps(ctx: Context) -> Outcome:
     """``timed_steps`` LoRA steps at the preset (batch, precision, crop): seconds per step, peak memory."""
     from nbutils.train import selfcheck
 
-    if models.load_config(ctx.model).model_type == "musicgen_melody":
-        ctx.state["no_adapter"] = "melody checkpoints are not trained by this suite"
-        return SKIPPED, f"{ctx.model} is a melody checkpoint, which this suite does not train (yet)", {}
     missing = _missing(ctx, "tokens", "tokenize_batching")
     if missing:
         return missing
@@ -272,11 +269,11 @@ def generate(ctx: Context) -> Outcome:
     from nbutils.generate.stage import GenerateConfig
 
     adapter = ctx.state.get("adapter")
-    if adapter is None and "no_adapter" not in ctx.state:
+    if adapter is None:
         return _missing(ctx, "adapter", "train_steps")
-    variants = ("base", "lora") if adapter else ("base",)
+    variants = ("base", "lora")
     seconds = ctx.sizes.generate_seconds
-    pipe = Pipeline(ctx.model, adapter or "", device=ctx.device)
+    pipe = Pipeline(ctx.model, adapter, device=ctx.device)
     try:
         warm = pipe.prepare(GenerateConfig(model=ctx.model, prompts=[PROMPT], seconds=min(seconds, 0.2)))
         sample_batch(pipe, warm, [PROMPT], variant="base", variation=0, seed=0)  # first-call costs: not counted
@@ -289,8 +286,7 @@ def generate(ctx: Context) -> Outcome:
                **{f"{v}_realtime_factor": c.realtime_factor for v, c in clips.items()},
                **{f"{v}_generation_seconds": c.generation_seconds for v, c in clips.items()}}
     about = f"{seconds:g} s of music in {precision}: {clips['base'].realtime_factor:.2f}x real time without the adapter"
-    about += (f", {clips['lora'].realtime_factor:.2f}x with it" if adapter
-              else f" (no adapter: {ctx.state['no_adapter']})")
+    about += f", {clips['lora'].realtime_factor:.2f}x with it"
     for variant, clip in clips.items():
         if clip.audio.shape[0] != prepared.samples or not np.isfinite(clip.audio).all():
             return FAIL, (f"{about}, but the {variant} audio has {clip.audio.shape[0]} samples (expected "

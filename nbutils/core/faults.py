@@ -9,7 +9,8 @@ dictionary lookup and nothing else.
 Tokenization points (``n`` = the n-th time the point is reached): ``mid-npy`` (half the
 shard's codes written to the temporary file), ``after-npy`` (codes renamed into place, index not
 yet written), ``before-ledger`` (shard committed, ledger line not written), ``mid-ledger`` (half
-a ledger line written).
+a ledger line written), ``after-chroma`` (``--add-chroma``: a shard's chroma file written, its
+index not yet rewritten).
 
 Training points (``n`` = the optimizer step): ``micro`` (inside a step, between micro-batches),
 ``step`` (after a step, before its checkpoint), ``latest-written`` (the new latest.pt written

@@ -12,7 +12,8 @@
   text-to-decoder projection like musicgen-small) so every code path runs on a CPU in seconds.
 
 Every loader applies the transformers 5.x fix for ``decoder_start_token_id`` (hub configs
-keep it only in ``generation_config``; the training loss needs it on ``config.decoder``).
+keep it only in ``generation_config``; the training loss needs it on ``config.decoder``) and, for
+melody checkpoints, the one that lets ``generate()`` see the text and melody (``compat``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from nbutils.core import compat, melody, modelfiles
 from nbutils.core.errors import UserError
 
 HUB_MODELS = (
@@ -38,6 +40,7 @@ HUB_MODELS = (
     "facebook/musicgen-stereo-melody-large",
 )
 TINY_MODELS = ("tiny", "tiny-stereo", "tiny-melody")
+MELODY_TYPE = "musicgen_melody"  # config.model_type of the chroma-conditioned checkpoints
 
 # The tiny model mirrors the real one's shapes where they matter and shrinks everything else.
 TINY_SEED = 1234
@@ -244,37 +247,18 @@ def fix_decoder_start(model) -> None:
     raise UserError("This MusicGen config has no decoder start / bos / pad token id; is it a MusicGen checkpoint?")
 
 
-def _check_local(name: str) -> None:
-    path = Path(name).expanduser()
-    looks_like_path = path.is_absolute() or name.startswith(".") or path.exists() or name.count("/") > 1
-    if looks_like_path:
-        if not path.is_dir():
-            raise UserError(f"Model folder '{name}' does not exist. Pass a Hub id (e.g. facebook/musicgen-small), "
-                            "a folder written by save_pretrained, or 'tiny'.")
-        if not (path / "config.json").exists():
-            raise UserError(f"'{name}' has no config.json: it is not a save_pretrained MusicGen folder.")
-
-
-def _load_error(name: str, err: Exception) -> UserError:
-    return UserError(
-        f"Could not load model '{name}': {type(err).__name__}: {err}. Check the Hub id "
-        f"(known: {', '.join(HUB_MODELS[:4])}, ...), your internet connection and HF_TOKEN, "
-        "or pass a local save_pretrained folder, or 'tiny' for the offline test model."
-    )
-
-
 def load_config(name: str):
     """The MusicGen config of ``name`` (cheap: no weights)."""
     quiet_transformers()  # the tiny configs too: their pad id (= codebook size) draws a warning per field
     if is_tiny(name):
         return _tiny_config_of(name)
-    _check_local(name)
+    modelfiles.check_local(name)
     from transformers import AutoConfig
 
     try:
         return AutoConfig.from_pretrained(name)
     except Exception as err:  # noqa: BLE001 - any loading failure becomes one actionable message
-        raise _load_error(name, err) from err
+        raise modelfiles.load_error(name, err) from err
 
 
 def _codec_from_folder(name: str, config):
@@ -306,7 +290,7 @@ def _codec_from_folder(name: str, config):
 
 
 def _model_class(config):
-    if config.model_type == "musicgen_melody":
+    if config.model_type == MELODY_TYPE:
         from transformers import MusicgenMelodyForConditionalGeneration
 
         return MusicgenMelodyForConditionalGeneration
@@ -318,17 +302,39 @@ def _model_class(config):
 
 
 def load_processor(name: str):
-    """Tokenizer + feature extractor of ``name``."""
+    """Tokenizer + feature extractor of ``name``.
+
+    A melody checkpoint's is built from its tokenizer (``modelfiles.melody_processor``): transformers'
+    melody processor needs torchaudio for a feature extractor the suite never runs.
+    """
     if is_tiny(name):
         return build_tiny(name)[1]
-    _check_local(name)
+    config = load_config(name)  # checks the folder first
+    if config.model_type == MELODY_TYPE:
+        spec = spec_of(config)
+        return modelfiles.melody_processor(name, spec.audio_channels, spec.sample_rate)
     from transformers import AutoProcessor
 
     quiet_transformers()
     try:
         return AutoProcessor.from_pretrained(name)
     except Exception as err:  # noqa: BLE001
-        raise _load_error(name, err) from err
+        raise modelfiles.load_error(name, err) from err
+
+
+def is_melody(name_or_config) -> bool:
+    """Whether a model (name, config or model) is a musicgen-melody checkpoint (conditioned on chroma)."""
+    config = load_config(name_or_config) if isinstance(name_or_config, str) else getattr(
+        name_or_config, "config", name_or_config)
+    return config.model_type == MELODY_TYPE
+
+
+def chroma_settings(name: str) -> melody.ChromaSettings | None:
+    """How the melody checkpoint ``name`` makes chroma (its feature extractor's settings); None for
+    other MusicGens. ``tiny-melody`` uses the released checkpoints' settings."""
+    if not is_melody(name):
+        return None
+    return melody.ChromaSettings() if is_tiny(name) else modelfiles.chroma_settings(name)
 
 
 # EnCodec stays float32 whatever dtype the rest of MusicGen runs in: it is known to misbehave in
@@ -408,8 +414,9 @@ def load_musicgen(name: str, *, device: str | None = None, dtype: Any = None):
             # dtype goes to from_pretrained only: a later model.to(dtype) would undo the float32 modules
             model = (_float32_codec_class(cls) if half else cls).from_pretrained(name, dtype=dtype)
         except Exception as err:  # noqa: BLE001
-            raise _load_error(name, err) from err
+            raise modelfiles.load_error(name, err) from err
     fix_decoder_start(model)
+    compat.keep_melody_conditioning(model)  # transformers <= 5.2x: generate() would ignore text and melody
     if device is not None:
         model = model.to(device)
     return model.eval(), processor
@@ -432,6 +439,11 @@ def spec_of(model_or_config) -> AudioSpec:
 HUB_CODEC = "facebook/encodec_32khz"  # the codec every facebook/musicgen-* checkpoint was converted with
 
 
+def codec_id(name: str) -> str:
+    """Which codec ``name`` encodes with: ``HUB_CODEC`` for every facebook/musicgen-*, else the model itself."""
+    return HUB_CODEC if str(name).startswith("facebook/musicgen") else str(name)
+
+
 def load_codec(name: str, *, device: str | None = None):
     """Only the EnCodec audio tokenizer of ``name`` (what the tokenize stage needs).
 
@@ -450,14 +462,14 @@ def load_codec(name: str, *, device: str | None = None):
         config = load_config(name)
         spec = spec_of(config)
         try:
-            if str(name).startswith("facebook/musicgen"):
+            if codec_id(name) == HUB_CODEC:
                 from transformers import EncodecModel
 
                 codec = EncodecModel.from_pretrained(HUB_CODEC)
             else:
                 codec = _codec_from_folder(name, config) or _model_class(config).from_pretrained(name).audio_encoder
         except Exception as err:  # noqa: BLE001
-            raise _load_error(name, err) from err
+            raise modelfiles.load_error(name, err) from err
     if device is not None:
         codec = codec.to(device)
     return codec.eval(), spec

@@ -40,6 +40,8 @@ class Reference:
     """How the segments were chosen (validation split of a run, or a fixed sample)."""
     why_decoded: dict[str, int] = dataclasses.field(default_factory=dict)
     """Why segments were decoded instead of read from their source, and how many each time."""
+    descriptions: list[str] = dataclasses.field(default_factory=list)
+    """Per segment: its track's description (the text of a melody evaluation's clip)."""
 
 
 def facts(reference: Reference | None) -> dict:
@@ -208,6 +210,7 @@ def reference_audio(cfg, pipe, all_shards: list[shards.Shard], run: Path | None)
             reference.audio.append(wave)
             reference.origins.append(origin)
             reference.tracks.append(segment.track)
+            reference.descriptions.append(segment.description or "")
     finally:
         if source is not None:
             source.close()

@@ -4,7 +4,9 @@ For every model and prompt set: ``clap_text`` (cosine between the prompt's and t
 embeddings), ``style_similarity`` (cosine between the clip and the centroid of the held-out
 segments), ``frechet`` (Fréchet distance between the model's clip embeddings and the held-out
 ones, with both sample sizes beside it) and ``clap_text_vs_base`` (the change against the base
-model: on the generic set a clear drop means the adapter made the model forget).
+model: on the generic set a clear drop means the adapter made the model forget). A melody
+model adds one ``melody`` row per model: ``chroma_cosine``, how closely its clips follow held-out
+melodies (``nbutils.evaluate.melody``), in the tables, ``results.json`` and a fourth plot panel.
 """
 
 from __future__ import annotations
@@ -84,24 +86,29 @@ def _summary_row(model: str, name: str, group: list[dict], reference_emb: np.nda
 
 def write_csv(path: Path, rows: list[dict]) -> None:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+    columns = list(dict.fromkeys(k for row in rows for k in row))  # rows of another kind add their columns
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n", restval="")
     writer.writeheader()
     writer.writerows(rows)
     atomic.write_text(path, buffer.getvalue())
 
 
-def plot(summary: list[dict], path: Path, title: str) -> None:
-    """Grouped bars per prompt set: CLAP text similarity, style similarity, Fréchet distance."""
+def plot(summary: list[dict], path: Path, title: str, published: float | None = None) -> None:
+    """Grouped bars per prompt set: CLAP text similarity, style similarity, Fréchet distance (and for a
+    melody model, chroma cosine to the melodies, with the ``published`` reference line)."""
     # a bare Figure renders with Agg and leaves pyplot (and a notebook's inline backend) alone
     from matplotlib.figure import Figure
 
-    rows = [r for r in summary if r["model"] != REFERENCE]
+    tuned = [r for r in summary if r.get("chroma_cosine") is not None]
+    rows = [r for r in summary if r["model"] != REFERENCE and r.get("chroma_cosine") is None]
     models = list(dict.fromkeys(r["model"] for r in rows))
     sets = list(dict.fromkeys(r["prompt_set"] for r in rows))
     panels = [("clap_text", "CLAP text–audio similarity ↑"), ("style_similarity", "style similarity to held-out ↑"),
               ("frechet", "Fréchet distance to held-out ↓")]
-    fig = Figure(figsize=(15, 4.5))
-    axes = fig.subplots(1, 3)
+    fig = Figure(figsize=(20 if tuned else 15, 4.5))
+    axes = fig.subplots(1, 4 if tuned else 3)
+    if tuned:
+        _melody_panel(axes[3], tuned, published)
     width = 0.8 / max(len(models), 1)
     for ax, (key, label) in zip(axes, panels):
         missing = 0
@@ -121,6 +128,18 @@ def plot(summary: list[dict], path: Path, title: str) -> None:
         fig.savefig(tmp, format="png", dpi=110)
 
 
+def _melody_panel(ax, rows: list[dict], published: float | None) -> None:
+    """Chroma cosine of each model's clips to the melodies they were given, with the published value."""
+    ax.bar(range(len(rows)), [r["chroma_cosine"] for r in rows], 0.6,
+           yerr=[r.get("chroma_cosine_std") or 0 for r in rows], color=[f"C{i}" for i in range(len(rows))])
+    ax.set_xticks(range(len(rows)), [r["model"] for r in rows])
+    if published is not None:
+        ax.axhline(published, color="gray", linestyle="--", label=f"published (MusicCaps): {published}")
+        ax.legend(fontsize="small")
+    ax.set_ylim(0, 1)
+    ax.set_title("melody: chroma cosine to the melody ↑")
+
+
 def log_wandb(samples: list[dict], summary: list[dict], sample_rate: int) -> bool:
     """A table with audio players and the summary numbers, when a wandb run is active."""
     if not tracking.active():
@@ -132,17 +151,18 @@ def log_wandb(samples: list[dict], summary: list[dict], sample_rate: int) -> boo
         table.add_data(s["model"], s["set"], s["prompt"], s["seed"], s["clap_text"], s["style_similarity"],
                        wandb.Audio(s["path"], sample_rate=sample_rate, caption=f"{s['model']}: {s['prompt']}"))
     numbers = {f"eval/{r['model']}/{r['prompt_set']}/{k}": r[k] for r in summary
-               for k in ("clap_text", "style_similarity", "frechet") if r.get(k) is not None}
+               for k in ("clap_text", "style_similarity", "frechet", "chroma_cosine") if r.get(k) is not None}
     tracking.log({"eval/samples": table, **numbers})
     return True
 
 
 def write_results(cfg, out: Path, sets: dict[str, list[str]], samples: list[dict], per_prompt: list[dict],
                   summary: list[dict], reference: dict[str, Any], sample_rate: int,
-                  fingerprints: dict[str, str]) -> dict[str, Any]:
+                  fingerprints: dict[str, str], melody: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write the tables, the plot and ``results.json`` (returned) into ``out``; log to WandB when a run is active.
 
-    ``cfg`` is the ``EvalConfig``; ``reference`` describes the held-out reference (``reference.facts``).
+    ``cfg`` is the ``EvalConfig``; ``reference`` describes the held-out reference (``reference.facts``);
+    ``melody`` the melody evaluation of a melody model (``melody.facts``; None for other models).
     """
     files = {"per_prompt_csv": out / "per_prompt.csv", "summary_csv": out / "summary.csv",
              "json": out / "results.json", "plot": out / "comparison.png"}
@@ -151,12 +171,12 @@ def write_results(cfg, out: Path, sets: dict[str, list[str]], samples: list[dict
     n_gen = cfg.samples_per_prompt * max(len(v) for v in sets.values())
     title = (f"{cfg.model} · CLAP {cfg.clap} · {cfg.samples_per_prompt} clip(s) per prompt, seeds {cfg.seed}.."
              f"{cfg.seed + cfg.samples_per_prompt - 1} · reference: {reference['segments'] or 'n/a'} held-out segments")
-    plot(summary, files["plot"], title)
+    plot(summary, files["plot"], title, (melody or {}).get("published_reference"))
     forgetting = {r["model"]: r["clap_text_vs_base"] for r in summary
                   if r["prompt_set"] == "generic" and r["model"] not in (BASE, REFERENCE)}
     results = {
         "summary": summary, "per_prompt": per_prompt, "prompt_sets": sets, "forgetting_generic_clap_text": forgetting,
-        "reference": reference,
+        "reference": reference, "melody": melody,
         "sample_sizes": {"clips_per_model_and_set_max": n_gen, "reference_segments": reference["segments"] or 0},
         "settings": config.to_dict(cfg), "adapter_fingerprints": fingerprints,
         "files": {k: str(v) for k, v in files.items()},
@@ -172,6 +192,8 @@ def show(results: dict[str, Any]) -> None:
     from IPython.display import Image, Markdown, display
 
     keys = ["model", "prompt_set", "samples", "clap_text", "style_similarity", "frechet", "clap_text_vs_base"]
+    if any(r.get("chroma_cosine") is not None for r in results["summary"]):
+        keys.append("chroma_cosine")  # a melody model's melody rows
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     lines += ["| " + " | ".join("" if r.get(k) is None else f"{r[k]:.4g}" if isinstance(r[k], float) else str(r[k])
                                 for k in keys) + " |" for r in results["summary"]]

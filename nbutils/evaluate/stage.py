@@ -4,7 +4,8 @@ For every model (base, the adapter, optionally every training checkpoint) and ev
 two fixed sets -- **style** prompts (the training descriptions, or a file) and **generic**
 prompts outside the trained style (``prompts``) -- the same seeds generate clips (``clips``),
 and CLAP scores them against the prompts and against held-out training audio (``reference``;
-the metrics and what is written: ``report``).
+the metrics and what is written: ``report``). A melody model is also given held-out segments as
+melodies and scored on how closely it follows them (``melody``: audiocraft's chroma cosine).
 
 The base model is loaded once; each adapter is then attached in place of the previous one
 (``Pipeline.use_adapter``), which gives exactly the clips a freshly loaded base + adapter gives.
@@ -30,7 +31,7 @@ from typing import Any
 from nbutils.core import atomic, config, devices, diskerrors
 from nbutils.core.config import option
 from nbutils.core.sampling import SamplingConfig
-from nbutils.evaluate import clap, clips, prompts, reference, report
+from nbutils.evaluate import clap, clips, melody, prompts, reference, report
 from nbutils.evaluate.report import BASE
 from nbutils.generate import adapters, output
 from nbutils.generate import stage as generate
@@ -159,7 +160,8 @@ def _generate_all(cfg: EvalConfig, specs: list[str], texts: list[str], out: Path
     """Every model's clips and the held-out reference, with the base model loaded once.
 
     Returns:
-        ``(clip records, Reference or None, the model's AudioSpec, {label: adapter fingerprint})``.
+        ``(clip records, Reference or None, the model's AudioSpec, {label: adapter fingerprint},
+        (melody clip records, Melodies or None))`` -- melody clips only for a melody model (``melody``).
     """
     store = clips.Samples(out / "samples")
     gen = cfg.generation(texts, out / "samples")
@@ -172,15 +174,18 @@ def _generate_all(cfg: EvalConfig, specs: list[str], texts: list[str], out: Path
             if all_shards:  # the first adapter's training run says which tracks were held out
                 run = reference.run_folder(adapters.locate(specs[0])[1])
                 ref = reference.reference_audio(cfg, pipe, all_shards, run)
+            tunes = melody.choose(ref, out, pipe.spec.sample_rate) if pipe.is_melody else None
+            tuned = melody.generate(pipe, gen, tunes, BASE, "base", bar)
             for spec in specs:
                 adapter = pipe.use_adapter(spec)  # replaces the previous adapter; the base stays loaded
                 label = clips.unique_label(clips.adapter_label(adapter.location, adapter.kind, adapter.step), labels)
                 labels.append(label)
                 fingerprints[label] = adapter.fingerprint
                 samples += store.ensure(pipe, gen, prepared, label, "lora", bar)
+                tuned += melody.generate(pipe, gen, tunes, label, "lora", bar)
     finally:
         pipe.release()  # one model in memory at a time: CLAP loads next
-    return samples, ref, pipe.spec, fingerprints
+    return samples, ref, pipe.spec, fingerprints, (tuned, tunes)
 
 
 def _score(cfg: EvalConfig, samples: list[dict], sets: dict[str, list[str]], ref, sample_rate: int):
@@ -205,10 +210,11 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     sets = prompts.prompt_sets(all_shards, cfg.prompts, cfg.num_prompts)
     texts = [p for name in prompts.PROMPT_SETS for p in sets.get(name, [])]
     _record_settings(cfg, out)  # the inputs are valid: the folder now holds this evaluation
-    samples, ref, spec, fingerprints = _generate_all(cfg, specs, texts, out, all_shards)
+    samples, ref, spec, fingerprints, (tuned, tunes) = _generate_all(cfg, specs, texts, out, all_shards)
     per_prompt, summary = _score(cfg, samples, sets, ref, spec.sample_rate)
-    return report.write_results(cfg, out, sets, samples, per_prompt, summary, reference.facts(ref), spec.sample_rate,
-                                fingerprints)
+    melody_rows = melody.rows(tuned, tunes, spec.sample_rate)
+    return report.write_results(cfg, out, sets, samples, per_prompt, summary + melody_rows, reference.facts(ref),
+                                spec.sample_rate, fingerprints, melody=melody.facts(cfg, tunes, melody_rows))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,4 +240,4 @@ def add_cli(parser: argparse.ArgumentParser) -> None:
 def run_cli(args: argparse.Namespace) -> dict[str, Any]:
     results = run(config.build(EvalConfig, args=args))
     return {**results["files"], "summary": results["summary"], "forgetting_generic_clap_text":
-            results["forgetting_generic_clap_text"], "reference": results["reference"]}
+            results["forgetting_generic_clap_text"], "reference": results["reference"], "melody": results["melody"]}

@@ -2,7 +2,7 @@
 
 ``stage`` holds the settings, the run and the CLI (public names re-exported here); ``musicgen``
 the loaded model (base + adapter) and what a request prepares once; ``sampling`` works on EnCodec
-codes (windows, continuation, exact joins); ``melody`` makes chroma; ``adapters`` loads an
+codes (windows, continuation, exact joins; chroma comes from ``nbutils.core.melody``); ``adapters`` loads an
 adapter from wherever it was saved; ``output`` writes WAVs and sidecars; ``form`` is the
 ipywidgets form.
 """

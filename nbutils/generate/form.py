@@ -38,8 +38,18 @@ def clamp(value, limits: tuple[str, float, float], issues: list[str]):
     return type(value)(bounded)
 
 
+def takes_melody(model: str) -> bool:
+    """Whether ``model`` is a melody checkpoint (the form then has a melody field); False if it cannot be read."""
+    from nbutils.core import models
+
+    try:
+        return bool(model) and models.is_melody(model)
+    except UserError:  # loading will say what is wrong with it
+        return False
+
+
 class Form:
-    """Prompt, duration, guidance, temperature, top-k, seed and base/LoRA/both, plus a button."""
+    """Prompt, duration, guidance, temperature, top-k, seed, melody (melody models) and base/LoRA/both, plus a button."""
 
     def __init__(self, defaults: generate.GenerateConfig):
         import ipywidgets as w
@@ -56,6 +66,10 @@ class Form:
         self.temperature = self._bounded(w.FloatSlider, float(sampling.temperature), TEMPERATURE_RANGE, step=0.05)
         self.top_k = self._bounded(w.IntSlider, int(sampling.top_k), TOP_K_RANGE, step=10)
         self.seed = w.IntText(value=defaults.seed, description="Seed")
+        # a melody file for melody checkpoints, used by base, LoRA and A/B alike
+        self.melody = w.Text(value=defaults.melody, description="Melody", placeholder="audio file (wav, mp3...) whose "
+                             "melody to follow; empty: text only", layout=w.Layout(width="95%")) \
+            if takes_melody(defaults.model) else None
         choices = ["base", "lora", "both"] if has_adapter else ["base"]
         self.compare = w.ToggleButtons(options=choices, value=self._start_model(defaults, has_adapter),
                                        description="Model", tooltips=["base MusicGen", "with your LoRA", "A/B: same prompt and seed"][: len(choices)])
@@ -63,8 +77,8 @@ class Form:
         self.output = w.Output()
         self.records: list[dict[str, Any]] = []
         self.button.on_click(self.generate)
-        controls = [self.prompt, w.HBox([self.seconds, self.seed]), self.guidance, self.temperature,
-                    self.top_k, self.compare, self.button]
+        controls = [self.prompt, w.HBox([self.seconds, self.seed]), *([self.melody] if self.melody else []),
+                    self.guidance, self.temperature, self.top_k, self.compare, self.button]
         notes = [w.HTML("<br>".join(f"\u26a0\ufe0f {html.escape(i)}" for i in self.issues))] if self.issues else []
         self.widget = w.VBox([*notes, *controls, self.output])
 
@@ -91,6 +105,7 @@ class Form:
             sampling=sampling,
             seed=int(self.seed.value),
             compare=self.compare.value,
+            melody=self.melody.value.strip() if self.melody is not None else self.defaults.melody,
         )
 
     def generate(self, _button=None) -> list[dict[str, Any]]:

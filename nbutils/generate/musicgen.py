@@ -113,6 +113,7 @@ class Pipeline:
         self.dtype = devices.torch_dtype(self.precision)
         self.model, self.processor = models.load_musicgen(self.model_name, device=self.device, dtype=self.dtype)
         self.spec = models.spec_of(self.model)
+        self.chroma_settings = models.chroma_settings(self.model_name)  # None unless a melody model
         self.adapter: adapters.Adapter | None = None
         self._peft = None
         self.merged = False
@@ -130,7 +131,7 @@ class Pipeline:
 
     @property
     def is_melody(self) -> bool:
-        return self.model.config.model_type == "musicgen_melody"
+        return self.chroma_settings is not None
 
     @property
     def window_seconds(self) -> float:
@@ -214,8 +215,11 @@ class Pipeline:
         return sampling.encode(self.model, wave).to(self.device).long()[None]
 
     def chroma(self, path: str):
-        """The melody's chroma ``(frames, 12)`` on the model's device, or None when ``path`` is empty."""
-        from nbutils.generate import melody
+        """The melody's chroma ``(frames, 12)`` on the model's device, or None when ``path`` is empty.
+
+        Computed with the checkpoint's own feature-extractor settings (``models.chroma_settings``).
+        """
+        from nbutils.core import melody
 
         if not path:
             return None
@@ -224,8 +228,8 @@ class Pipeline:
                 f"'{self.model_name}' is not a melody model, so it cannot follow a melody. Use "
                 "facebook/musicgen-melody (or -melody-large, stereo-melody), or leave the melody empty."
             )
-        wave = read_input(path, self.spec.sample_rate, 1)[:, 0]
-        return melody.chroma(wave, self.spec.sample_rate).to(self.device, self.model.dtype)
+        wave = read_input(path, self.chroma_settings.sample_rate, 1)[:, 0]
+        return melody.compute(wave, self.chroma_settings).to(self.device, self.model.dtype)
 
     def windows(self, window_seconds: float = 0.0, context_seconds: float = 10.0) -> sampling.Windows:
         """The window plan: ``window_seconds`` (0: the model's own) with ``context_seconds`` of context.
@@ -271,11 +275,12 @@ class Pipeline:
 
     def _features_at(self, chroma, batch: int):
         """``(start, seconds) -> input_features``: the melody under each window, for ``batch`` prompts."""
-        from nbutils.generate import melody
+        from nbutils.core import melody
 
         if chroma is None:
             return None
-        return lambda start, seconds: melody.window(chroma, start, seconds, self.spec.sample_rate)[None].repeat(batch, 1, 1)
+        rate, hop = self.chroma_settings.sample_rate, self.chroma_settings.hop_length
+        return lambda start, seconds: melody.window(chroma, start, seconds, rate, hop)[None].repeat(batch, 1, 1)
 
     def generate(self, prompts: list[str], request, *, variant: str, seed: int,
                  bar=None) -> tuple[list[np.ndarray], float, int, float]:

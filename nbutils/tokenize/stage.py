@@ -15,6 +15,9 @@ throughput and prints the ETA for everything, and leaves nothing that reads as d
     python -m nbutils tokenize --zips DIR --out DIR [--model M] [--metadata FILE]
         [--default-description TEXT] [--segment-seconds S] [--limit N]
 
+For a melody checkpoint each shard also holds its segments' chroma; ``--add-chroma`` adds a melody
+checkpoint's chroma to shards made without it, keeping their codes (``nbutils.tokenize.chroma``).
+
 The last stdout line is a JSON summary (``zips_done``, ``zips_skipped``, ``zips_failed``,
 ``files_ok``, ``files_failed``, ``files_skipped``, ``segments``, ``audio_seconds``, ``frames``...;
 ``metadata_bad_lines`` lists the metadata files with unusable lines, also warned about before any ZIP).
@@ -34,10 +37,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from nbutils.core import atomic, audio, config, diskerrors, durations, tracking
+from nbutils.core import atomic, audio, config, diskerrors, durations, models, tracking
 from nbutils.core.config import add_arguments, option
 from nbutils.core.errors import UserError
-from nbutils.tokenize import archive, ledger, lock, metadata, shards
+from nbutils.tokenize import archive, chroma, ledger, lock, metadata, shards
 from nbutils.tokenize import precision as encode_precision
 from nbutils.tokenize.zipjob import Counts, Stage, ZipPlan, ZipResult, process_zip, remove_stale_scratch, uncommit
 
@@ -91,6 +94,9 @@ class TokenizeConfig:
     max_member_mb: float = option(archive.MAX_MEMBER_MB, "Files inside a ZIP larger than this are refused "
                                   "(MiB; zip-bomb guard).")
     retry_failed: bool = option(False, "Also retry ZIPs that failed before and have not changed since.")
+    add_chroma: bool = option(False, "Add the chroma of --model (a melody checkpoint) to the shards already in --out "
+                                     "that lack it, so a melody model can train on them: the source ZIPs are decoded "
+                                     "again with each shard's own settings, the codes are kept (nothing is encoded).")
     progress: bool = option(True, "Show progress bars (files per second and ETA, per ZIP and overall).")
 
     def __post_init__(self) -> None:
@@ -146,10 +152,22 @@ def code_settings(cfg: TokenizeConfig) -> dict[str, Any]:
     return {**values, "tokenizer_version": TOKENIZER_VERSION}
 
 
-def _refuse(folder: Path, refused: list[str]) -> UserError:
+def _refuse(folder: Path, refused: list[str], cfg: TokenizeConfig | None = None) -> UserError:
+    melody = ""
+    if cfg is not None and any(line.startswith("model:") for line in refused) and _is_melody(cfg.model):
+        melody = (f" To train {cfg.model} on the shards already there, add its chroma to them instead (the codes "
+                  f"are kept): {chroma.command(folder, cfg.model, cfg.zips)}.")
     return config.resume_refusal(
-        folder, refused, kind="token folder", holds="codes", why="Mixing them would give training incompatible tokens.",
+        folder, refused, kind="token folder", holds="codes",
+        why="Mixing them would give training incompatible tokens." + melody,
         fresh="pass a new --out folder (notebook: another PROJECT_ROOT) to keep both")
+
+
+def _is_melody(model: str) -> bool:
+    try:
+        return models.is_melody(model)
+    except UserError:  # the model cannot be read: the mismatch message is what matters here
+        return False
 
 
 def check_folder(cfg: TokenizeConfig, *, write: bool) -> list[str]:
@@ -172,7 +190,7 @@ def check_folder(cfg: TokenizeConfig, *, write: bool) -> list[str]:
         resume = config.resume_differences(TokenizeConfig, {**saved.get("text", {}), **saved.get("code", {})},
                                            {**text, **code}, must_match=extra)
         if resume.refused:
-            raise _refuse(folder, resume.refused)
+            raise _refuse(folder, resume.refused, cfg)
         if resume.accepted:
             warnings.append(f"Description settings changed ({'; '.join(resume.accepted)}): ZIPs tokenized before "
                             "keep their texts, new ZIPs get the new ones.")
@@ -182,8 +200,9 @@ def check_folder(cfg: TokenizeConfig, *, write: bool) -> list[str]:
             if meta.get("config_hash") != config.config_hash(code):
                 old = {k: meta.get(k) for k in CODE_KEYS}
                 raise _refuse(folder, config.resume_differences(TokenizeConfig, old, code, must_match=extra).refused)
-    if write:
-        atomic.write_json(path, {"code": code, "text": text, "config_hash": config.config_hash(code)})
+    if write:  # the ZIP folder too: a melody run refusing chroma-less shards names it in its command
+        atomic.write_json(path, {"code": code, "text": text, "config_hash": config.config_hash(code),
+                                 "zips": str(Path(cfg.zips).expanduser().absolute())})
     return warnings
 
 
@@ -280,6 +299,10 @@ def run(cfg: TokenizeConfig) -> dict[str, Any]:
     if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
         raise UserError(f"The token folder {cfg.out} is a file. Pass a folder for --out (notebook: the project's "
                         "tokens folder), new or existing.")
+    if cfg.add_chroma:
+        if cfg.limit:
+            raise UserError("add_chroma has no test mode: leave limit at 0.")
+        return chroma.run(cfg)
     if cfg.limit > 0:
         return _run(cfg, None)
     with lock.hold(cfg.out, say=_say) as held:

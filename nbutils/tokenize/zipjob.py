@@ -28,9 +28,9 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nbutils.core import atomic, audio, faults, models
+from nbutils.core import atomic, audio, faults, melody, models
 from nbutils.core.errors import UserError
-from nbutils.tokenize import archive, ledger, metadata, notes, prefetch, shards
+from nbutils.tokenize import archive, chroma, ledger, metadata, notes, prefetch, shards
 
 if TYPE_CHECKING:
     from nbutils.tokenize.stage import TokenizeConfig
@@ -132,7 +132,8 @@ class Stage:
         self.config_hash = config_hash
         self.tokens = Path(cfg.out)
         codec, self.spec = models.load_codec(cfg.model)
-        self.codec_id = models.HUB_CODEC if cfg.model.startswith("facebook/musicgen") else cfg.model
+        self.chroma = chroma.settings_for(cfg.model, self.spec)  # a melody checkpoint's chroma settings, else None
+        self.codec_id = models.codec_id(cfg.model)
         self.encoder = Encoder(codec, self.spec, device=cfg.device or None, precision=cfg.precision)
         batch = cfg.batch_size or self.encoder.default_batch(cfg.segment_seconds)
         self.full_samples = int(round(cfg.segment_seconds * self.spec.sample_rate))
@@ -159,7 +160,7 @@ class Stage:
                     segment_seconds=self.cfg.segment_seconds, min_seconds=self.cfg.min_seconds,
                     min_tail_seconds=self.cfg.min_tail_seconds, silence_db=self.cfg.silence_db,
                 ):
-                    emit((index, piece))
+                    emit((index, piece, self.chroma_of(piece)))
             finally:
                 path.unlink(missing_ok=True)  # scratch holds at most `workers` extracted files
         except (archive.MemberError, audio.AudioError) as err:
@@ -168,7 +169,11 @@ class Stage:
             raise
         except Exception as err:  # noqa: BLE001 - one odd file must not stop its ZIP
             track.error = f"unexpected error while decoding ({type(err).__name__}: {err})"
-        emit((index, None))
+        emit((index, None, None))
+
+    def chroma_of(self, piece: audio.Piece):
+        """A segment's chroma as pitch-class indices (melody checkpoints; computed in the decoding thread)."""
+        return melody.pitch_classes(piece.audio, self.chroma) if self.chroma is not None else None
 
 
 def _scratch_root(cfg: "TokenizeConfig") -> Path:
@@ -204,10 +209,10 @@ def _encode_tracks(stage: Stage, zf: zipfile.ZipFile, tracks: list[_Track], memb
         stage.read_track(zf, members, item, emit)
 
     pieces = prefetch.ordered(enumerate(tracks), work, workers=stage.cfg.decode_workers, depth=PREFETCH_DEPTH)
-    for index, piece in pieces:
+    for index, piece, classes in pieces:
         track = tracks[index]
         if piece is not None:
-            track.pieces.append((piece.start, piece.samples))
+            track.pieces.append((piece.start, piece.samples, classes))
             codes.update(batcher.add((index, len(track.pieces) - 1), piece.audio))
             continue
         seconds += track.report.seconds
@@ -240,14 +245,14 @@ def _collect(stage: Stage, result: ZipResult, tracks: list[_Track], catalog: met
         text, source = catalog.lookup(path)
         c.files_ok += 1
         c.audio_seconds += report.kept_seconds
-        for number, (start, samples) in enumerate(track.pieces):
+        for number, (start, samples, classes) in enumerate(track.pieces):
             frames = audio.frames_for(samples, stage.spec.hop_length)
             c.segments += 1
             c.frames += frames
             if writer is not None:
                 segment = shards.Segment(path=path, start=round(start / sr, 6), frames=frames, description=text,
                                          source=source, track=f"{result.name}/{path}")
-                writer.add(segment, codes[(index, number)])
+                writer.add(segment, codes[(index, number)], classes)
         note = notes.constant_note(notes.constant_share([codes[(index, n)] for n in range(len(track.pieces))]))
         if note:
             result.notes.append({"path": path, "reason": note})
@@ -318,6 +323,7 @@ def uncommit(index: Path) -> None:
     """Remove an old shard of a ZIP about to be encoded again (index first: it is the commit record)."""
     index.unlink(missing_ok=True)
     index.with_suffix(".npy").unlink(missing_ok=True)
+    shards.chroma_path(index).unlink(missing_ok=True)
 
 
 def _read_zip(stage: Stage, plan: ZipPlan, work: Path, result: ZipResult):
@@ -437,7 +443,7 @@ def _finish(stage: Stage, plan: ZipPlan, result: ZipResult, read, testing: bool)
     """Count the outcomes, write the shard, and append the ledger line (last: it says "done")."""
     tracks, catalog, codes = read
     meta = None if testing else _shard_meta(stage, plan, result.zip_bytes)
-    writer = None if testing else shards.ShardWriter(stage.tokens, plan.path.stem, meta)
+    writer = None if testing else shards.ShardWriter(stage.tokens, plan.path.stem, meta, chroma=stage.chroma)
     _collect(stage, result, tracks, catalog, codes, writer)
     if not testing and not result.counts.files_ok:
         c = result.counts

@@ -15,21 +15,6 @@ from nbutils.core.errors import UserError
 from nbutils.train import lora
 
 
-def refuse_melody(model_name: str) -> None:
-    """Raise a ``UserError`` for a musicgen-melody checkpoint (reads its config only: cheap).
-
-    Melody models are conditioned on a melody's chroma as well as the text. This trainer feeds
-    text only, so an adapter would learn a model that never saw its melody input: refuse rather
-    than silently train something that generates worse with a melody.
-    """
-    if models.load_config(model_name).model_type == "musicgen_melody":
-        raise UserError(
-            f"'{model_name}' is a MusicGen melody checkpoint: it needs chroma (melody) conditioning, which this "
-            "suite does not train yet. Fine-tune facebook/musicgen-small, -medium or -large (or a stereo one, "
-            "e.g. facebook/musicgen-stereo-small) instead: set MODEL in the notebook, or pass --model."
-        )
-
-
 def accelerator(precision: str):
     """accelerate's ``Accelerator`` for ``precision`` (fp32, bf16, fp16) on the GPU, else the CPU."""
     import torch

@@ -5,6 +5,8 @@
   than ``crop_frames`` (a short segment) is padded and the padding is masked out of the loss; a
   batch is cut to its longest crop, so short tracks and tails do not pay for a full crop.
 * **Text.** A crop is trained with its track's description.
+* **Chroma** (melody checkpoints only). A crop is also given the chroma under it, with its own
+  dropout on top of the CFG dropout (``nbutils.train.melody``).
 * **Classifier-free guidance dropout.** With probability ``cfg_dropout`` the description is
   dropped: the text is replaced by an empty one whose attention mask is zero, so the decoder sees
   all-zero text states -- exactly the "null" condition ``generate`` uses for guidance
@@ -52,6 +54,8 @@ class Example:
     """The description it is trained with ("" when dropped or missing)."""
     track: str
     """Source track id."""
+    chroma: np.ndarray | None = None
+    """Melody checkpoints: the crop's chroma as pitch-class indices (all 0 when dropped); else None."""
 
 
 @dataclasses.dataclass
@@ -171,16 +175,21 @@ def open_shards(tokens_dir: str | Path, num_codebooks: int, sample_rate: int) ->
     return opened
 
 
-def fingerprint(opened: Sequence[shards.Shard]) -> dict[str, str]:
+def fingerprint(opened: Sequence[shards.Shard], *, chroma: bool = False) -> dict[str, str]:
     """``{shard name: codes sha256 + texts sha256}``: what "the same data" means when resuming.
 
-    The texts count too: a shard whose descriptions were fixed trains a different model.
+    The texts count too: a shard whose descriptions were fixed trains a different model; so does
+    the chroma for a melody model (``chroma=True``).
     """
     def texts(shard: shards.Shard) -> str:
         joined = "\n".join(f"{seg.track}\t{seg.start}\t{seg.description}" for seg in shard.segments)
         return hashlib.sha256(joined.encode("utf-8")).hexdigest()[:16]
 
-    return {s.index_path.stem: f"{str(s.meta.get('sha256'))[:16]}:{texts(s)}" for s in opened}
+    def own(shard: shards.Shard) -> str:
+        melody = f":{str(shard.meta['chroma']['sha256'])[:16]}" if chroma and shard.meta.get("chroma") else ""
+        return f"{str(shard.meta.get('sha256'))[:16]}:{texts(shard)}{melody}"
+
+    return {s.index_path.stem: own(s) for s in opened}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,16 +208,19 @@ class CropDataset:
         cfg_dropout: Probability of dropping the description (training only).
         seed: Base seed of every random decision.
         max_items: Keep at most this many crops, evenly spaced (used for validation).
+        chroma: For a melody checkpoint, how crops get their chroma and drop it (``melody.CropChroma``).
     """
 
     def __init__(self, opened: Sequence[shards.Shard], tracks: Iterable[str], crop_frames: int, *,
-                 train: bool, cfg_dropout: float = CFG_DROPOUT, seed: int = 0, max_items: int | None = None):
+                 train: bool, cfg_dropout: float = CFG_DROPOUT, seed: int = 0, max_items: int | None = None,
+                 chroma=None):
         if crop_frames < 1:
             raise UserError("crop_seconds is too short: a crop needs at least one frame (1/50 s).")
         self.shards = list(opened)
         self.crop_frames = int(crop_frames)
         self.train = train
         self.cfg_dropout = float(cfg_dropout) if train else 0.0
+        self.chroma = chroma
         self.seed = int(seed)
         wanted = set(tracks)
         rows = []  # (shard, segment, window) per crop
@@ -238,10 +250,12 @@ class CropDataset:
         segment = shard.segments[gi]
         spare = max(0, segment.frames - self.crop_frames)
         text = segment.description or ""
+        rng, dropped = None, False
         if self.train:
             rng = np.random.default_rng([self.seed, _CROP_SALT, epoch, index])
             start = int(rng.integers(0, spare + 1))
-            if rng.random() < self.cfg_dropout:
+            dropped = rng.random() < self.cfg_dropout  # every condition of the crop (its text, its chroma)
+            if dropped:
                 text = ""
         else:
             start = min(window * self.crop_frames, spare)
@@ -249,7 +263,12 @@ class CropDataset:
         length = codes.shape[0]
         if length < self.crop_frames:
             codes = np.concatenate([codes, np.zeros((self.crop_frames - length, codes.shape[1]), np.int64)])
-        return Example(codes=codes, length=length, text=text, track=track_of(segment, shard))
+        chroma = None
+        if self.chroma is not None:  # drawn after the text's decision: text-only runs keep their streams
+            chroma = self.chroma.rows(shard, gi, start, length)
+            if rng is not None and (rng.random() < self.chroma.dropout or dropped):
+                chroma = np.zeros_like(chroma)  # the null melody (pitch class 0 in every frame)
+        return Example(codes=codes, length=length, text=text, track=track_of(segment, shard), chroma=chroma)
 
 
 def epoch_order(size: int, seed: int, epoch: int) -> np.ndarray:
@@ -273,26 +292,33 @@ class Batch:
     labels: Any
     tokens: int
     """Real (frame, codebook) targets in the batch, for tokens/s."""
+    input_features: Any = None
+    """Melody checkpoints: the crops' one-hot chroma ``(B, chroma_length, num_chroma)``; else None."""
 
     def to(self, device) -> "Batch":
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         return Batch(**{k: v.to(device) if hasattr(v, "to") else v for k, v in fields.items()})
 
     def model_inputs(self) -> dict[str, Any]:
-        return {
+        inputs = {
             "input_ids": self.input_ids, "attention_mask": self.attention_mask,
             "decoder_input_ids": self.decoder_input_ids, "decoder_attention_mask": self.decoder_attention_mask,
         }
+        if self.input_features is not None:
+            inputs["input_features"] = self.input_features
+        return inputs
 
 
 class Collator:
     """Turns examples into a ``Batch``: tokenized text (null rows masked) and delay-pattern labels."""
 
-    def __init__(self, tokenizer, pad_id: int, start_id: int, audio_channels: int = 1):
+    def __init__(self, tokenizer, pad_id: int, start_id: int, audio_channels: int = 1, *, chroma_length: int = 0,
+                 num_chroma: int = 0):
         self.tokenizer = tokenizer
         self.pad_id = pad_id
         self.start_id = start_id
         self.audio_channels = audio_channels
+        self.chroma_length, self.num_chroma = chroma_length, num_chroma  # melody checkpoints (else 0)
 
     def __call__(self, examples: Sequence[Example]) -> Batch:
         import torch
@@ -312,11 +338,16 @@ class Collator:
         codes = torch.from_numpy(np.stack([e.codes[:longest] for e in examples]))
         labels = L.delay_labels(codes, lengths, self.pad_id, self.audio_channels)
         max_delay = L.delays(codes.shape[2], self.audio_channels)[-1]
+        features = None
+        if self.chroma_length:
+            from nbutils.train import melody
+
+            features = melody.features([e.chroma for e in examples], self.chroma_length, self.num_chroma)
         return Batch(
             input_ids=enc["input_ids"], attention_mask=mask,
             decoder_input_ids=L.decoder_inputs(labels, self.pad_id, self.start_id),
             decoder_attention_mask=L.decoder_attention_mask(lengths, labels.shape[1], max_delay),
-            labels=labels, tokens=int(lengths.sum()) * codes.shape[2],
+            labels=labels, tokens=int(lengths.sum()) * codes.shape[2], input_features=features,
         )
 
 

@@ -57,7 +57,8 @@ def facts(trainer, name: str) -> dict[str, Any]:
         "hyperparameters": {
             "lora": trainer.lora_config,
             "crop_seconds": cfg.crop_seconds,
-            "cfg_dropout": cfg.cfg_dropout,
+            "cfg_dropout": trainer.melody.dropouts.cfg,
+            "melody_dropout": trainer.melody.dropouts.chroma,
             "effective_batch": trainer.effective_batch,
             "lr": cfg.lr,
             "scheduler": cfg.scheduler,
@@ -93,15 +94,15 @@ A LoRA adapter for [{base}](https://huggingface.co/{base}), trained with the Mus
 | validation loss | {val if val is not None else "n/a"} |
 | LoRA | r={lora["r"]}, alpha={lora["lora_alpha"]}, dropout={lora["lora_dropout"]}, targets {", ".join(lora["target_modules"])} |
 | training | {hp["total_steps"]} steps x {hp["effective_batch"]} crops of {hp["crop_seconds"]} s, lr {hp["lr"]} ({hp["scheduler"]}, {hp["warmup_steps"]} warmup), {hp["precision"]} |
-| text dropout (CFG) | {hp["cfg_dropout"]} |
+| condition dropout (CFG) | {hp["cfg_dropout"]}{melody_row(hp)} |
 
 ## How to load
 
 ```python
 from peft import PeftModel
-from transformers import AutoProcessor, MusicgenForConditionalGeneration
+from transformers import AutoProcessor, {model_class(hp)}
 
-base = MusicgenForConditionalGeneration.from_pretrained("{base}")
+base = {model_class(hp)}.from_pretrained("{base}")
 model = PeftModel.from_pretrained(base, "<this folder or repo id>")
 processor = AutoProcessor.from_pretrained("{base}")
 inputs = processor(text=["your prompt"], padding=True, return_tensors="pt")
@@ -113,6 +114,20 @@ audio = model.generate(**inputs, do_sample=True, guidance_scale=3.0, max_new_tok
 The MusicGen weights are Meta's, released under CC-BY-NC-4.0 (non-commercial use only); this adapter
 is trained on them and shared under the same license. The code of the training suite is MIT.
 """  # noqa: E501 - one table row per line of the card
+
+
+def model_class(hyperparameters: dict[str, Any]) -> str:
+    """The transformers class a card tells users to load the base with."""
+    melody = hyperparameters.get("melody_dropout") is not None
+    return "MusicgenMelodyForConditionalGeneration" if melody else "MusicgenForConditionalGeneration"
+
+
+def melody_row(hyperparameters: dict[str, Any]) -> str:
+    """The card's line about melody training (melody checkpoints only)."""
+    if hyperparameters.get("melody_dropout") is None:
+        return ""
+    return (f" |\n| melody | trained with the chroma of its own audio (input_features), chroma dropout "
+            f"{hyperparameters['melody_dropout']}; pass a melody's input_features to generate, or none")
 
 
 def token() -> str | None:

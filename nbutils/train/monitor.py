@@ -98,9 +98,12 @@ def play_samples(out: str | os.PathLike) -> list[Path]:
         if info is None:
             continue
         display(Markdown(f"**{'LoRA' if kind == 'lora' else 'Base model'}**, step {info['step']}"))
-        for name, prompt, seed in zip(info["files"], info["prompts"], info["seeds"]):
-            path = info["folder"] / name
-            display(Markdown(f"*{prompt}* (seed {seed})"))
-            display(Audio(filename=str(path)))
-            shown.append(path)
+        for i, (prompt, seed) in enumerate(zip(info["prompts"], info["seeds"])):
+            # a melody model's folder also holds the prompt with a validation melody, and that melody
+            for name, what in ((f"{kind}-{i}.wav", ""), (f"{kind}-{i}-melody.wav", ", with the melody below"),
+                               (f"melody-{i}.wav", ": the melody (a validation segment)")):
+                if name in info["files"]:
+                    display(Markdown(f"*{prompt}* (seed {seed}){what}"))
+                    display(Audio(filename=str(info["folder"] / name)))
+                    shown.append(info["folder"] / name)
     return shown

@@ -2,7 +2,9 @@
 
 The suggestion comes from a memory model of MusicGen's decoder (weights + activations +
 logits per crop, from the model's shapes) checked against the GPU's memory, so it covers
-small / medium / large on A100 80 GB / 40 GB, L4, V100 and T4 and any other card by its VRAM.
+small / medium / large and melody (1.5B) / melody-large (3.3B) on A100 80 GB / 40 GB, L4, V100
+and T4 and any other card by its VRAM. A melody decoder has no cross-attention, but it runs over
+the chroma (235 frames) and the text prepended to the audio tokens, and computes logits there too.
 The effective batch (batch x accumulation) stays at ``EFFECTIVE_BATCH`` on every GPU, so a run
 started on an A100 can continue on a T4 after a disconnect (only the split changes).
 Precision: bf16 where the GPU supports it (A100, H100, L4), otherwise fp16 with loss scaling
@@ -21,6 +23,8 @@ USABLE = 0.75  # share of VRAM we plan to use: an estimate, so leave room (fragm
 CONTEXT_GB = 1.5  # CUDA context + allocator slack
 TEXT_AND_CODEC = 0.17e9  # parameters of the T5-base text encoder + EnCodec 32 kHz
 GIB = 2**30
+CHROMA_FRAMES = 235  # MusicgenMelodyConfig.chroma_length: 30 s of chroma at 7.8 frames/s
+TEXT_TOKENS = 64  # a long description's T5 tokens (melody models prepend them to the audio tokens)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,19 +36,27 @@ class Shape:
     ffn: int
     codebooks: int = 4
     vocab: int = 2048
+    cross_attention: bool = True
+    """Text enters through cross-attention (MusicGen); melody checkpoints prepend it instead."""
+    prefix: int = 0
+    """Positions in front of the audio tokens: a melody checkpoint's chroma and text."""
 
     @property
     def decoder_params(self) -> float:
-        # self-attn + cross-attn (4 h^2 each) + feed-forward (2 h f) per layer; embeddings + heads
-        per_layer = 8 * self.hidden**2 + 2 * self.hidden * self.ffn
+        # self-attn (+ cross-attn) (4 h^2 each) + feed-forward (2 h f) per layer; embeddings + heads
+        per_layer = (8 if self.cross_attention else 4) * self.hidden**2 + 2 * self.hidden * self.ffn
         return self.layers * per_layer + 2 * self.codebooks * self.vocab * self.hidden
 
 
-# Decoder shapes of the facebook/musicgen-* checkpoints (their config.json).
+# Decoder shapes of the facebook/musicgen-* checkpoints (their config.json; the melody ones from
+# transformers' convert_musicgen_melody_transformers.py: 1536 x 48 and 2048 x 48, ffn 4 x hidden).
 SIZES = {
     "small": Shape(layers=24, hidden=1024, ffn=4096),
     "medium": Shape(layers=48, hidden=1536, ffn=6144),
     "large": Shape(layers=48, hidden=2048, ffn=8192),
+    "melody": Shape(layers=48, hidden=1536, ffn=6144, cross_attention=False, prefix=CHROMA_FRAMES + TEXT_TOKENS),
+    "melody-large": Shape(layers=48, hidden=2048, ffn=8192, cross_attention=False,
+                          prefix=CHROMA_FRAMES + TEXT_TOKENS),
 }
 
 
@@ -102,23 +114,27 @@ def detect(info: dict[str, Any] | None = None) -> GPU | None:
 
 def shape_of(model_name: str) -> tuple[str, Shape]:
     """``(size label, Shape)`` of a model from its config (no weights are loaded)."""
-    for label, shape in SIZES.items():
-        if str(model_name).endswith(f"-{label}"):
-            # stereo checkpoints interleave 2 x 4 codebooks: twice the logits per step
-            return label, dataclasses.replace(shape, codebooks=8) if "stereo" in str(model_name) else shape
     from nbutils.core import models
 
-    decoder = models.load_config(model_name).decoder
+    for label in sorted(SIZES, key=len, reverse=True):  # "-melody-large" before "-large"
+        shape = SIZES[label]
+        if str(model_name).endswith(f"-{label}") and not models.is_tiny(model_name):
+            # stereo checkpoints interleave 2 x 4 codebooks: twice the logits per step
+            return label, dataclasses.replace(shape, codebooks=8) if "stereo" in str(model_name) else shape
+    config = models.load_config(model_name)
+    decoder, melody = config.decoder, models.is_melody(config)
     shape = Shape(decoder.num_hidden_layers, decoder.hidden_size, decoder.ffn_dim, decoder.num_codebooks,
-                  decoder.vocab_size)
-    label = next((k for k, v in SIZES.items() if (v.layers, v.hidden) == (shape.layers, shape.hidden)),
+                  decoder.vocab_size, cross_attention=not melody,
+                  prefix=config.chroma_length + TEXT_TOKENS if melody else 0)
+    label = next((k for k, v in SIZES.items() if (v.layers, v.hidden, v.cross_attention) ==
+                  (shape.layers, shape.hidden, shape.cross_attention)),
                  "tiny" if models.is_tiny(model_name) else f"{shape.decoder_params / 1e6:.0f}M")
     return label, shape
 
 
 def memory_gb(shape: Shape, batch: int, seconds: float, checkpointing: bool, frame_rate: int = 50) -> float:
     """Estimated peak GPU memory (GiB) of one training step in half precision."""
-    steps = int(seconds * frame_rate) + shape.codebooks - 1
+    steps = int(seconds * frame_rate) + shape.codebooks - 1 + shape.prefix  # a melody model's logits cover the prefix
     weights = (shape.decoder_params + TEXT_AND_CODEC) * 2
     lora_and_adam = 4 * 2 * 16 * shape.hidden * shape.layers * 16  # r=16 on q,k,v,out; fp32 weight+grad+2 moments
     if checkpointing:  # layer inputs kept, one layer's activations live during recompute
@@ -232,14 +248,14 @@ def out_of_memory_error(batch_size: int, grad_accum: int) -> UserError:
 
 
 def table(crop_seconds: float = 30.0) -> list[Preset]:
-    """Presets for small / medium / large on every known GPU."""
+    """Presets for small / medium / large / melody / melody-large on every known GPU."""
     return [plan(label, shape, gpu, crop_seconds) for gpu in KNOWN_GPUS.values() for label, shape in SIZES.items()]
 
 
 def format_table(rows: list[Preset]) -> str:
-    lines = [f"{'GPU':<11} {'model':<7} {'batch x accum':>13} {'precision':>9} {'checkpointing':>13} {'est. GB':>8}"]
+    lines = [f"{'GPU':<11} {'model':<12} {'batch x accum':>13} {'precision':>9} {'checkpointing':>13} {'est. GB':>8}"]
     for p in rows:
-        lines.append(f"{p.device:<11} {p.model:<7} {f'{p.batch_size} x {p.grad_accum}':>13} {p.precision:>9} "
+        lines.append(f"{p.device:<11} {p.model:<12} {f'{p.batch_size} x {p.grad_accum}':>13} {p.precision:>9} "
                      f"{'on' if p.grad_checkpointing else 'off':>13} {p.memory_gb:>8.1f}"
                      + (f"  {p.note}" if p.note else ""))
     return "\n".join(lines)

@@ -31,7 +31,6 @@ from typing import Any, Callable
 from nbutils.core import config, diskerrors, tracking
 from nbutils.core.config import option
 from nbutils.core.errors import UserError  # noqa: F401 - tests and users catch train.UserError
-from nbutils.train import dataset as data
 from nbutils.train import guard, history, hub, lora
 from nbutils.train.trainer import ADAPTERS_DIR, Trainer
 
@@ -58,12 +57,17 @@ class TrainConfig:
     tokens: str = option("", "Folder of token shards written by the tokenize stage (its --out).", resume=MAY)
     out: str = option("", "Run folder: latest.pt, checkpoints/, adapters/, samples/. Re-running with the "
                           "same folder resumes.")
-    model: str = option("", "MusicGen to fine-tune: hub id, local save_pretrained folder, or 'tiny'. "
-                            "Empty: the model the shards were tokenized with.", resume=MUST)
+    model: str = option("", "MusicGen to fine-tune: hub id (melody checkpoints too), local save_pretrained folder, "
+                            "or 'tiny' / 'tiny-melody'. Empty: the model the shards were tokenized with.", resume=MUST)
     crop_seconds: float = option(30.0, "Length of a training crop in seconds (MusicGen was trained on 30 s); "
                                        "formerly segment_seconds.", resume=MUST, aliases=("segment_seconds",))
-    cfg_dropout: float = option(data.CFG_DROPOUT, "Probability of training a crop without its text, so "
-                                "classifier-free guidance keeps working (audiocraft's default 0.3).", resume=MUST)
+    cfg_dropout: float | None = option(None, "Probability of training a crop without its conditions (text; and "
+                                       "melody for melody models), so classifier-free guidance keeps working. Empty: "
+                                       "audiocraft's value, 0.3 (text2music.yaml), 0.2 for melody models "
+                                       "(chroma2music.yaml).", resume=MUST)
+    melody_dropout: float | None = option(None, "Melody models: probability of training a crop without its chroma "
+                                          "(on top of cfg_dropout). Empty: audiocraft's 0.5 (chroma2music.yaml).",
+                                          resume=MUST)
     val_fraction: float = option(0.05, "Share of tracks held out for validation (whole tracks).", resume=MUST)
     val_crops: int = option(256, "At most this many validation crops per evaluation (evenly spaced).", resume=MUST)
     seed: int = option(0, "Seed of the split, data order, crops, CFG dropout and LoRA initialization.", resume=MUST)
@@ -125,7 +129,8 @@ class TrainConfig:
         config.require(self.WHAT, [
             (all(isinstance(p, str) for p in self.sample_prompts), "sample_prompts must be a list of texts"),
             (self.crop_seconds > 0, "crop_seconds must be positive"),
-            (0 <= self.cfg_dropout < 1, "cfg_dropout must be in [0, 1)"),
+            (self.cfg_dropout is None or 0 <= self.cfg_dropout < 1, "cfg_dropout must be in [0, 1)"),
+            (self.melody_dropout is None or 0 <= self.melody_dropout < 1, "melody_dropout must be in [0, 1)"),
             (0 <= self.val_fraction <= 0.5, "val_fraction must be in [0, 0.5]"),
             (self.batch_size >= 0 and self.grad_accum >= 0, "batch_size and grad_accum must be >= 0 (0 = preset)"),
             (self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}"),

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from nbutils.core import atomic, config, faults, models, tracking
 from nbutils.core.errors import UserError
-from nbutils.train import build, checkpoint, guard, history, lora, presets, saves
+from nbutils.train import build, checkpoint, guard, history, lora, melody, presets, saves
 from nbutils.train import dataset as data
 
 if TYPE_CHECKING:
@@ -51,7 +51,7 @@ class Trainer:
         self.cfg = cfg
         self.out = Path(cfg.out).expanduser().absolute()
         self.model_name = models.recorded_name(cfg.model or data.model_of_shards(cfg.tokens))
-        build.refuse_melody(self.model_name)
+        self.melody = melody.plan(cfg, self.model_name, data.CFG_DROPOUT)  # melody checks: before the model loads
         self.settings = presets.settings_for(cfg, self.model_name)
         self.accelerator = build.accelerator(self.settings["precision"])
         self.main = self.accelerator.is_main_process
@@ -94,7 +94,7 @@ class Trainer:
     def _load_data(self) -> None:
         cfg = self.cfg
         opened = data.open_shards(cfg.tokens, self.spec.num_codebooks, self.spec.sample_rate)
-        self.fingerprint = data.fingerprint(opened)
+        self.fingerprint = data.fingerprint(opened, chroma=self.melody.settings is not None)
         other_model = data.other_model_note(opened, self.model_name)
         if other_model and self.main:
             print(other_model)
@@ -105,14 +105,15 @@ class Trainer:
         self.split = data.split_tracks(tracks, cfg.val_fraction, cfg.seed)
         self.crop_frames = max(1, round(cfg.crop_seconds * self.spec.frame_rate))
         self.train_set = data.CropDataset(opened, self.split["train_tracks"], self.crop_frames, train=True,
-                                          cfg_dropout=cfg.cfg_dropout, seed=cfg.seed)
+                                          cfg_dropout=self.melody.dropouts.cfg, seed=cfg.seed, chroma=self.melody.crops)
         self.val_set = data.CropDataset(opened, self.split["val_tracks"], self.crop_frames, train=False,
-                                        seed=cfg.seed, max_items=cfg.val_crops)
+                                        seed=cfg.seed, max_items=cfg.val_crops, chroma=self.melody.crops)
         acc = self.accelerator
         self.batch_size, self.grad_accum = self.settings["batch_size"], self.settings["grad_accum"]
         self.sampler = data.StepSampler(self.train_set, self.batch_size, self.grad_accum, acc.num_processes,
                                         acc.process_index, cfg.seed)
-        self.collate = data.Collator(self.processor.tokenizer, self.pad_id, self.start_id, self.spec.audio_channels)
+        self.collate = data.Collator(self.processor.tokenizer, self.pad_id, self.start_id, self.spec.audio_channels,
+                                     **self.melody.collate)
         self.shards = opened
         self.prompts = list(cfg.sample_prompts) if cfg.sample_prompts else data.sample_prompts(opened, self.split)
         train = set(self.split["train_tracks"])
@@ -127,7 +128,7 @@ class Trainer:
         """The settings that define what the weights mean, plus the harmless ones (for notes)."""
         values = config.to_dict(self.cfg)
         values.update(model=self.model_name, data=self.fingerprint, crop_frames=self.crop_frames,
-                      effective_batch=self.effective_batch)
+                      effective_batch=self.effective_batch, **self.melody.identity())
         return values
 
     def unwrapped(self):
