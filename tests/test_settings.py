@@ -140,7 +140,8 @@ def test_notebook_settings_are_checked_before_any_model_loads(project, monkeypat
 
 
 def test_the_resume_rules_keep_what_each_stage_compared_before():
-    """The rules moved onto the fields; what each stage refuses and accepts is what it was in 0.1.0."""
+    """The rules moved onto the fields; what each stage refuses and accepts is what it was in 0.1.0, plus
+    melody_dropout (melody checkpoints train since 0.2; a text-only run records None)."""
     assert set(tokenize.stage.CODE_KEYS) == {"model", "segment_seconds", "min_seconds", "min_tail_seconds",
                                              "silence_db", "tokenizer_version"}
     assert set(tokenize.stage.TEXT_KEYS) == {"default_description", "metadata"}
@@ -150,8 +151,8 @@ def test_the_resume_rules_keep_what_each_stage_compared_before():
         "batch_size"}
     must = set(config.resume_keys(train.TrainConfig, config.MUST_MATCH)) | set(DERIVED_MUST_MATCH)
     assert must == {"model", "data", "crop_seconds", "effective_batch", "lora_targets", "lora_r", "lora_alpha",
-                    "lora_dropout", "seed", "cfg_dropout", "val_fraction", "val_crops", "lr", "weight_decay",
-                    "warmup_steps", "scheduler", "max_grad_norm"}
+                    "lora_dropout", "seed", "cfg_dropout", "melody_dropout", "val_fraction", "val_crops", "lr",
+                    "weight_decay", "warmup_steps", "scheduler", "max_grad_norm"}
     may = set(config.resume_keys(train.TrainConfig, config.MAY_CHANGE))
     assert may == {"max_steps", "epochs", "save_every", "save_every_minutes", "keep_checkpoints", "eval_every",
                    "sample_every", "sample_prompts", "sample_seconds", "log_every", "max_skipped_steps",
