@@ -97,6 +97,7 @@ def run_pipeline(zips: Path, work: Path, **overrides) -> tuple[Clock, dict]:
     from nbutils.tokenize import stage as tokenize
 
     out = Path(tempfile.mkdtemp(dir=work))
+    overrides.setdefault("describe", "none")  # tokenizing alone (bench_describe measures the descriptions)
     cfg = tokenize.TokenizeConfig(zips=str(zips), out=str(out / "tokens"), model="bench",
                                   scratch=str(out / "scratch"), progress=False, **overrides)
     with Clock() as timer, redirect_stdout(StringIO()):

@@ -31,6 +31,7 @@ CONTRACT_KEYS = {"zips_done", "zips_skipped", "zips_failed", "files_ok", "files_
 
 
 def _run(zips, out, scratch, **kwargs):
+    kwargs.setdefault("describe", "none")  # automatic descriptions: tests/test_describe.py
     cfg = tokenize.TokenizeConfig(zips=str(zips), out=str(out), model=kwargs.pop("model", "tiny"),
                                   scratch=str(scratch), progress=False, **kwargs)
     return tokenize.run(cfg)
@@ -132,7 +133,8 @@ def test_nothing_outside_scratch_and_scratch_is_empty(everything):
     root, _ = everything
     assert list((root / "scratch").iterdir()) == []
     written = h.files_under(root)
-    allowed = {"zips/", "tokens/shards/batch_everything.", "tokens/ledger.jsonl", "tokens/tokenize_config.json"}
+    allowed = {"zips/", "tokens/shards/batch_everything.", "tokens/ledger.jsonl", "tokens/tokenize_config.json",
+               "tokens/descriptions.jsonl"}
     assert all(any(f.startswith(a) for a in allowed) for f in written), written
     assert not Path("/tmp/abs_evil.wav").exists() and not (root / "evil.wav").exists()
 
@@ -190,7 +192,7 @@ def test_limit_keeps_nothing_and_reports_throughput_and_eta(small, tmp_path, cap
 
 def test_test_mode_progress_counts_to_the_limit(small, tmp_path, capsys):
     zips, _, _ = small
-    cfg = tokenize.TokenizeConfig(zips=str(zips), out=str(tmp_path / "tokens"), model="tiny",
+    cfg = tokenize.TokenizeConfig(zips=str(zips), out=str(tmp_path / "tokens"), model="tiny", describe="none",
                                   scratch=str(tmp_path / "scratch"), limit=4)  # progress bars on
     tokenize.run(cfg)
     overall = [line for line in capsys.readouterr().err.replace("\r", "\n").splitlines() if "all ZIPs" in line]
@@ -433,7 +435,7 @@ def test_decode_workers_follow_the_cores(monkeypatch):
 def test_cli_contract_and_second_run(small, tmp_path, capsys):
     zips, reference, _ = small
     args = ("tokenize", "--zips", str(zips), "--out", str(tmp_path / "tokens"), "--model", "tiny",
-            "--scratch", str(tmp_path / "scratch"))
+            "--scratch", str(tmp_path / "scratch"), "--describe", "none")
     first = last_json(run_cli(*args).stdout)
     assert CONTRACT_KEYS <= set(first) and first["zips_done"] == 3 and first["files_ok"] == 9
     assert first["frames"] == sum(sh.meta["frames"] for sh in shards.open_all(tmp_path / "tokens"))
@@ -453,7 +455,7 @@ def _spawn(zips, out, scratch, kill_at=None):
         env["NBUTILS_KILL_AT"] = kill_at
     return subprocess.Popen(
         [sys.executable, "-m", "nbutils", "tokenize", "--zips", str(zips), "--out", str(out), "--model", "tiny",
-         "--scratch", str(scratch), "--no-progress"],
+         "--scratch", str(scratch), "--no-progress", "--describe", "none"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
 

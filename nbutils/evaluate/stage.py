@@ -27,16 +27,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from nbutils.core import atomic, config, devices, diskerrors
+from nbutils.core import atomic, clap, config, devices, diskerrors
 from nbutils.core.config import option
 from nbutils.core.errors import UserError
 from nbutils.core.sampling import SamplingConfig
-from nbutils.evaluate import clap, clips, prompts, reference, report
+from nbutils.evaluate import clips, prompts, reference, report
 from nbutils.evaluate.report import BASE
 from nbutils.generate import adapters, output
 from nbutils.generate import stage as generate
 from nbutils.generate.musicgen import Pipeline
-from nbutils.tokenize import archive, shards
+from nbutils.tokenize import archive, descriptions, shards
 
 MIN_REFERENCE_SECONDS = 0.1  # 5 code frames: shorter held-out audio is nothing CLAP can embed
 # settings that change the numbers: a folder holding results for other values is not resumed
@@ -176,6 +176,8 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     specs = clips.adapter_specs(cfg)
     generate.release()  # a model loaded by notebook 03 in this runtime would double GPU memory
     all_shards = shards.open_all(cfg.tokens) if cfg.tokens else []
+    if all_shards:
+        descriptions.apply(cfg.tokens, all_shards)  # the texts training used: descriptions.jsonl, edits included
     if not all_shards and not cfg.prompts:
         raise UserError("Pass --tokens (the training shards: reference audio and prompts) or --prompts FILE.")
     sets = prompts.prompt_sets(all_shards, cfg.prompts, cfg.num_prompts)

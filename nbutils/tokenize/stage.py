@@ -14,6 +14,10 @@ throughput and prints the ETA for everything, and leaves nothing that reads as d
 
     python -m nbutils tokenize --zips DIR --out DIR [--model M] [--metadata FILE]
         [--default-description TEXT] [--segment-seconds S] [--limit N]
+        [--describe none|missing|all] [--clap C|none] [--labels FILE]
+
+Every track's description (with the automatic ones: tempo, key, CLAP tags) is in
+``OUT/descriptions.jsonl``, for the user to edit (``nbutils.tokenize.descriptions``).
 
 The last stdout line is a JSON summary (``zips_done``, ``zips_skipped``, ``zips_failed``,
 ``files_ok``, ``files_failed``, ``files_skipped``, ``segments``, ``audio_seconds``, ``frames``...;
@@ -35,9 +39,10 @@ from pathlib import Path
 from typing import Any
 
 from nbutils.core import atomic, audio, config, diskerrors, durations, tracking
+from nbutils.core.clap import DEFAULT_CLAP
 from nbutils.core.config import add_arguments, differences, from_args, option
 from nbutils.core.errors import UserError
-from nbutils.tokenize import archive, ledger, lock, metadata, shards
+from nbutils.tokenize import archive, describe, descriptions, ledger, lock, metadata, shards
 from nbutils.tokenize.zipjob import Counts, Stage, ZipPlan, ZipResult, process_zip, remove_stale_scratch, uncommit
 
 DEFAULT_MODEL = "facebook/musicgen-small"
@@ -46,7 +51,7 @@ TOKENIZER_VERSION = 1  # bump when a change to this stage changes the codes it w
 # Settings that change the codes: a folder tokenized with other values must not be mixed.
 CODE_KEYS = ("model", "segment_seconds", "min_seconds", "min_tail_seconds", "silence_db", "tokenizer_version")
 # Settings that change only the text: a change is allowed, with a warning.
-TEXT_KEYS = ("default_description", "metadata")
+TEXT_KEYS = ("default_description", "metadata", "describe", "clap", "labels")
 MAX_LISTED_FAILURES = 100  # failures listed in the JSON summary (the ledger keeps them all)
 
 
@@ -60,7 +65,14 @@ class TokenizeConfig:
                         "save_pretrained folder, or 'tiny'.")
     metadata: str = option("", "A metadata.jsonl / metadata.json with the descriptions (default: the one "
                            "beside the ZIPs, if any).")
-    default_description: str = option("", "Text for tracks no metadata describes (e.g. a trigger word).")
+    default_description: str = option("", "Text for tracks no metadata describes (e.g. a trigger word); it "
+                                      "leads their automatic description.")
+    describe: str = option("missing", "Automatic descriptions (tempo, key, CLAP tags) for: missing (tracks no "
+                           "metadata describes), all (every track; the user's text stays first) or none.")
+    clap: str = option(DEFAULT_CLAP, "CLAP that tags genre, mood and instruments: Hub id, local folder, 'tiny' "
+                       "(tests), or 'none' for tempo and key only.")
+    labels: str = option("", "A JSON file of your own label lists ({\"genre\": [...], \"mood\": [...], "
+                         "\"instrument\": [...]}); empty: the built-in ones.")
     segment_seconds: float = option(audio.SEGMENT_SECONDS, "Long tracks are cut into segments this long (s).")
     min_tail_seconds: float = option(audio.MIN_TAIL_SECONDS, "A track's last partial segment is kept when "
                                      "at least this long (s).")
@@ -104,6 +116,8 @@ class TokenizeConfig:
         if not 0 <= self.min_tail_seconds <= self.segment_seconds:
             raise UserError(f"min_tail_seconds ({self.min_tail_seconds}) must be between 0 and "
                             f"segment_seconds ({self.segment_seconds}).")
+        if self.describe not in describe.MODES:
+            raise UserError(f"describe must be one of {', '.join(describe.MODES)} (got {self.describe!r}).")
         if self.limit < 0 or self.batch_size < 0 or self.workers < 0:
             raise UserError("limit, batch_size and workers must be >= 0 (0 = automatic).")
 
@@ -276,6 +290,8 @@ def _run(cfg: TokenizeConfig, held: lock.Lock | None) -> dict[str, Any]:
     for warning in warnings:
         _say(f"Warning: {warning}")
     atomic.remove_stale_temps(shards.shard_dir(cfg.out))
+    if not testing:
+        atomic.remove_stale_temps(cfg.out)  # a descriptions.jsonl whose writer was killed
     plans = make_plan(cfg, config_hash)
     todo = [p for p in plans if p.state == "todo"]
     total_files = sum(p.audio_files for p in todo)
@@ -292,7 +308,8 @@ def _run(cfg: TokenizeConfig, held: lock.Lock | None) -> dict[str, Any]:
             totals.add(result.counts)
             sources.update(result.sources)
     bad_metadata = outside.bad + [bad for r in results for bad in r.metadata_bad]
-    return _summary(cfg, plans, results, totals, sources, time.monotonic() - started, warnings, bad_metadata)
+    table = None if testing else descriptions.sync(cfg.out)  # the shards' rows and the user's edits
+    return _summary(cfg, plans, results, totals, sources, time.monotonic() - started, warnings, bad_metadata, table)
 
 
 def _run_zips(cfg: TokenizeConfig, config_hash: str, todo: list[ZipPlan], total_files: int,
@@ -308,6 +325,7 @@ def _run_zips(cfg: TokenizeConfig, config_hash: str, todo: list[ZipPlan], total_
                 held.check()  # another run took the folder over while this one stalled: stop
             index = ledger.shard_index(cfg.out, plan.path)
             if stage.limit_left is None and index.exists():
+                descriptions.protect(cfg.out, index)  # the user's edits of this ZIP outlive its old shard
                 uncommit(index)
             result = process_zip(stage, plan, number)
             results.append(result)
@@ -351,7 +369,7 @@ def _throughput(cfg: TokenizeConfig, plans: list[ZipPlan], results: list[ZipResu
 
 
 def _summary(cfg, plans, results, totals: Counts, sources: Counter, elapsed: float, warnings,
-             bad_metadata: list[metadata.BadLines]) -> dict[str, Any]:
+             bad_metadata: list[metadata.BadLines], table: dict[str, Any] | None = None) -> dict[str, Any]:
     failures = [{"zip": r.name, "path": "", "reason": r.reason} for r in results if r.status != ledger.DONE]
     failures += [{"zip": r.name, **f} for r in results for f in r.failures]
     summary = {
@@ -363,12 +381,14 @@ def _summary(cfg, plans, results, totals: Counts, sources: Counter, elapsed: flo
         **totals.to_dict(),
         "description_sources": dict(sources),
         "metadata_bad_lines": [bad.to_dict() for bad in bad_metadata],
+        "descriptions": table,
         "seconds": round(elapsed, 2),
         **_throughput(cfg, plans, results),
         "limit": cfg.limit,
         "out": str(cfg.out),
         "failures": failures[:MAX_LISTED_FAILURES],
-        "warnings": warnings + [f"{r.name}: {w}" for r in results for w in r.warnings],
+        "warnings": warnings + [f"{r.name}: {w}" for r in results for w in r.warnings]
+        + ([table["warning"]] if table and table["warning"] else []),
     }
     _print_summary(summary, cfg)
     return summary
@@ -392,6 +412,12 @@ def _print_summary(s: dict[str, Any], cfg: TokenizeConfig) -> None:
         _say("Descriptions from: " + ", ".join(f"{k} {v}" for k, v in sorted(s["description_sources"].items())))
     for bad in s["metadata_bad_lines"]:
         _say(f"Warning: {metadata.BadLines(**bad).message()}")
+    table = s["descriptions"]
+    if table and table["warning"]:
+        _say(f"Warning: {table['warning']}")
+    elif table:
+        _say(f"Descriptions: {table['tracks']} tracks in {table['file']} ({table['auto']} automatic, {table['edited']} "
+             "edited). Edit them there (or in notebook 01): training reads them; nothing is re-encoded.")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ import numpy as np
 
 from nbutils.core import atomic, config, faults, models
 from nbutils.core.errors import UserError
-from nbutils.train import build, lora
+from nbutils.train import build, lora, texts
 from nbutils.train import dataset as data
 
 LATEST = "latest.pt"
@@ -142,10 +142,13 @@ def restore(trainer, state: dict[str, Any], meaningful: Iterable[str], harmless:
         Notes about accepted (``harmless``) setting changes.
 
     Raises:
-        UserError: when a ``meaningful`` setting differs (see ``check_resume``).
+        UserError: when a ``meaningful`` setting differs (see ``check_resume``), or the descriptions
+            changed and the user did not confirm (``texts.check``).
     """
     saved = {**state["config"], **state.get("identity", {})}
     notes = check_resume(saved, trainer.identity(), meaningful, harmless, trainer.out)
+    texts.check(saved.get("descriptions"), trainer.texts, trainer.out, accept=trainer.cfg.accept_new_descriptions,
+                log=trainer.log, writer=trainer.main)  # edited descriptions: listed, refused unless confirmed
     lora.load_state_dict(trainer.unwrapped(), state["lora"])
     trainer.optimizer.load_state_dict(state["optimizer"])
     trainer.scheduler.load_state_dict(state["scheduler"])

@@ -88,6 +88,9 @@ class TrainConfig:
     push_to_hub: str = option("", "Hub repo id (user/name) to upload the final adapter to, with a model card; "
                                   "needs HF_TOKEN.")
     hub_private: bool = option(True, "Create the Hub repo as private.")
+    accept_new_descriptions: bool = option(False, "Continue a run although descriptions.jsonl changed since it was "
+                                                  "saved (the new texts are used from here on). Without it such a "
+                                                  "run stops and lists the changes.")
 
     def __post_init__(self) -> None:
         if isinstance(self.sample_prompts, str):  # "a | b", as notebook 03's PROMPTS: not one prompt per letter
@@ -126,7 +129,8 @@ MEANINGFUL = ("model", "data", "crop_frames", "effective_batch", "lora_targets",
 # Accepted on resume (with a note): how long, how often, where to log, how to fit the GPU.
 HARMLESS = ("max_steps", "epochs", "save_every", "keep_checkpoints", "eval_every", "sample_every",
             "sample_prompts", "sample_seconds", "log_every", "wandb", "wandb_project", "wandb_name",
-            "batch_size", "grad_accum", "precision", "grad_checkpointing", "push_to_hub", "hub_private", "tokens")
+            "batch_size", "grad_accum", "precision", "grad_checkpointing", "push_to_hub", "hub_private", "tokens",
+            "accept_new_descriptions")
 
 
 def read_metrics(out: str | os.PathLike) -> list[dict[str, Any]]:

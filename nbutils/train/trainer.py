@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from nbutils.core import atomic, config, faults, models, tracking
 from nbutils.core.errors import UserError
-from nbutils.train import build, checkpoint, history, lora, presets
+from nbutils.train import build, checkpoint, history, lora, presets, texts
 from nbutils.train import dataset as data
 
 if TYPE_CHECKING:
@@ -86,7 +86,8 @@ class Trainer:
     def _load_data(self) -> None:
         cfg = self.cfg
         opened = data.open_shards(cfg.tokens, self.spec.num_codebooks, self.spec.sample_rate)
-        self.fingerprint = data.fingerprint(opened)
+        self.fingerprint = data.fingerprint(opened)  # codes and the texts tokenize made
+        self.texts = texts.load(cfg.tokens, opened)  # the texts trained with: descriptions.jsonl, edits included
         other_model = data.other_model_note(opened, self.model_name)
         if other_model and self.main:
             print(other_model)
@@ -119,7 +120,7 @@ class Trainer:
         """The settings that define what the weights mean, plus the harmless ones (for notes)."""
         values = config.to_dict(self.cfg)
         values.update(model=self.model_name, data=self.fingerprint, crop_frames=self.crop_frames,
-                      effective_batch=self.effective_batch)
+                      effective_batch=self.effective_batch, descriptions=texts.digests(self.texts))
         return values
 
     def unwrapped(self):
@@ -171,6 +172,7 @@ class Trainer:
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
             data.write_split(self.out, self.split)
+            texts.write_snapshot(self.out, self.texts)
             self.metrics.discard()  # lines of a run that never saved
         self.log(f"Starting a new run in {self.out}: {self.model_name}, {len(self.train_set)} training "
                  f"crops of {self.cfg.segment_seconds:g} s, {len(self.val_set)} validation crops, "
