@@ -517,19 +517,31 @@ def test_notebook_01_runs_headlessly(small, tmp_path, monkeypatch):
     from nbutils import colab
     from nbutils.colab import notebooks
 
-    zips, reference, _ = small
+    zips, _, _ = small
     monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))  # the kernel's local scratch
     (tmp_path / "tmp").mkdir()
     root = tmp_path / "project"
     colab.create_project(root, model="tiny")
     params = {"PROJECT_ROOT": str(root), "MODEL": "tiny", "ZIP_DIR": str(zips), "SEGMENT_SECONDS": 30,
-              "DEFAULT_DESCRIPTION": "", "TEST_TRACKS": 2}
-    path = notebooks.notebook_path("01_tokenize")
+              "DEFAULT_DESCRIPTION": "trig", "TEST_TRACKS": 2, "DESCRIBE": "missing", "CLAP": "none"}
+    _run(zips, tmp_path / "reference", tmp_path / "scratch", default_description="trig", describe="missing",
+         clap="none")
+    reference = h.snapshot(tmp_path / "reference")
+    nb = nbformat.read(str(notebooks.notebook_path("01_tokenize")), as_version=4)
+    # edit a description in the table and press Save, as a user would
+    nb.cells.append(nbformat.v4.new_code_cell("editor.boxes[0][1].value = 'edited in the notebook'\n"
+                                              "editor.button.click()\nprint('EDITOR', editor.status.value)"))
+    path = tmp_path / "01_tokenize.ipynb"
+    nbformat.write(nb, str(path))
     executed = notebooks.execute(path, tmp_path / "run1.ipynb", params, cwd=tmp_path)
     text = notebooks.outputs_text(nbformat.read(str(executed), as_version=4))
     assert "Test mode (2 tracks)" in text and "ETA for all 9 audio files" in text
     assert "Done 3 ZIPs" in text and "batch_0002.zip" in text and "status" in text
     assert h.snapshot(root / "tokens") == reference
+    assert "9 tracks in" in text and "- Sommer – Mix.zip/" in text and "EDITOR Saved 1 changed description" in text
+    rows = [json.loads(line) for line in (root / "tokens" / "descriptions.jsonl").read_text().splitlines()]
+    assert (rows[0]["description"], rows[0]["edited"]) == ("edited in the notebook", True)
+    assert (root / "tokens" / "descriptions.png").stat().st_size > 10_000
     bars = [o["data"]["text/plain"] for c in nbformat.read(str(executed), as_version=4).cells
             for o in c.get("outputs", []) if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
     assert any(b.startswith("all ZIPs:") for b in bars) and any(b.startswith("batch_0002.zip:") for b in bars)
