@@ -344,6 +344,21 @@ def test_unusable_lines_are_never_overwritten_and_stop_training(tmp_path):
         texts.load(tokens, shards.open_all(tokens))
 
 
+def test_a_long_run_rewrites_the_table_as_it_goes(tmp_path, monkeypatch):
+    zips, seen = tmp_path / "zips", []
+    for name in ("a.zip", "b.zip"):
+        h.small_zip(zips, name, n=1, seconds=1.5)
+    sync = descriptions.sync
+
+    def watched(tokens):
+        seen.append(sorted({r["zip"] for r in descriptions.rows(tokens)}))
+        return sync(tokens)
+    monkeypatch.setattr(descriptions, "sync", watched)
+    monkeypatch.setattr(tokenize, "SYNC_EVERY_SECONDS", 0.0)
+    _run(zips, tmp_path / "tokens", tmp_path / "s", describe="none")
+    assert seen == [["a.zip"], ["a.zip", "b.zip"], ["a.zip", "b.zip"]]  # after each ZIP, then at the end
+
+
 def _spawn(zips, tokens, scratch, kill_at=None):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("NBUTILS_KILL_AT", None)

@@ -76,6 +76,7 @@ class Describer:
         """
         if cfg.describe == "none":
             return cls("none", sample_rate)
+        analysis.warm_up()  # librosa's first use compiles: here, not in the first ZIP's timing
         if cfg.clap == NO_CLAP:
             return cls(cfg.describe, sample_rate)
         labels = tags.load_labels(cfg.labels or None)

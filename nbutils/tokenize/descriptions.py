@@ -12,9 +12,10 @@ Each line is one JSON object::
 **Where the truth lives.** What tokenization made for a ZIP is stored in that ZIP's shard index
 (its ``tracks`` table and ``analysis``), written atomically with the shard: a kill mid-ZIP leaves
 the previous index or none, never half of one. ``descriptions.jsonl`` is those rows merged with the
-user's edits, rewritten atomically (``sync``) at the end of every tokenize run, and read the same
-way (``rows``) by training, the notebook's editor and evaluation, so a run killed before its
-sync loses nothing: its ZIPs' rows are in their shards.
+user's edits, rewritten atomically (``sync``) at the end of every tokenize run (and every 15
+minutes during a long one: rewriting it after every ZIP would write the whole table again per
+ZIP), and read the same way (``rows``) by training, the notebook's editor and evaluation, so a
+run killed before its sync loses nothing: its ZIPs' rows are in their shards.
 
 **Edits are kept.** A line whose description, bpm, key or tags differ from what tokenization made
 is an edit (``edited`` is set when the file is next written), whoever made it: a text editor, the

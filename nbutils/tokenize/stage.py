@@ -53,6 +53,9 @@ CODE_KEYS = ("model", "segment_seconds", "min_seconds", "min_tail_seconds", "sil
 # Settings that change only the text: a change is allowed, with a warning.
 TEXT_KEYS = ("default_description", "metadata", "describe", "clap", "labels")
 MAX_LISTED_FAILURES = 100  # failures listed in the JSON summary (the ledger keeps them all)
+# descriptions.jsonl is rewritten at the end of a run, and after a ZIP when it is older than this: a long
+# run that is cut off leaves a file at most this stale (readers merge the newer shards in anyway).
+SYNC_EVERY_SECONDS = 15 * 60
 
 
 @dataclasses.dataclass
@@ -316,7 +319,7 @@ def _run_zips(cfg: TokenizeConfig, config_hash: str, todo: list[ZipPlan], total_
               outside: metadata.Outside, held: lock.Lock | None) -> list[ZipResult]:
     stage = Stage(cfg, code_settings(cfg), config_hash, total_files, outside)
     remove_stale_scratch(stage.work_root.parent)
-    results = []
+    results, synced = [], time.monotonic()
     try:
         for number, plan in enumerate(todo):
             if stage.limit_left == 0:
@@ -333,6 +336,9 @@ def _run_zips(cfg: TokenizeConfig, config_hash: str, todo: list[ZipPlan], total_
             tracking.log({f"tokenize/{k}": v for k, v in result.counts.to_dict().items()}
                          | {"tokenize/zips_processed": len(results),
                             "tokenize/realtime_factor": result.counts.audio_seconds / max(result.seconds, 1e-9)})
+            if held is not None and time.monotonic() - synced > SYNC_EVERY_SECONDS:
+                descriptions.sync(cfg.out)
+                synced = time.monotonic()
     finally:
         stage.overall.close()
         shutil.rmtree(stage.work_root, ignore_errors=True)
