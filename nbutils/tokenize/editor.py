@@ -17,7 +17,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from nbutils.core import atomic
+from nbutils.core import pictures
 from nbutils.tokenize import analysis, descriptions
 
 PICTURE = "descriptions.png"
@@ -154,15 +154,7 @@ def plot(tokens_dir: str | os.PathLike, *, top: int = 15, show: bool = True) -> 
     for axis in (tempo.yaxis, keys.yaxis, tags.xaxis):
         axis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
-    path = Path(tokens_dir) / PICTURE
-    with atomic.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    if show:
-        from IPython.display import Image, display
-
-        display(Image(filename=str(path)))
-    return path
+    return pictures.save_png(fig, Path(tokens_dir) / PICTURE, show=show)
 
 
 def _named_tags(row: dict[str, Any]) -> list[str]:

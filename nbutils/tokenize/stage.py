@@ -88,7 +88,7 @@ class TokenizeConfig:
                                 "1 on a CPU).")
     workers: int = option(0, "Threads that extract, decode and resample the next files while the encoder works; "
                              "0 = one per CPU core beyond the first, 2 to 8 (a Colab A100 has 12 cores).")
-    device: str = option("", "Device for the encoder: cuda, cpu, ... (empty: the GPU if there is one).")
+    device: str = option("", "Device for the encoder and CLAP: cuda, cpu, ... (empty: the GPU if there is one).")
     precision: str = option("auto", "auto (bf16/fp16 autocast on a GPU, float32 on a CPU), fp32, bf16 or fp16. "
                                     "Only EnCodec's convolutions: its quantizer always runs in float32.")
     scratch: str = option("", "Local folder for ZIP copies and extracted files, emptied after each ZIP "
