@@ -42,8 +42,7 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from nbutils.core import synth
-    from nbutils.evaluate import clap
+    from nbutils.core import clap, synth
     from nbutils.generate import sampling
     from nbutils.generate import stage as generate
 

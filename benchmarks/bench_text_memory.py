@@ -62,7 +62,7 @@ def peak_rss_child(zips: str, out: str) -> None:
     from nbutils.tokenize import stage
 
     started = time.monotonic()
-    summary = stage.run(stage.TokenizeConfig(zips=zips, out=out, model="tiny", progress=False,
+    summary = stage.run(stage.TokenizeConfig(zips=zips, out=out, model="tiny", progress=False, describe="none",
                                              scratch=str(Path(out).parent / "scratch")))
     print(json.dumps({"maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                       "seconds": round(time.monotonic() - started, 1), "files_ok": summary["files_ok"],

@@ -32,7 +32,7 @@ MOVED = {
     "audio": "nbutils.core.audio",
     "audio_io": "nbutils.generate.output",
     "checkpoint": "nbutils.train.checkpoint",
-    "clap": "nbutils.evaluate.clap",
+    "clap": "nbutils.core.clap",
     "config": "nbutils.core.config",
     "dataset": "nbutils.train.dataset",
     "demo": "nbutils.colab.demo",

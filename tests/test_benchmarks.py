@@ -38,6 +38,14 @@ def test_bench_tokenize_quick_prints_a_b_and_c():
 
 
 @pytest.mark.slow
+def test_bench_describe_quick_prints_its_ratios():
+    out = _bench("benchmarks/bench_describe.py", "--quick")
+    for line in ("tempo + key: +", "with CLAP: +", " s per audio-hour", "tokenize+describe / tokenize alone:",
+                 "automatic descriptions per run: {'alone': 0, 'tempo + key': 2, 'with CLAP': 2}"):
+        assert line in out, out
+
+
+@pytest.mark.slow
 def test_bench_train_quick_prints_its_four_results(tmp_path):
     out = _bench("benchmarks/bench_train.py", "--quick", "--workdir", str(tmp_path))
     for line in ("1. loop overhead:", "2. latest.pt size:", "3. resume:", "4. Drive bytes:"):

@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nbutils.core import synth
+from nbutils.core import clap, synth
 from nbutils.core.errors import UserError
-from nbutils.evaluate import clap
 
 
 @pytest.fixture(scope="module")

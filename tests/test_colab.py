@@ -246,7 +246,7 @@ def test_the_long_job_reminder_names_the_flush_cell_of_the_notebook_that_wrote(f
     monkeypatch.setattr(IPython, "get_ipython", lambda: shell)
     monkeypatch.setattr(colab.drive, "LONG_CELL_SECONDS", 0)
     monkeypatch.setattr(colab.drive, "drive_mounted", lambda: True)
-    for name, expected in (("01_tokenize", "run cell '6. Before you close the tab: flush Drive' of this notebook"),
+    for name, expected in (("01_tokenize", "run cell '8. Before you close the tab: flush Drive' of this notebook"),
                            ("02_train", "run cell '7. Before you close the tab: flush Drive' of this notebook"),
                            ("04_evaluate", "run colab.flush_drive() in a new cell of this notebook")):
         colab.drive.offer_flush_after_long_cells(name)  # what connect(notebook=...) does

@@ -36,31 +36,33 @@ def demo_run(tmp_path_factory):
 # ---------------------------------------------------------------------------------------------
 
 
-def test_dataset_is_zip_batches_of_three_styles_with_metadata(tmp_path):
+def test_dataset_is_zip_batches_of_three_styles_with_metadata_for_every_other_track(tmp_path):
     cfg = demo.DemoConfig(out=tmp_path, zips=2, tracks_per_zip=4, track_seconds=3.0)
     paths = Paths.at(tmp_path)
     zips = demo.make_dataset(paths, cfg)
     assert [z.name for z in zips] == ["archive_batch_0001.zip", "archive_batch_0002.zip"]
     records = [json.loads(line) for line in (paths.zips / "metadata.jsonl").read_text().splitlines()]
-    assert len(records) == 8 and len({r["path"] for r in records}) == 8
+    assert len(records) == 4 and len({r["path"] for r in records}) == 4  # the others get automatic descriptions
     assert {r["description"] for r in records} == {synth.describe(s) for s in synth.STYLES}
     by_path = {r["path"]: r for r in records}
-    formats, rates = set(), set()
+    formats, rates, members = set(), set(), []
     for zip_path in zips:
         with zipfile.ZipFile(zip_path) as zf:
             assert zf.testzip() is None and len(zf.namelist()) == 4
             for member in zf.namelist():
-                record = by_path[member]  # metadata paths are relative to the ZIP root
+                members.append(member)
                 with zf.open(member) as fh:
                     audio, rate = sf.read(io.BytesIO(fh.read()))
-                assert rate == record["sample_rate"]
                 assert abs(len(audio) / rate - 3.0) < 0.1, member  # mp3 pads a little
                 assert 0.5 < abs(audio).max() <= 1.0
-                style = Path(member).stem.split("_")[0]
-                assert record["description"] == synth.describe(style)
                 formats.add(Path(member).suffix)
                 rates.add(rate)
+                record = by_path.get(member)  # metadata paths are relative to the ZIP root
+                if record:
+                    assert rate == record["sample_rate"]
+                    assert record["description"] == synth.describe(Path(member).stem.split("_")[0])
     assert formats == {".wav", ".flac", ".mp3"} and rates == set(demo.SAMPLE_RATES)
+    assert [m in by_path for m in members] == [True, False] * 4
 
 
 def test_dataset_is_kept_on_rerun_and_another_demo_is_refused(tmp_path):
@@ -164,6 +166,13 @@ def test_demo_left_every_stage_output_in_the_project(demo_run):
     assert any(Path(p).suffix == ".csv" for p in summary["tables"])
     assert any(Path(p).is_relative_to(paths.eval) for p in summary["plots"])
     assert os.path.getsize(summary["plots"][0]) > 1000
+    rows = [json.loads(line) for line in (paths.tokens / "descriptions.jsonl").read_text().splitlines()]
+    assert [r["source"] for r in rows] == ["metadata.jsonl", "auto"] * 3  # every other track had no metadata
+    for row in (r for r in rows if r["source"] == "auto"):
+        assert row["tags"]["genre"] and row["description"].startswith(row["tags"]["genre"][0][0])
+    tokenize_nb = nbformat.read(str(out / "notebooks" / "01_tokenize.ipynb"), as_version=4)
+    shown = notebooks.outputs_text(tokenize_nb)
+    assert "6 tracks in" in shown and shown.count("[auto") == 3  # the automatic descriptions, in the notebook
 
 
 @pytest.mark.slow

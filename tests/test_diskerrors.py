@@ -109,7 +109,7 @@ def _command(name: str, inputs, out) -> list[str]:
     common = ["--out", str(out), "--model", "tiny"]
     return {
         "tokenize": ["tokenize", "--zips", str(inputs / "zips"), *common, "--no-progress",
-                     "--scratch", str(inputs / "scratch")],
+                     "--scratch", str(inputs / "scratch"), "--describe", "none"],
         "train": ["train", "--tokens", str(inputs / "tokens"), *common, "--max-steps", "2", "--batch-size", "2",
                   "--segment-seconds", "0.4", "--sample-every", "0", "--wandb", "disabled", "--precision", "fp32"],
         "generate": ["generate", *common, "--prompt", "calm piano", "--seconds", "0.2"],

@@ -79,7 +79,8 @@ def _fuzz(tmp_path, count: int):
     stdout, stderr = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
         code = cli.main(["tokenize", "--zips", str(zips), "--out", str(tmp_path / "tokens"), "--model", "tiny",
-                         "--scratch", str(tmp_path / "scratch"), "--segment-seconds", "1", "--no-progress"])
+                         "--scratch", str(tmp_path / "scratch"), "--segment-seconds", "1", "--no-progress",
+                         "--describe", "none"])
     assert code == 0, stderr.getvalue()[-3000:]
     summary = last_json(stdout.getvalue())
     records = ledger.latest(tmp_path / "tokens")

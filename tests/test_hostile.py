@@ -116,6 +116,7 @@ def hostile(tmp_path_factory):
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
         code = cli.main(["tokenize", "--zips", str(zips), "--out", str(out), "--model", "tiny",
                          "--scratch", str(root / "scratch"), "--segment-seconds", "1", "--no-progress",
+                         "--describe", "none",
                          "--default-description", "trigger \udcff word"])  # not UTF-8 on the command line
     return {"code": code, "stdout": stdout.getvalue(), "stderr": stderr.getvalue(), "out": out,
             "ledger": ledger.latest(out), "root": root}
@@ -137,7 +138,7 @@ def test_the_run_exits_0_records_every_zip_and_tokenizes_the_good_one(hostile):
     assert good["status"] == "done" and good["files_ok"] == 2
     assert summary["zips_failed"] == 0 and summary["zips_done"] == 11
     second = tokenize.run(tokenize.TokenizeConfig(zips=str(hostile["root"] / "zips"), out=str(hostile["out"]),
-                                                  model="tiny", segment_seconds=1.0, progress=False,
+                                                  model="tiny", segment_seconds=1.0, progress=False, describe="none",
                                                   default_description="trigger \udcff word",
                                                   scratch=str(hostile["root"] / "scratch")))
     assert second["zips_done"] == 0 and second["zips_skipped"] == 11  # nothing is retried forever
@@ -246,7 +247,7 @@ def test_hostile_metadata_beside_the_zips_is_reported_by_line(tmp_path, capsys):
         '{"path": "x.wav", "bpm": %s}' % HUGE, '{"path": "y.wav", "description": %s}' % DEEP,
         '{"path": "z.wav", "description": ["a", "list"]}'), encoding="utf-8")
     assert cli.main(["tokenize", "--zips", str(zips), "--out", str(tmp_path / "t"), "--model", "tiny",
-                     "--no-progress", "--scratch", str(tmp_path / "s")]) == 0
+                     "--no-progress", "--scratch", str(tmp_path / "s"), "--describe", "none"]) == 0
     summary = last_json(capsys.readouterr().out)
     assert summary["files_ok"] == 1 and summary["description_sources"] == {"metadata.jsonl": 1}
     assert summary["metadata_bad_lines"] == [{"file": str(zips / "metadata.jsonl"), "count": 3, "first": "line 2",
@@ -270,7 +271,7 @@ def test_an_unexpected_error_in_one_zip_is_recorded_with_its_type_and_the_run_go
 
     monkeypatch.setattr(archive, "scan", buggy)
     cfg = tokenize.TokenizeConfig(zips=str(zips), out=str(tmp_path / "t"), model="tiny", progress=False,
-                                  scratch=str(tmp_path / "s"))
+                                  scratch=str(tmp_path / "s"), describe="none")
     summary = tokenize.run(cfg)
     assert summary["zips_done"] == 1 and summary["zips_failed"] == 1
     record = ledger.latest(tmp_path / "t")["a_buggy.zip"]
@@ -300,7 +301,8 @@ def test_colliding_names_never_share_a_scratch_file(tmp_path):
     for n, folder in enumerate(["collide", "collide", "reference"]):
         out = tmp_path / f"tokens{n}"
         summary = tokenize.run(tokenize.TokenizeConfig(zips=str(tmp_path / folder), out=str(out), model="tiny",
-                                                       workers=4, progress=False, scratch=str(tmp_path / "s")))
+                                                       workers=4, progress=False, scratch=str(tmp_path / "s"),
+                                                       describe="none"))
         assert summary["files_ok"] == len(COLLIDING), summary["failures"]
         runs.append((_codes(out), summary))
     (first, order), _ = runs[0]
@@ -327,7 +329,7 @@ def test_text_members_are_read_within_one_budget_per_zip(tmp_path, monkeypatch, 
     h.write_zip(tmp_path / "zips" / "texts.zip", members)
     h.small_zip(tmp_path / "zips", "zz_good.zip", n=1)
     summary = tokenize.run(tokenize.TokenizeConfig(zips=str(tmp_path / "zips"), out=str(tmp_path / "t"), model="tiny",
-                                                   progress=False, scratch=str(tmp_path / "s")))
+                                                   progress=False, scratch=str(tmp_path / "s"), describe="none"))
     assert summary["zips_done"] == 2 and summary["files_ok"] == 2
     record = ledger.latest(tmp_path / "t")["texts.zip"]
     assert any("4 text file(s) not read (first: notes_2/metadata.jsonl): this ZIP's metadata and sidecars passed "
@@ -349,7 +351,7 @@ def test_an_unexpected_error_decoding_one_file_fails_that_file_only(tmp_path, mo
 
     monkeypatch.setattr(audio, "iter_segments", odd)
     summary = tokenize.run(tokenize.TokenizeConfig(zips=str(tmp_path / "zips"), out=str(tmp_path / "t"), model="tiny",
-                                                   progress=False, scratch=str(tmp_path / "s")))
+                                                   progress=False, scratch=str(tmp_path / "s"), describe="none"))
     assert summary["zips_done"] == 1 and summary["files_ok"] == 2
     assert summary["failures"] == [{"zip": "a.zip", "path": "a/track_01.wav", "reason": "unexpected error while "
                                     "decoding (TypeError: 'NoneType' object is not subscriptable)"}]

@@ -22,7 +22,7 @@ from nbutils.tokenize import stage as tokenize
 
 def _config(zips, out, scratch, **values):
     return tokenize.TokenizeConfig(zips=str(zips), out=str(out), model="tiny", progress=False, scratch=str(scratch),
-                                   **values)
+                                   describe="none", **values)
 
 
 def _write_lock(out, **holder):
@@ -139,7 +139,7 @@ def _race(zips, out, scratch, *settings: float) -> list[tuple[int, str, str]]:
     procs = []
     for seconds in settings:
         args = ["tokenize", "--zips", str(zips), "--out", str(out), "--model", "tiny", "--no-progress",
-                "--scratch", str(scratch), "--segment-seconds", str(seconds)]
+                "--scratch", str(scratch), "--segment-seconds", str(seconds), "--describe", "none"]
         procs.append(subprocess.Popen([sys.executable, "-c", _BARRIER, str(go), *args], cwd=REPO,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                       env={**os.environ, "PYTHONPATH": str(REPO)}))

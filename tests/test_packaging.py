@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import importlib.metadata as md
+import json
 import os
 import subprocess
 import sys
@@ -108,6 +109,26 @@ def test_requirements_txt_installs_everything_declared():
         name = canonicalize_name(req.name)
         assert name in listed, f"requirements.txt lacks {req}"
         assert listed[name].specifier == req.specifier, f"requirements.txt has {listed[name]}, pyproject {req}"
+
+
+@pytest.mark.slow
+def test_the_wheel_ships_the_label_lists(tmp_path):
+    """pyproject's package-data: a pip install (Colab's) gets nbutils/tokenize/labels.json with the code."""
+    import shutil
+    import zipfile
+
+    source = tmp_path / "checkout"  # what pip gets from GitHub
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(REPO / name, source / name)
+    shutil.copytree(REPO / "nbutils", source / "nbutils", ignore=shutil.ignore_patterns("__pycache__"))
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
+                           "-w", str(tmp_path / "wheel"), str(source)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    (wheel,) = (tmp_path / "wheel").glob("*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        assert "nbutils/tokenize/labels.json" in zf.namelist()
+        assert json.loads(zf.read("nbutils/tokenize/labels.json"))["genre"]
 
 
 def test_demo_without_nbclient_says_what_to_install(tmp_path):

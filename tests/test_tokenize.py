@@ -31,6 +31,7 @@ CONTRACT_KEYS = {"zips_done", "zips_skipped", "zips_failed", "files_ok", "files_
 
 
 def _run(zips, out, scratch, **kwargs):
+    kwargs.setdefault("describe", "none")  # automatic descriptions: tests/test_describe.py
     cfg = tokenize.TokenizeConfig(zips=str(zips), out=str(out), model=kwargs.pop("model", "tiny"),
                                   scratch=str(scratch), progress=False, **kwargs)
     return tokenize.run(cfg)
@@ -132,7 +133,8 @@ def test_nothing_outside_scratch_and_scratch_is_empty(everything):
     root, _ = everything
     assert list((root / "scratch").iterdir()) == []
     written = h.files_under(root)
-    allowed = {"zips/", "tokens/shards/batch_everything.", "tokens/ledger.jsonl", "tokens/tokenize_config.json"}
+    allowed = {"zips/", "tokens/shards/batch_everything.", "tokens/ledger.jsonl", "tokens/tokenize_config.json",
+               "tokens/descriptions.jsonl"}
     assert all(any(f.startswith(a) for a in allowed) for f in written), written
     assert not Path("/tmp/abs_evil.wav").exists() and not (root / "evil.wav").exists()
 
@@ -190,7 +192,7 @@ def test_limit_keeps_nothing_and_reports_throughput_and_eta(small, tmp_path, cap
 
 def test_test_mode_progress_counts_to_the_limit(small, tmp_path, capsys):
     zips, _, _ = small
-    cfg = tokenize.TokenizeConfig(zips=str(zips), out=str(tmp_path / "tokens"), model="tiny",
+    cfg = tokenize.TokenizeConfig(zips=str(zips), out=str(tmp_path / "tokens"), model="tiny", describe="none",
                                   scratch=str(tmp_path / "scratch"), limit=4)  # progress bars on
     tokenize.run(cfg)
     overall = [line for line in capsys.readouterr().err.replace("\r", "\n").splitlines() if "all ZIPs" in line]
@@ -433,7 +435,7 @@ def test_decode_workers_follow_the_cores(monkeypatch):
 def test_cli_contract_and_second_run(small, tmp_path, capsys):
     zips, reference, _ = small
     args = ("tokenize", "--zips", str(zips), "--out", str(tmp_path / "tokens"), "--model", "tiny",
-            "--scratch", str(tmp_path / "scratch"))
+            "--scratch", str(tmp_path / "scratch"), "--describe", "none")
     first = last_json(run_cli(*args).stdout)
     assert CONTRACT_KEYS <= set(first) and first["zips_done"] == 3 and first["files_ok"] == 9
     assert first["frames"] == sum(sh.meta["frames"] for sh in shards.open_all(tmp_path / "tokens"))
@@ -453,7 +455,7 @@ def _spawn(zips, out, scratch, kill_at=None):
         env["NBUTILS_KILL_AT"] = kill_at
     return subprocess.Popen(
         [sys.executable, "-m", "nbutils", "tokenize", "--zips", str(zips), "--out", str(out), "--model", "tiny",
-         "--scratch", str(scratch), "--no-progress"],
+         "--scratch", str(scratch), "--no-progress", "--describe", "none"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
 
@@ -515,19 +517,31 @@ def test_notebook_01_runs_headlessly(small, tmp_path, monkeypatch):
     from nbutils import colab
     from nbutils.colab import notebooks
 
-    zips, reference, _ = small
+    zips, _, _ = small
     monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))  # the kernel's local scratch
     (tmp_path / "tmp").mkdir()
     root = tmp_path / "project"
     colab.create_project(root, model="tiny")
     params = {"PROJECT_ROOT": str(root), "MODEL": "tiny", "ZIP_DIR": str(zips), "SEGMENT_SECONDS": 30,
-              "DEFAULT_DESCRIPTION": "", "TEST_TRACKS": 2}
-    path = notebooks.notebook_path("01_tokenize")
+              "DEFAULT_DESCRIPTION": "trig", "TEST_TRACKS": 2, "DESCRIBE": "missing", "CLAP": "none"}
+    _run(zips, tmp_path / "reference", tmp_path / "scratch", default_description="trig", describe="missing",
+         clap="none")
+    reference = h.snapshot(tmp_path / "reference")
+    nb = nbformat.read(str(notebooks.notebook_path("01_tokenize")), as_version=4)
+    # edit a description in the table and press Save, as a user would
+    nb.cells.append(nbformat.v4.new_code_cell("editor.boxes[0][1].value = 'edited in the notebook'\n"
+                                              "editor.button.click()\nprint('EDITOR', editor.status.value)"))
+    path = tmp_path / "01_tokenize.ipynb"
+    nbformat.write(nb, str(path))
     executed = notebooks.execute(path, tmp_path / "run1.ipynb", params, cwd=tmp_path)
     text = notebooks.outputs_text(nbformat.read(str(executed), as_version=4))
     assert "Test mode (2 tracks)" in text and "ETA for all 9 audio files" in text
     assert "Done 3 ZIPs" in text and "batch_0002.zip" in text and "status" in text
     assert h.snapshot(root / "tokens") == reference
+    assert "9 tracks in" in text and "- Sommer – Mix.zip/" in text and "EDITOR Saved 1 changed description" in text
+    rows = [json.loads(line) for line in (root / "tokens" / "descriptions.jsonl").read_text().splitlines()]
+    assert (rows[0]["description"], rows[0]["edited"]) == ("edited in the notebook", True)
+    assert (root / "tokens" / "descriptions.png").stat().st_size > 10_000
     bars = [o["data"]["text/plain"] for c in nbformat.read(str(executed), as_version=4).cells
             for o in c.get("outputs", []) if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
     assert any(b.startswith("all ZIPs:") for b in bars) and any(b.startswith("batch_0002.zip:") for b in bars)

@@ -2,10 +2,12 @@
 
 It writes a small synthetic music collection as ZIP batches (chords, arpeggios and percussive
 noise bursts from ``nbutils.synth``, in wav, flac and mp3 at several sample rates, with a
-``metadata.jsonl`` of descriptions beside the ZIPs), then executes notebooks 00 -> 04 headlessly
+``metadata.jsonl`` beside the ZIPs that describes every other track: the rest get automatic
+descriptions, tempo, key and tags from the tiny CLAP), then executes notebooks 00 -> 04 headlessly
 with ``MODEL="tiny"`` (or ``--model tiny-melody``: the melody model, trained on its chroma and
 given a melody file in 03 and 04) and ``PROJECT_ROOT=DIR``, exactly as a Colab user would run
-them, and keeps the executed notebooks in ``DIR/notebooks``. It ends by saying where to look.
+them, and keeps the executed notebooks in ``DIR/notebooks``. It ends by saying where to look:
+audio, plots, tables.
 
 Re-running continues: the dataset is kept (when made with the same settings) and every stage
 resumes or skips what is already done.
@@ -37,7 +39,8 @@ FORMATS = ("wav", "flac", "mp3")
 # Small numbers keep the whole run to a few minutes on a 2-core CPU.
 STAGE_PARAMETERS: dict[str, dict[str, Any]] = {
     "00_setup": {"ASK_FOR_MISSING_SECRETS": False},
-    "01_tokenize": {"TEST_TRACKS": 2, "SEGMENT_SECONDS": 2.0},  # 3 segments per track: a held-out set for 04
+    "01_tokenize": {"TEST_TRACKS": 2, "SEGMENT_SECONDS": 2.0,  # 3 segments per track: a held-out set for 04
+                    "CLAP": "tiny"},  # tags from the random tiny CLAP: the code path is real, the words are not
     "02_train": {"SEGMENT_SECONDS": 1.0, "MAX_STEPS": 12, "SAVE_EVERY": 4, "BATCH_SIZE": 2, "GRAD_ACCUM": 1,
                  "SAMPLE_EVERY": 6, "SAMPLE_SECONDS": 1.0, "WANDB": "offline", "MORE_SETTINGS": {"warmup_steps": 3}},
     # REUSE: a re-run plays the clips the first run made, as every other stage continues or skips
@@ -80,6 +83,9 @@ class DemoConfig:
 # The synthetic collection
 # ---------------------------------------------------------------------------------------------
 
+DESCRIBED_EVERY = 2  # metadata.jsonl describes every second track; the others show automatic descriptions
+
+
 def _is_melody(model: str) -> bool:
     """Whether the demo's model takes a melody (then notebook 03 is given one)."""
     from nbutils.core import models
@@ -121,6 +127,8 @@ def _write_zip(path: Path, cfg: DemoConfig, batch: int) -> list[dict[str, Any]]:
         for t in _tracks(cfg, batch):
             wave = synth.track(t["style"], cfg.track_seconds, t["sample_rate"], seed=cfg.seed * 1000 + t["n"])
             zf.writestr(t["path"], _encode(wave, t["sample_rate"], t["format"]))
+            if t["n"] % DESCRIBED_EVERY:
+                continue
             records.append({"path": t["path"], "duration": cfg.track_seconds,
                             "sample_rate": t["sample_rate"], "description": synth.describe(t["style"])})
     return records
@@ -156,9 +164,9 @@ def make_dataset(paths: Paths, cfg: DemoConfig) -> list[Path]:
     lines = "".join(json.dumps(r) + "\n" for r in records)
     atomic.write_text(paths.zips / "metadata.jsonl", lines)
     atomic.write_json(paths.root / DEMO_FILE, config.to_dict(cfg))  # last: marks the dataset complete
-    seconds = len(records) * cfg.track_seconds
-    print(f"Dataset: {len(zips)} ZIP batches, {len(records)} tracks ({seconds:.0f} s of audio: "
-          f"{', '.join(synth.STYLES)}) and metadata.jsonl in {paths.zips}")
+    tracks = cfg.zips * cfg.tracks_per_zip
+    print(f"Dataset: {len(zips)} ZIP batches, {tracks} tracks ({tracks * cfg.track_seconds:.0f} s of audio: "
+          f"{', '.join(synth.STYLES)}) and metadata.jsonl for {len(records)} of them in {paths.zips}")
     return zips
 
 
@@ -280,7 +288,7 @@ def results(paths: Paths) -> dict[str, list[str]]:
     """The demo's results by kind: audio, plots, tables, notebooks, adapters."""
     return {
         "audio": _found(paths.root, "generated/**/*.wav", "runs/*/samples/**/*.wav", "eval/**/*.wav"),
-        "plots": _found(paths.root, "eval/**/*.png", "runs/*/*.png"),
+        "plots": _found(paths.root, "eval/**/*.png", "runs/*/*.png", "tokens/*.png"),
         "tables": [t for t in _found(paths.root, "eval/**/*.csv", "eval/**/*.json") if _is_table(t)],
         "notebooks": _found(paths.root, "notebooks/*.ipynb"),
         "adapters": sorted(str(p.parent) for p in paths.runs.glob("*/adapters/*/adapter_config.json")),
@@ -296,11 +304,16 @@ def where_to_look(paths: Paths, found: dict[str, list[str]]) -> str:
 
     lines = [f"Done. Everything is in {paths.root}:"]
     lines += show("audio", "Audio (generated music, training samples)")
-    lines += show("plots", "Plots (evaluation, loss curve)")
+    lines += show("plots", "Plots (evaluation, loss curve, descriptions)")
     lines += show("tables", "Tables (base vs LoRA scores)")
     lines += show("adapters", "LoRA adapters")
     lines += show("notebooks", "Executed notebooks (open them in Jupyter to see every cell's output)")
     lines.append(f"  Token shards: {paths.tokens}   Training run: {paths.runs}")
+    table = paths.tokens / "descriptions.jsonl"
+    if table.exists():
+        rows = [json.loads(line) for line in table.read_text(encoding="utf-8").splitlines() if line.strip()]
+        auto = sum(r.get("source") == "auto" for r in rows)
+        lines.append(f"  Descriptions: {table} ({len(rows)} tracks, {auto} described automatically; edit them there)")
     return "\n".join(lines)
 
 

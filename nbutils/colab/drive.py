@@ -24,7 +24,7 @@ LONG_CELL_SECONDS = 10 * 60  # a cell that ran this long was a "long job": offer
 CONNECT_CELL = "2. Connect"  # in every notebook: installs the suite if needed, mounts Drive, the project
 # The cell at the end of a notebook that writes for a long time: flush what this runtime wrote to Drive.
 FLUSH_CELLS = {"00_setup": "7. Before you close the tab: flush Drive",
-               "01_tokenize": "6. Before you close the tab: flush Drive",
+               "01_tokenize": "8. Before you close the tab: flush Drive",
                "02_train": "7. Before you close the tab: flush Drive"}
 
 

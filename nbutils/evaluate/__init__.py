@@ -2,8 +2,8 @@
 
 ``stage`` holds the settings, the run and the CLI (public names re-exported here); ``prompts``
 the fixed prompt sets; ``clips`` the models compared and their generated clips; ``reference``
-the held-out training audio; ``clap`` embeds text and audio, ``metrics`` compares embeddings,
-``report`` scores and writes the tables, plot and results.json.
+the held-out training audio; ``metrics`` compares CLAP embeddings (``nbutils.core.clap``, shared
+with tokenize's tags), ``report`` scores and writes the tables, plot and results.json.
 """
 
 from nbutils.evaluate.report import show

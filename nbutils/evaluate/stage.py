@@ -28,15 +28,15 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from nbutils.core import atomic, config, devices, diskerrors
+from nbutils.core import atomic, clap, config, devices, diskerrors
 from nbutils.core.config import option
 from nbutils.core.sampling import SamplingConfig
-from nbutils.evaluate import clap, clips, melody, prompts, reference, report
+from nbutils.evaluate import clips, melody, prompts, reference, report
 from nbutils.evaluate.report import BASE
 from nbutils.generate import adapters, output
 from nbutils.generate import stage as generate
 from nbutils.generate.musicgen import Pipeline
-from nbutils.tokenize import archive, shards
+from nbutils.tokenize import archive, descriptions, shards
 
 MIN_REFERENCE_SECONDS = 0.1  # 5 code frames: shorter held-out audio is nothing CLAP can embed
 MUST = config.MUST_MATCH
@@ -207,6 +207,8 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     specs = clips.adapter_specs(cfg)
     generate.release()  # a model loaded by notebook 03 in this runtime would double GPU memory
     all_shards = shards.open_all(cfg.tokens) if cfg.tokens else []
+    if all_shards:
+        descriptions.apply(cfg.tokens, all_shards)  # the texts training used: descriptions.jsonl, edits included
     sets = prompts.prompt_sets(all_shards, cfg.prompts, cfg.num_prompts)
     texts = [p for name in prompts.PROMPT_SETS for p in sets.get(name, [])]
     _record_settings(cfg, out)  # the inputs are valid: the folder now holds this evaluation

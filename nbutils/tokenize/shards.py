@@ -6,7 +6,8 @@ A shard is two files in ``tokens/shards/``:
   of shape ``(frames, num_codebooks)`` (frame-major, so a training crop is one contiguous read);
 * ``<name>.json`` -- the index: per segment its source path inside the ZIP, start second, frame
   count and offset into the array; per track (``tracks``) its description and where the
-  description came from, stored once however many segments the track has; plus the sample rate,
+  description came from, stored once however many segments the track has; what the automatic
+  description measured per track (``analysis``: bpm, key, tags), when it ran; plus the sample rate,
   model id, codebook count and the sha256 and byte size of the ``.npy``. Shards of format 1 store
   the description in every segment; they are read as they are.
 * ``<name>.chroma.npy`` -- only for melody checkpoints: every segment's chroma, one uint8 per
@@ -93,6 +94,8 @@ class ShardWriter:
         self.meta = dict(meta)
         self.chroma = chroma
         self.segments: list[Segment] = []
+        self.analysis: dict[str, dict[str, Any]] = {}
+        """Per track id: what the automatic description measured (bpm, key, tags); see ``descriptions``."""
         self._codes: list[np.ndarray] = []
         self._chroma: list[np.ndarray] = []
         self._frames = 0
@@ -134,6 +137,7 @@ class ShardWriter:
             "nbytes": npy.stat().st_size,
             "sha256": sha256_file(npy),
             **chroma,
+            **({"analysis": self.analysis} if self.analysis else {}),
             **_per_track(self.segments),
         }
         json_path = self.dir / f"{self.name}.json"
@@ -262,6 +266,12 @@ def read_index(index_path: str | os.PathLike) -> dict[str, Any]:
     if index.get("format") not in READABLE_FORMATS:
         raise UserError(f"{index_path} is not an nbutils shard index (format {index.get('format')!r}).")
     return index
+
+
+def read_segments(index_path: str | os.PathLike) -> tuple[dict[str, Any], list[Segment]]:
+    """A committed index's metadata and segments, whether or not its codes are intact."""
+    index = read_index(index_path)
+    return index, _segments(index)
 
 
 def is_complete(index_path: str | os.PathLike, *, full: bool = False) -> bool:

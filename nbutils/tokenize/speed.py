@@ -66,6 +66,7 @@ def run_pipeline(zips: Path, work: Path, model: str, **overrides: Any) -> tuple[
     from nbutils.tokenize import stage as tokenize
 
     out = Path(tempfile.mkdtemp(dir=work))
+    overrides.setdefault("describe", "none")  # tokenizing alone (bench_describe measures the descriptions)
     cfg = tokenize.TokenizeConfig(zips=str(zips), out=str(out / "tokens"), model=model,
                                   scratch=str(out / "scratch"), progress=False, **overrides)
     with Clock() as timer, contextlib.redirect_stdout(io.StringIO()):

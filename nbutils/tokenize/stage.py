@@ -14,6 +14,10 @@ throughput and prints the ETA for everything, and leaves nothing that reads as d
 
     python -m nbutils tokenize --zips DIR --out DIR [--model M] [--metadata FILE]
         [--default-description TEXT] [--segment-seconds S] [--limit N]
+        [--describe none|missing|all] [--clap C|none] [--labels FILE]
+
+Every track's description (with the automatic ones: tempo, key, CLAP tags) is in
+``OUT/descriptions.jsonl``, for the user to edit (``nbutils.tokenize.descriptions``).
 
 For a melody checkpoint each shard also holds its segments' chroma; ``--add-chroma`` adds a melody
 checkpoint's chroma to shards made without it, keeping their codes (``nbutils.tokenize.chroma``).
@@ -32,16 +36,17 @@ import shutil
 import sys
 import time
 import typing
-import unicodedata
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from nbutils.core import atomic, audio, config, diskerrors, durations, models, tracking
+from nbutils.core.clap import DEFAULT_CLAP
 from nbutils.core.config import add_arguments, option
 from nbutils.core.errors import UserError
-from nbutils.tokenize import archive, chroma, ledger, lock, metadata, shards
+from nbutils.tokenize import archive, chroma, describe, descriptions, ledger, lock, metadata, shards
 from nbutils.tokenize import precision as encode_precision
+from nbutils.tokenize.batches import make_plan
 from nbutils.tokenize.zipjob import Counts, Stage, ZipPlan, ZipResult, process_zip, remove_stale_scratch, uncommit
 
 DEFAULT_MODEL = "facebook/musicgen-small"
@@ -49,6 +54,9 @@ SETTINGS_FILE = "tokenize_config.json"
 TOKENIZER_VERSION = 1  # bump when a change to this stage changes the codes it writes
 MAX_LISTED_FAILURES = 100  # failures listed in the JSON summary (the ledger keeps them all)
 MUST, MAY = config.MUST_MATCH, config.MAY_CHANGE
+# descriptions.jsonl is rewritten at the end of a run, and after a ZIP when it is older than this: a long
+# run that is cut off leaves a file at most this stale (readers merge the newer shards in anyway).
+SYNC_EVERY_SECONDS = 15 * 60
 
 
 @dataclasses.dataclass
@@ -67,8 +75,15 @@ class TokenizeConfig:
                         "save_pretrained folder, or 'tiny'.", resume=MUST)
     metadata: str = option("", "A metadata.jsonl / metadata.json with the descriptions (default: the one "
                            "beside the ZIPs, if any).", resume=MAY)
-    default_description: str = option("", "Text for tracks no metadata describes (e.g. a trigger word).",
-                                      resume=MAY)
+    default_description: str = option("", "Text for tracks no metadata describes (e.g. a trigger word); it "
+                                      "leads their automatic description.", resume=MAY)
+    describe: str = option("missing", "Automatic descriptions (tempo, key, CLAP tags) for: missing (tracks no "
+                           "metadata describes), all (every track; the user's text stays first) or none.",
+                           resume=MAY)
+    clap: str = option(DEFAULT_CLAP, "CLAP that tags genre, mood and instruments: Hub id, local folder, 'tiny' "
+                       "(tests), or 'none' for tempo and key only.", resume=MAY)
+    labels: str = option("", "A JSON file of your own label lists ({\"genre\": [...], \"mood\": [...], "
+                         "\"instrument\": [...]}); empty: the built-in ones.", resume=MAY)
     segment_seconds: float = option(audio.SEGMENT_SECONDS, "Long tracks are cut into segments this long (s).",
                                     resume=MUST)
     min_tail_seconds: float = option(audio.MIN_TAIL_SECONDS, "A track's last partial segment is kept when "
@@ -82,7 +97,7 @@ class TokenizeConfig:
                                 "1 on a CPU).")
     workers: int = option(0, "Threads that extract, decode and resample the next files while the encoder works; "
                              "0 = one per CPU core beyond the first, 2 to 8 (a Colab A100 has 12 cores).")
-    device: str = option("", "Device for the encoder: cuda, cpu, ... (empty: the GPU if there is one).")
+    device: str = option("", "Device for the encoder and CLAP: cuda, cpu, ... (empty: the GPU if there is one).")
     precision: str = option("auto", "auto (bf16/fp16 autocast on a GPU, float32 on a CPU; float32 when `nbutils "
                                     "doctor` recorded that autocast changes the codes in the project's project.json), "
                                     "fp32, bf16 or fp16. Only EnCodec's convolutions: its quantizer always runs in "
@@ -117,6 +132,8 @@ class TokenizeConfig:
              f"min_seconds ({self.min_seconds}) must be between 0 and segment_seconds ({segment})"),
             (0 <= self.min_tail_seconds <= segment,
              f"min_tail_seconds ({self.min_tail_seconds}) must be between 0 and segment_seconds ({segment})"),
+            (self.describe in describe.MODES,
+             f"describe must be one of {', '.join(describe.MODES)} (got {self.describe!r})"),
             (self.limit >= 0 and self.batch_size >= 0 and self.workers >= 0,
              "limit, batch_size and workers must be >= 0 (0 = automatic)"),
             (self.max_member_mb > 0, "max_member_mb must be positive"),
@@ -207,59 +224,6 @@ def check_folder(cfg: TokenizeConfig, *, write: bool) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Planning: what is done, what is left, how many audio files
-# ---------------------------------------------------------------------------------------------
-
-
-def find_zips(zips_dir: Path) -> list[Path]:
-    """The ZIPs in ``zips_dir``, sorted by name; ``UserError`` if there is none."""
-    if not zips_dir.is_dir():
-        raise UserError(f"ZIP folder {zips_dir} does not exist. Check --zips (notebook: ZIP_DIR), or put the "
-                        "ZIP batches in the project's zips/ folder.")
-    found = sorted(p for p in zips_dir.iterdir() if p.suffix.lower() == ".zip" and not p.name.startswith("."))
-    if not found:
-        raise UserError(f"No .zip files in {zips_dir}. Put the ZIP batches there (archive_batch_0001.zip, ...).")
-    check_shard_names(found)
-    return found
-
-
-def check_shard_names(zips: list[Path]) -> None:
-    """Refuse two ZIPs that would write the same shard (``shards/<stem>``).
-
-    The shard is named after the ZIP's stem, and Drive and macOS compare names without case (and
-    macOS without Unicode normalization form):
-    ``a.zip``, ``a.ZIP`` and ``A.zip`` would overwrite each other's shard, one batch's audio
-    lost while both read as done.
-
-    Raises:
-        UserError: names both ZIPs and says to rename one.
-    """
-    seen: dict[str, Path] = {}
-    for path in zips:
-        key = unicodedata.normalize("NFC", path.stem).casefold()
-        if key in seen:
-            raise UserError(f"{seen[key].name} and {path.name} in {path.parent} would write the same token shard "
-                            f"({shards.SHARD_DIR}/{path.stem}; names are compared without case, as on Drive "
-                            "and macOS), so one batch's audio would be lost. Rename one of them and run again.")
-        seen[key] = path
-
-
-def make_plan(cfg: TokenizeConfig, config_hash: str) -> list[ZipPlan]:
-    latest = ledger.latest(cfg.out)
-    plans = []
-    for path in find_zips(Path(cfg.zips)):
-        record = latest.get(path.name)
-        if ledger.is_done(record, cfg.out, path, config_hash):
-            plans.append(ZipPlan(path, "done"))
-        elif not cfg.retry_failed and record and record.get("permanent") and \
-                ledger.failed_before(record, path, config_hash):
-            plans.append(ZipPlan(path, "failed_before"))
-        else:
-            plans.append(ZipPlan(path, "todo", *archive.count_audio(path)))
-    return plans
-
-
-# ---------------------------------------------------------------------------------------------
 # The run
 # ---------------------------------------------------------------------------------------------
 
@@ -323,6 +287,8 @@ def _run(cfg: TokenizeConfig, held: lock.Lock | None) -> dict[str, Any]:
     for warning in warnings:
         _say(f"Warning: {warning}")
     atomic.remove_stale_temps(shards.shard_dir(cfg.out))
+    if not testing:
+        atomic.remove_stale_temps(cfg.out)  # a descriptions.jsonl whose writer was killed
     plans = make_plan(cfg, config_hash)
     todo = [p for p in plans if p.state == "todo"]
     total_files = sum(p.audio_files for p in todo)
@@ -339,14 +305,15 @@ def _run(cfg: TokenizeConfig, held: lock.Lock | None) -> dict[str, Any]:
             totals.add(result.counts)
             sources.update(result.sources)
     bad_metadata = outside.bad + [bad for r in results for bad in r.metadata_bad]
-    return _summary(cfg, plans, results, totals, sources, time.monotonic() - started, warnings, bad_metadata)
+    table = None if testing else descriptions.sync(cfg.out)  # the shards' rows and the user's edits
+    return _summary(cfg, plans, results, totals, sources, time.monotonic() - started, warnings, bad_metadata, table)
 
 
 def _run_zips(cfg: TokenizeConfig, config_hash: str, todo: list[ZipPlan], total_files: int,
               outside: metadata.Outside, held: lock.Lock | None) -> list[ZipResult]:
     stage = Stage(cfg, code_settings(cfg), config_hash, total_files, outside)
     remove_stale_scratch(stage.work_root.parent)
-    results = []
+    results, synced = [], time.monotonic()
     try:
         for number, plan in enumerate(todo):
             if stage.limit_left == 0:
@@ -355,6 +322,7 @@ def _run_zips(cfg: TokenizeConfig, config_hash: str, todo: list[ZipPlan], total_
                 held.check()  # another run took the folder over while this one stalled: stop
             index = ledger.shard_index(cfg.out, plan.path)
             if stage.limit_left is None and index.exists():
+                descriptions.protect(cfg.out, index)  # the user's edits of this ZIP outlive its old shard
                 uncommit(index)
             result = process_zip(stage, plan, number)
             results.append(result)
@@ -362,6 +330,9 @@ def _run_zips(cfg: TokenizeConfig, config_hash: str, todo: list[ZipPlan], total_
             tracking.log({f"tokenize/{k}": v for k, v in result.counts.to_dict().items()}
                          | {"tokenize/zips_processed": len(results),
                             "tokenize/realtime_factor": result.counts.audio_seconds / max(result.seconds, 1e-9)})
+            if held is not None and time.monotonic() - synced > SYNC_EVERY_SECONDS:
+                descriptions.sync(cfg.out)
+                synced = time.monotonic()
     finally:
         stage.overall.close()
         shutil.rmtree(stage.work_root, ignore_errors=True)
@@ -398,7 +369,7 @@ def _throughput(cfg: TokenizeConfig, plans: list[ZipPlan], results: list[ZipResu
 
 
 def _summary(cfg, plans, results, totals: Counts, sources: Counter, elapsed: float, warnings,
-             bad_metadata: list[metadata.BadLines]) -> dict[str, Any]:
+             bad_metadata: list[metadata.BadLines], table: dict[str, Any] | None = None) -> dict[str, Any]:
     failures = [{"zip": r.name, "path": "", "reason": r.reason} for r in results if r.status != ledger.DONE]
     failures += [{"zip": r.name, **f} for r in results for f in r.failures]
     summary = {
@@ -410,12 +381,14 @@ def _summary(cfg, plans, results, totals: Counts, sources: Counter, elapsed: flo
         **totals.to_dict(),
         "description_sources": dict(sources),
         "metadata_bad_lines": [bad.to_dict() for bad in bad_metadata],
+        "descriptions": table,
         "seconds": round(elapsed, 2),
         **_throughput(cfg, plans, results),
         "limit": cfg.limit,
         "out": str(cfg.out),
         "failures": failures[:MAX_LISTED_FAILURES],
-        "warnings": warnings + [f"{r.name}: {w}" for r in results for w in r.warnings],
+        "warnings": warnings + [f"{r.name}: {w}" for r in results for w in r.warnings]
+        + ([table["warning"]] if table and table["warning"] else []),
     }
     _print_summary(summary, cfg)
     return summary
@@ -439,6 +412,12 @@ def _print_summary(s: dict[str, Any], cfg: TokenizeConfig) -> None:
         _say("Descriptions from: " + ", ".join(f"{k} {v}" for k, v in sorted(s["description_sources"].items())))
     for bad in s["metadata_bad_lines"]:
         _say(f"Warning: {metadata.BadLines(**bad).message()}")
+    table = s["descriptions"]
+    if table and table["warning"]:
+        _say(f"Warning: {table['warning']}")
+    elif table:
+        _say(f"Descriptions: {table['tracks']} tracks in {table['file']} ({table['auto']} automatic, {table['edited']} "
+             "edited). Edit them there (or in notebook 01): training reads them; nothing is re-encoded.")
 
 
 # ---------------------------------------------------------------------------------------------

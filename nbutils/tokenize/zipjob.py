@@ -28,9 +28,9 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nbutils.core import atomic, audio, faults, melody, models
+from nbutils.core import atomic, audio, devices, faults, melody, models
 from nbutils.core.errors import UserError
-from nbutils.tokenize import archive, chroma, ledger, metadata, notes, prefetch, shards
+from nbutils.tokenize import archive, chroma, describe, ledger, metadata, notes, prefetch, shards
 
 if TYPE_CHECKING:
     from nbutils.tokenize.stage import TokenizeConfig
@@ -109,6 +109,8 @@ class _Track:
     report: audio.TrackReport = dataclasses.field(default_factory=audio.TrackReport)
     pieces: list = dataclasses.field(default_factory=list)
     error: str = ""
+    listener: Any = None
+    """An ``analysis.Listener`` when the track gets an automatic description (``describe``)."""
 
 
 class Stage:
@@ -134,6 +136,8 @@ class Stage:
         codec, self.spec = models.load_codec(cfg.model)
         self.chroma = chroma.settings_for(cfg.model, self.spec)  # a melody checkpoint's chroma settings, else None
         self.codec_id = models.codec_id(cfg.model)
+        # CLAP before the encoder's batch size: it decides from the GPU memory that is left.
+        self.describer = describe.Describer.load(cfg, self.spec.sample_rate, devices.pick_device(cfg.device or None))
         self.encoder = Encoder(codec, self.spec, device=cfg.device or None, precision=cfg.precision)
         batch = cfg.batch_size or self.encoder.default_batch(cfg.segment_seconds)
         self.full_samples = int(round(cfg.segment_seconds * self.spec.sample_rate))
@@ -206,7 +210,7 @@ def _encode_tracks(stage: Stage, zf: zipfile.ZipFile, tracks: list[_Track], memb
     started, seconds = time.monotonic(), 0.0
 
     def work(item, emit):
-        stage.read_track(zf, members, item, emit)
+        stage.read_track(zf, members, item, describe.heard(item[1].listener, emit))
 
     pieces = prefetch.ordered(enumerate(tracks), work, workers=stage.cfg.decode_workers, depth=PREFETCH_DEPTH)
     for index, piece, classes in pieces:
@@ -215,6 +219,7 @@ def _encode_tracks(stage: Stage, zf: zipfile.ZipFile, tracks: list[_Track], memb
             track.pieces.append((piece.start, piece.samples, classes))
             codes.update(batcher.add((index, len(track.pieces) - 1), piece.audio))
             continue
+        stage.describer.finish(track.listener, failed=bool(track.error))  # tempo, key, tags: here, where CLAP runs
         seconds += track.report.seconds
         bar.update(1)
         stage.overall.update(1)
@@ -242,7 +247,7 @@ def _collect(stage: Stage, result: ZipResult, tracks: list[_Track], catalog: met
             c.files_skipped += 1
             result.skipped.append({"path": path, "reason": report.skipped})
             continue
-        text, source = catalog.lookup(path)
+        text, source = describe.text_of(catalog, path, track.listener, writer, f"{result.name}/{path}", result.notes)
         c.files_ok += 1
         c.audio_seconds += report.kept_seconds
         for number, (start, samples, classes) in enumerate(track.pieces):
@@ -349,6 +354,7 @@ def _read_zip(stage: Stage, plan: ZipPlan, work: Path, result: ZipResult):
         if stage.limit_left is not None:  # test mode: only the first N tracks of the run
             tracks = tracks[: stage.limit_left]
             stage.limit_left -= len(tracks)
+        stage.describer.attach(tracks, catalog)
         with _bar(stage.cfg, total=len(tracks), desc=plan.path.name[:28], position=1, leave=False) as bar:
             codes = _encode_tracks(stage, zf, tracks, work / "members", bar)
     return tracks, catalog, codes

@@ -40,7 +40,7 @@ import numpy as np
 
 from nbutils.core import atomic, config, faults, models
 from nbutils.core.errors import UserError
-from nbutils.train import build, guard, lora, saves
+from nbutils.train import build, guard, lora, saves, texts
 from nbutils.train import dataset as data
 
 LATEST = "latest.pt"
@@ -159,10 +159,13 @@ def restore(trainer, state: dict[str, Any], derived: Iterable[str] = ()) -> list
         Notes about accepted (``may-change``) setting changes.
 
     Raises:
-        UserError: when a ``must-match`` setting (or a ``derived`` fact) differs (see ``check_resume``).
+        UserError: when a ``must-match`` setting (or a ``derived`` fact) differs (see ``check_resume``), or
+            the descriptions changed and the user did not confirm (``texts.check``).
     """
     saved = {**state["config"], **state.get("identity", {})}
     notes = check_resume(type(trainer.cfg), saved, trainer.identity(), trainer.out, derived)
+    texts.check(saved.get("descriptions"), trainer.texts, trainer.out, accept=trainer.cfg.accept_new_descriptions,
+                log=trainer.log, writer=trainer.main)  # edited descriptions: listed, refused unless confirmed
     lora.load_state_dict(trainer.unwrapped(), state["lora"])
     trainer.optimizer.load_state_dict(state["optimizer"])
     trainer.scheduler.load_state_dict(state["scheduler"])

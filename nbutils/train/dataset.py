@@ -130,7 +130,8 @@ def unlabelled_note(opened: Sequence[shards.Shard]) -> str | None:
         return None
     return (f"Note: {len(empty)} of {len(segments)} segments ({len(empty) / len(segments):.0%}) have no "
             "description, so they train the model to ignore the prompt (like CFG dropout). To label them, "
-            "re-tokenize into a new folder with metadata, sidecar .txt/.json files or --default-description.")
+            "write their descriptions in the token folder's descriptions.jsonl (notebook 01's descriptions step; "
+            "no re-encoding), or tokenize with --describe missing for automatic ones.")
 
 
 def short_segments_note(opened: Sequence[shards.Shard], crop_frames: int, frame_rate: int) -> str | None:

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from nbutils.core import atomic
+from nbutils.core import atomic, pictures
 from nbutils.core.errors import UserError
 from nbutils.train import history
 
@@ -59,15 +59,7 @@ def plot_losses(out: str | os.PathLike, *, show: bool = True) -> Path:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    path = Path(out) / LOSS_PLOT
-    with atomic.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    if show:
-        from IPython.display import Image, display
-
-        display(Image(filename=str(path)))
-    return path
+    return pictures.save_png(fig, Path(out) / LOSS_PLOT, show=show)
 
 
 def latest_samples(out: str | os.PathLike) -> dict[str, Any] | None:

@@ -122,6 +122,9 @@ class TrainConfig:
     push_to_hub: str = option("", "Hub repo id (user/name) to upload the final adapter to, with a model card; "
                                   "needs HF_TOKEN.", resume=MAY)
     hub_private: bool = option(True, "Create the Hub repo as private.", resume=MAY)
+    accept_new_descriptions: bool = option(False, "Continue a run although descriptions.jsonl changed since it was "
+                                                  "saved (the new texts are used from here on). Without it such a "
+                                                  "run stops and lists the changes.", resume=MAY)
 
     def __post_init__(self) -> None:
         if isinstance(self.sample_prompts, str):  # "a | b", as notebook 03's PROMPTS: not one prompt per letter

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from nbutils.core import atomic, config, faults, models, tracking
 from nbutils.core.errors import UserError
-from nbutils.train import build, checkpoint, guard, history, lora, melody, presets, saves
+from nbutils.train import build, checkpoint, guard, history, lora, melody, presets, saves, texts
 from nbutils.train import dataset as data
 
 if TYPE_CHECKING:
@@ -94,7 +94,8 @@ class Trainer:
     def _load_data(self) -> None:
         cfg = self.cfg
         opened = data.open_shards(cfg.tokens, self.spec.num_codebooks, self.spec.sample_rate)
-        self.fingerprint = data.fingerprint(opened, chroma=self.melody.settings is not None)
+        self.fingerprint = data.fingerprint(opened, chroma=self.melody.settings is not None)  # codes, tokenize's texts
+        self.texts = texts.load(cfg.tokens, opened)  # the texts trained with: descriptions.jsonl, edits included
         other_model = data.other_model_note(opened, self.model_name)
         if other_model and self.main:
             print(other_model)
@@ -128,7 +129,8 @@ class Trainer:
         """The settings that define what the weights mean, plus the harmless ones (for notes)."""
         values = config.to_dict(self.cfg)
         values.update(model=self.model_name, data=self.fingerprint, crop_frames=self.crop_frames,
-                      effective_batch=self.effective_batch, **self.melody.identity())
+                      effective_batch=self.effective_batch, descriptions=texts.digests(self.texts),
+                      **self.melody.identity())
         return values
 
     def unwrapped(self):
@@ -184,6 +186,7 @@ class Trainer:
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
             data.write_split(self.out, self.split)
+            texts.write_snapshot(self.out, self.texts)
             self.metrics.discard()  # lines of a run that never saved
         self.log(f"Starting a new run in {self.out}: {self.model_name}, {len(self.train_set)} training "
                  f"crops of {self.cfg.crop_seconds:g} s, {len(self.val_set)} validation crops, "

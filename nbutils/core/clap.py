@@ -1,14 +1,18 @@
 """CLAP through transformers' ``ClapModel``: text and audio embeddings in one space.
 
 ``C`` is a Hub id (default ``laion/larger_clap_music``, LAION's CLAP trained on music), a local
-``save_pretrained`` folder, or ``tiny``: a random ``ClapModel`` built from a small
-``ClapConfig`` with an in-memory tokenizer, offline and identical on every call. (The README's "Why these libraries" says
-why not the laion-clap wheel: it forces numpy<2, imports torchvision and downloads roberta.)
+``save_pretrained`` folder, or ``tiny``: a random ``ClapModel`` built from a small ``ClapConfig``
+with an in-memory tokenizer, offline and identical on every call. (The README's "Why these
+libraries" says why not the laion-clap wheel: it forces numpy<2, imports torchvision and
+downloads roberta.)
 
 CLAP hears 48 kHz audio in windows of 10 s. Audio is resampled with soxr (high quality), made
 mono, and cut into consecutive windows of at most 10 s; a clip's embedding is the normalised
 mean of its windows' embeddings. Fixed windows instead of the feature extractor's random crops
 keep the scores deterministic.
+
+Evaluation scores clips with it (``nbutils.evaluate``); tokenization tags tracks zero-shot with it
+(``nbutils.tokenize.tags``).
 """
 
 from __future__ import annotations
@@ -158,24 +162,34 @@ def text_embeddings(clap: Clap, texts: Sequence[str], batch_size: int = 32) -> n
     return _normalize(np.concatenate(out)) if out else np.zeros((0, 0), np.float32)
 
 
-def audio_embeddings(clap: Clap, audios: Sequence[np.ndarray], sample_rate: int, batch_size: int = 16) -> np.ndarray:
-    """Unit-length audio embeddings ``(len(audios), D)``: the normalised mean over 10 s windows."""
+def embed_windows(clap: Clap, pieces: Sequence[np.ndarray], batch_size: int = 16) -> np.ndarray:
+    """Embeddings ``(len(pieces), D)`` of windows already mono at CLAP's rate (at most 10 s each), not normalised."""
     import torch
 
+    embedded = []
+    for i in range(0, len(pieces), batch_size):
+        inputs = clap.processor.feature_extractor(list(pieces[i : i + batch_size]), sampling_rate=clap.sample_rate,
+                                                  return_tensors="pt")
+        inputs = {k: v.to(clap.device) for k, v in inputs.items()}
+        with torch.inference_mode():
+            embedded.append(clap.model.get_audio_features(**inputs).pooler_output.float().cpu().numpy())
+    return np.concatenate(embedded) if embedded else np.zeros((0, 0), np.float32)
+
+
+def audio_embeddings(clap: Clap, audios: Sequence[np.ndarray], sample_rate: int, batch_size: int = 16) -> np.ndarray:
+    """Unit-length audio embeddings ``(len(audios), D)``: the normalised mean over 10 s windows."""
     pieces, owner = [], []
     for index, audio in enumerate(audios):
         for part in windows(to_clap_rate(audio, sample_rate, clap.sample_rate), clap.window_samples,
                             int(MIN_WINDOW_SECONDS * clap.sample_rate)):
             pieces.append(part)
             owner.append(index)
-    embedded = []
-    for i in range(0, len(pieces), batch_size):
-        inputs = clap.processor.feature_extractor(pieces[i : i + batch_size], sampling_rate=clap.sample_rate,
-                                                  return_tensors="pt")
-        inputs = {k: v.to(clap.device) for k, v in inputs.items()}
-        with torch.inference_mode():
-            embedded.append(clap.model.get_audio_features(**inputs).pooler_output.float().cpu().numpy())
-    flat = np.concatenate(embedded) if embedded else np.zeros((0, 0), np.float32)
+    flat = embed_windows(clap, pieces, batch_size)
     owner = np.asarray(owner)
     means = np.stack([flat[owner == i].mean(axis=0) for i in range(len(audios))]) if len(audios) else flat
     return _normalize(means)
+
+
+def logit_scale(clap: Clap) -> float:
+    """The model's learned temperature for audio-to-text logits (``logits_per_audio`` = scale x cosine)."""
+    return float(clap.model.logit_scale_a.detach().exp())
