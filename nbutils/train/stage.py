@@ -30,7 +30,7 @@ from nbutils.core import config, diskerrors, tracking
 from nbutils.core.config import option
 from nbutils.core.errors import UserError
 from nbutils.train import dataset as data
-from nbutils.train import history, hub, lora
+from nbutils.train import history, hub, likelihood, lora
 from nbutils.train.trainer import ADAPTERS_DIR, Trainer
 
 SCHEDULERS = ("cosine", "linear", "constant")
@@ -196,6 +196,8 @@ def _summary(trainer: Trainer, started: float) -> dict[str, Any]:
         "adapter_best": str(trainer.out / ADAPTERS_DIR / "best"),
         "wandb_run_id": trainer.wandb_run_id,
         "seconds": round(time.time() - started, 1),
+        # base vs final adapter on the validation tracks, measured at the end (OUT/heldout.json)
+        **likelihood.summary_keys(likelihood.read(trainer.out, trainer.step)),
     }
 
 

@@ -6,6 +6,7 @@ start fresh), ``complete``, ``start`` (WandB, base samples, the training RNG str
 ``progress_bar``, ``train_step`` (one optimizer step), ``after_step`` (evaluation, checkpoint,
 samples, metrics when due), ``finish`` (final evaluation, checkpoint, adapters, Hub push) and
 ``stop`` (after a stop or out of memory: save, let go of the model, the error to raise).
+``finish`` also measures the held-out likelihood, base vs final adapter (``likelihood``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from nbutils.core import atomic, config, faults, models, tracking
 from nbutils.core.errors import UserError
-from nbutils.train import build, checkpoint, history, lora, presets
+from nbutils.train import build, checkpoint, history, likelihood, lora, presets
 from nbutils.train import dataset as data
 
 if TYPE_CHECKING:
@@ -349,6 +350,7 @@ class Trainer:
             self.save_adapter("best")
         if cfg.sample_every and not (self.out / SAMPLES_DIR / checkpoint.step_name(self.step)).exists():
             self.write_samples("lora")
+        likelihood.at_finish(self)  # base vs final adapter on the validation tracks: OUT/heldout.json, WandB
         self.metrics.flush()
         tracking.log_artifact(final, f"{self.out.name}-final", aliases=["final", f"step-{self.step}"])
         tracking.log_artifact(best, f"{self.out.name}-best", aliases=["best"])
