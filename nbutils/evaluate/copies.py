@@ -67,7 +67,7 @@ class Index:
 
 def thresholds(heldout: dict[str, list[float]]) -> dict[str, float | None]:
     """Per measure, the similarity above which a clip is flagged (None without held-out segments)."""
-    return {m: round((max(heldout[m]) + 1) / 2, 6) if heldout.get(m) else None for m in MEASURES}
+    return {m: (max(heldout[m]) + 1) / 2 if heldout.get(m) else None for m in MEASURES}
 
 
 def copy_score(similarity: float, threshold: float | None) -> float | None:
@@ -75,7 +75,7 @@ def copy_score(similarity: float, threshold: float | None) -> float | None:
     if threshold is None:
         return None
     closest = 2 * threshold - 1
-    return round((similarity - closest) / max(1 - closest, 1e-9), 4)
+    return (similarity - closest) / max(1 - closest, 1e-12)
 
 
 def record(index: Index, near: dict[str, Any], limits: dict[str, float | None]) -> dict[str, Any]:
@@ -88,8 +88,9 @@ def record(index: Index, near: dict[str, Any], limits: dict[str, float | None]) 
     segment = index.segments[top]
     score = scores[by]
     return {"nearest_path": segment.path, "nearest_start": round(segment.start + max(offset, 0.0), 2),
-            "clap_similarity": round(float(near["clap"][top]), 4), "chroma_similarity": round(float(near["chroma"][top]), 4),
-            "flagged": bool(score is not None and score > FLAG_AT), "nearest_by": by, "copy_score": score}
+            "clap_similarity": round(float(near["clap"][top]), 6), "chroma_similarity": round(float(near["chroma"][top]), 6),
+            "flagged": bool(score is not None and score > FLAG_AT), "nearest_by": by,
+            "copy_score": None if score is None else round(score, 4)}
 
 
 def calibrate(index: Index, queries: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, list[float]]:
@@ -98,7 +99,7 @@ def calibrate(index: Index, queries: list[tuple[np.ndarray, np.ndarray]]) -> dic
     for seq, emb in queries:
         near = index.nearest(seq, emb)
         for m in MEASURES:
-            found[m].append(round(float(near[m].max()), 4) if len(index) else 0.0)
+            found[m].append(float(near[m].max()) if len(index) else 0.0)
     return found
 
 
@@ -120,7 +121,8 @@ def check(index: Index, clips: list[dict], clip_features: list[tuple[np.ndarray,
         records.append({"clip": clip["path"], "model": clip["model"], "prompt": clip["prompt"], "seed": clip["seed"],
                         **record(index, index.nearest(seq, emb), limits)})
     records.sort(key=lambda r: (not r["flagged"], -(r["copy_score"] or 0.0)))
-    facts = {"thresholds": limits, "flag_at_copy_score": FLAG_AT, "heldout_nearest": nearest,
+    facts = {"thresholds": {m: None if t is None else round(t, 6) for m, t in limits.items()},
+             "flag_at_copy_score": FLAG_AT, "heldout_nearest": {m: [round(v, 6) for v in vs] for m, vs in nearest.items()},
              "heldout_segments": len(heldout), "training_segments_searched": len(index),
              "training_segments": searched_of, "flagged": sum(r["flagged"] for r in records),
              "rule": "flagged when CLAP or chroma similarity to a training segment passes (m + 1) / 2, m being the "

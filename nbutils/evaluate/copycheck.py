@@ -60,7 +60,7 @@ def run(cfg, all_shards: list, run_dir: Path | None, scorer: clap.Clap, samples:
     held_tracks, _ = reference.held_out_tracks(all_shards, run_dir)
     searched, total = training_segments(all_shards, held_tracks, cfg.copy_segments)
     decode, _ = decoder(cfg.model, device, spec.num_codebooks)
-    cache = copyindex.Cache(cfg.tokens, scorer, decode, spec.sample_rate)
+    cache = copyindex.Cache(cfg.tokens, scorer, decode, spec.sample_rate, models.recorded_name(cfg.model))
     with tqdm(total=len(searched), desc="copy check: training segments", unit="segment", dynamic_ncols=True) as bar:
         entries = cache.entries(searched, bar=bar)
     if cache.computed:

@@ -6,7 +6,8 @@ copied token sequence sounds exactly like its source), then described twice: CLA
 (``chroma.sequence``).
 
 The cache is ``TOKENS/copycheck/<shard>.<key>.npz``, one file per shard, where ``key`` hashes the
-CLAP model, the shard's codes (its sha256) and the feature settings. A file holds the segments
+CLAP model, the shard's codes (its sha256), the model whose EnCodec decodes them and the feature
+settings. A file holds the segments
 computed so far; a run that needs more adds them and rewrites the file (write-to-temp +
 ``os.replace``), so an interrupted build keeps every finished shard. A re-tokenized shard or
 another CLAP gets a new key: the stale file of that shard is deleted once the new one is written.
@@ -69,9 +70,10 @@ def describe(scorer: clap.Clap, waves: list[np.ndarray], sample_rate: int) -> li
                   starts=starts[owner == i]) for i, w in enumerate(waves)]
 
 
-def cache_key(clap_name: str, shard) -> str:
-    """What a shard's cached features depend on: CLAP, the shard's codes, the feature settings."""
-    facts = {"format": FORMAT, "clap": clap_name, "codes": shard.meta.get("sha256"), "window": WINDOW_SECONDS,
+def cache_key(clap_name: str, shard, decoder: str) -> str:
+    """What a shard's cached features depend on: CLAP, the shard's codes, what decodes them, the settings."""
+    facts = {"format": FORMAT, "clap": clap_name, "codes": shard.meta.get("sha256"), "decoder": decoder,
+             "window": WINDOW_SECONDS,
              "hop": WINDOW_HOP, "chroma": [chroma.HOP_SECONDS, chroma.N_FFT_SECONDS, chroma.SMOOTH_FRAMES]}
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -116,9 +118,11 @@ def write(path: Path, entries: dict[int, Entry]) -> None:
 class Cache:
     """Features of segments, read from and added to the per-shard cache files under ``tokens_dir``."""
 
-    def __init__(self, tokens_dir: str | Path, scorer: clap.Clap, decode, sample_rate: int):
-        """``decode(shard, index) -> (samples, channels)`` audio of a segment at ``sample_rate``."""
+    def __init__(self, tokens_dir: str | Path, scorer: clap.Clap, decode, sample_rate: int, decoder: str):
+        """``decode(shard, index) -> (samples, channels)``: a segment's audio at ``sample_rate``;
+        ``decoder`` names what decodes (the model whose EnCodec it is), part of the cache key."""
         self.tokens_dir, self.scorer, self.decode, self.sample_rate = Path(tokens_dir), scorer, decode, sample_rate
+        self.decoder = decoder
         self.computed = 0
         self.unwritable: str | None = None
 
@@ -129,7 +133,7 @@ class Cache:
             by_shard.setdefault(shard.index_path, (shard, []))[1].append(index)
         found: dict[tuple[Path, int], Entry] = {}
         for key, (shard, indices) in by_shard.items():
-            path = cache_path(self.tokens_dir, shard, cache_key(self.scorer.name, shard))
+            path = cache_path(self.tokens_dir, shard, cache_key(self.scorer.name, shard, self.decoder))
             have = read(path)
             missing = [i for i in dict.fromkeys(indices) if i not in have]
             if bar is not None:

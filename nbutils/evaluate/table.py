@@ -70,7 +70,14 @@ def published_line(reference: dict[str, Any] | None) -> str:
             f"KL {reference['kl']}, CLAP {reference['clap']}. {reference['note']}")
 
 
-def cell(row: dict, key: str, digits: int = 3) -> str:
+def number(value: float) -> str:
+    """A value for people: one decimal from 100 up, three below, two significant digits when tiny."""
+    if abs(value) >= 100:
+        return f"{value:.1f}"
+    return f"{value:.3f}" if value == 0 or abs(value) >= 0.01 else f"{value:.2g}"
+
+
+def cell(row: dict, key: str) -> str:
     """``value [low, high]`` (or the bare value, or empty)."""
     value = row.get(key)
     if value is None:
@@ -78,8 +85,7 @@ def cell(row: dict, key: str, digits: int = 3) -> str:
     if not isinstance(value, float):
         return str(value)
     interval = (row.get("ci95") or {}).get(key)
-    text = f"{value:.{digits}g}" if abs(value) >= 100 else f"{value:.{digits}f}"
-    return text + (f" [{interval[0]:.{digits}g}, {interval[1]:.{digits}g}]" if interval else "")
+    return number(value) + (f" [{number(interval[0])}, {number(interval[1])}]" if interval else "")
 
 
 def columns() -> list[str]:
