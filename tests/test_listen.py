@@ -126,7 +126,7 @@ def test_pairs_are_blind_stable_and_one_per_prompt_and_adapter(tmp_path):
     key = json.loads(base64.b64decode(facts["key"]))
     assert [p["models"] for p in again] == [key["1"], key["2"]], "the same order on every run"
     assert all(sorted(p["models"]) == ["base", "lora-best"] for p in again)
-    many = listen.pairs([{"model": m, "prompt": str(i), "seed": 0, "path": "x"} for m in ("base", "l") for i in range(40)],
-                        {"style": [str(i) for i in range(40)]}, ["l"], "base", seed=0)
+    clips = [{"model": m, "prompt": str(i), "seed": 0, "path": "x"} for m in ("base", "l") for i in range(40)]
+    many = listen.pairs(clips, {"style": [str(i) for i in range(40)]}, ["l"], "base", seed=0)
     firsts = [p["models"][0] for p in many]
     assert 8 < firsts.count("base") < 32, "the order is drawn per pair"
