@@ -117,3 +117,13 @@ def test_an_adapter_lowers_it_on_its_own_corpus_not_on_an_unrelated_one(tmp_path
     lora = likelihood.measure(pipe.model, pipe.processor.tokenizer, unrelated, **kw)
     change = base.bits_per_second - lora.bits_per_second
     assert change < 0.1 * own_gain, (base.bits_per_second, lora.bits_per_second, own_gain)
+
+
+def test_evaluate_refuses_shards_of_another_codebook_count_with_a_message(tmp_path):
+    from nbutils.core.errors import UserError
+    from nbutils.evaluate import heldout
+
+    opened = shards.open_all(H.tokens(tmp_path))  # mono: 4 codebooks
+    store = heldout.Store(tmp_path, [(opened[0], 0)], batch_size=2)
+    with pytest.raises(UserError, match=r"shards hold 4 codebooks per frame, the model tiny-stereo 8"):
+        store.measure(Pipeline("tiny-stereo"), "base", "base")

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from nbutils.core import atomic
+from nbutils.core.errors import UserError
 from nbutils.evaluate import reference, uncertainty
 from nbutils.train import likelihood
 
@@ -48,6 +49,12 @@ class Store:
         """The likelihood of ``pipe`` as ``variant`` (``base`` or ``lora``), recorded under ``label``."""
         from tqdm.auto import tqdm
 
+        books = {s.meta.get("num_codebooks") for s, _ in self.chosen}
+        if books - {pipe.spec.num_codebooks}:
+            raise UserError(
+                f"The shards hold {', '.join(map(str, sorted(books, key=str)))} codebooks per frame, the model "
+                f"{pipe.model_name} {pipe.spec.num_codebooks}: they were tokenized for another model (mono vs stereo). "
+                "Pass the tokens of this model (--tokens), or evaluate the model they were made with.")
         weights = pipe.adapter.fingerprint if variant == "lora" and pipe.adapter else ""
         key = _key(label, weights, self.chosen)
         if key not in self.done:
