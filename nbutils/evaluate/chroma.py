@@ -73,7 +73,7 @@ class Bank:
 
     def _spectrum(self, size: int) -> list[np.ndarray]:
         if size not in self._spectra:  # one FFT size per query length: every clip of a run shares it
-            self._spectra = {size: [np.fft.rfft(self.padded[i : i + self.chunk], n=size, axis=1)
+            self._spectra = {size: [np.fft.rfft(self.padded[i : i + self.chunk], n=size, axis=1).astype(np.complex64)
                                     for i in range(0, len(self.padded), self.chunk)]}
         return self._spectra[size]
 

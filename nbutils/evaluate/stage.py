@@ -71,8 +71,8 @@ class EvalConfig:
     batch_size: int = option(8, "Prompts generated together (and held-out segments scored together).")
     heldout_segments: int = option(likelihood.MAX_SEGMENTS, "At most this many held-out token segments (evenly spread) "
                                    "for the held-out likelihood.")
-    copy_segments: int = option(2000, "Training segments searched for near-copies of the clips (evenly spread; 0: all). "
-                                "Their features are computed once and cached beside the shards.")
+    copy_segments: int = option(2000, "Training segments searched for near-copies of the clips (evenly spread; 0: all, "
+                                "about 50 KB of memory each). Their features are computed once and cached beside the shards.")
     bootstrap: int = option(uncertainty.RESAMPLES, "Bootstrap resamples for the 95% intervals.")
     device: str = option("auto", "cuda, cpu, or auto.")
     precision: str = option("auto", "auto (bf16 on GPUs that run it natively, fp16 on other GPUs, fp32 on CPU), "
