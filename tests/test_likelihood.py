@@ -71,6 +71,7 @@ def test_training_reports_base_and_adapter_on_its_validation_tracks(tmp_path):
     assert summary["heldout_bits_per_second"] != summary["heldout_bits_per_second_base"], "the adapter is on"
     assert len(summary["heldout_nll_per_codebook"]) == 4
     (run_dir,) = H.offline_runs(out)
+    H.finished_records(run_dir)  # wandb's writer may still be closing the file
     logged = [r for r in H.wandb_history(run_dir) if "heldout/bits_per_second" in r]
     assert logged and logged[-1]["heldout/base_bits_per_second"] == facts["base"]["bits_per_second"]
     again = stage.run(H.small_config(out.parent / "tokens", out))  # already complete: same figures
