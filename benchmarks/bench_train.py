@@ -18,6 +18,20 @@ Everything is measured in one run on this machine and printed as ratios (targets
    same command starting fresh for one step -- each a new process (imports, model load,
    checkpoint load, one step, final save), timed from the outside (mean of two of each,
    alternated); plus the in-process time of reading ``latest.pt`` and restoring it.
+4. **Drive bytes** (issue 11): what the saves of a 2,000-step run with ``save_every`` 200 write,
+   replace or delete in the run folder. On Google Drive a replaced or deleted file goes to the
+   Trash and keeps counting against the quota until the Trash is emptied, so both count. The
+   ten step-count saves (steps 200, 400, ... 2000) run for real, with the trainer's own ``save``,
+   on the LoRA and AdamW state of a musicgen-small-shaped decoder after one real step (their
+   size does not depend on the step), in a fresh run folder; ``adapters/best`` is rewritten at
+   every save (the worst case: the validation loss improved each time), ``adapters/final`` at
+   the end, and 2,000 metrics lines are appended. Each file's fate is read from the filesystem
+   (inode, size, mtime before and after every save): new inodes are written bytes, vanished
+   ones replaced or deleted, growth of an appended file is written. Not counted: audio samples
+   (about 0.5 MB per prompt per ``sample_every``, unchanged) and time-based saves (their number
+   depends on the GPU's speed; each writes what the printed ``latest.pt`` line says).
+   ``--only drive`` runs just this part, with T5 and EnCodec scaled down (the LoRA, and so
+   every byte counted, lives in the decoder, which keeps musicgen-small's shape).
 
 The model has musicgen-small's shapes (T5-base text encoder, EnCodec 32 kHz, 24-layer 1024-wide
 decoder, 4 x 2048 codes) with random weights, written once with ``save_pretrained`` and loaded
@@ -50,10 +64,11 @@ from nbutils.train import stage as train
 from nbutils.train.trainer import Trainer
 
 
-def small_config(quick: bool = False):
+def small_config(quick: bool = False, small_decoder: bool = False):
     """musicgen-small's configuration (transformers' conversion of facebook/musicgen-small).
 
-    ``quick``: the same structure scaled down to a few MB, only to check that this script runs.
+    ``quick``: the same structure scaled down to a few MB, only to check that this script runs;
+    with ``small_decoder`` the decoder keeps musicgen-small's shape (what the LoRA size depends on).
     """
     from transformers import EncodecConfig, MusicgenConfig, MusicgenDecoderConfig, T5Config
 
@@ -65,18 +80,19 @@ def small_config(quick: bool = False):
     if quick:
         text = T5Config(vocab_size=32128, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2)
         codec = EncodecConfig(**{**codec.to_dict(), "num_filters": 4, "hidden_size": 16, "codebook_dim": 16})
-        decoder = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, ffn_dim=64)
+        if not small_decoder:
+            decoder = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, ffn_dim=64)
     decoder = MusicgenDecoderConfig(vocab_size=2048, num_codebooks=4, max_position_embeddings=2048, dropout=0.1,
                                     pad_token_id=2048, bos_token_id=2048, decoder_start_token_id=2048, **decoder)
     return MusicgenConfig(text_encoder=text, audio_encoder=codec, decoder=decoder)
 
 
-def build_model(folder: Path, quick: bool = False) -> int:
+def build_model(folder: Path, quick: bool = False, small_decoder: bool = False) -> int:
     """Write the random musicgen-small (+ a processor) to ``folder``; return its state_dict bytes."""
     from transformers import EncodecFeatureExtractor, MusicgenForConditionalGeneration, MusicgenProcessor
 
     torch.manual_seed(0)
-    model = MusicgenForConditionalGeneration(small_config(quick))
+    model = MusicgenForConditionalGeneration(small_config(quick, small_decoder))
     model.generation_config.decoder_start_token_id = model.generation_config.pad_token_id = 2048
     model.save_pretrained(folder)
     MusicgenProcessor(feature_extractor=EncodecFeatureExtractor(feature_size=1, sampling_rate=32000),
@@ -152,12 +168,104 @@ def cli_seconds(cfg, out: Path, max_steps: int, threads: int) -> tuple[float, fl
     return wall, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
 
 
+def _files(folder: Path) -> dict[int, tuple[str, int, int]]:
+    """``{inode: (path, size, mtime_ns)}`` of every file under ``folder``."""
+    found = {}
+    for path in folder.rglob("*"):
+        if path.is_file():
+            st = path.stat()
+            found[st.st_ino] = (str(path), st.st_size, st.st_mtime_ns)
+    return found
+
+
+def _churn(before: dict, after: dict) -> tuple[int, int]:
+    """``(written, removed)`` bytes between two ``_files`` snapshots.
+
+    A new inode was written; a vanished one was replaced or deleted (on Drive: to the Trash). A
+    rename keeps its inode and mtime: it moves no bytes. A file that grew in place was appended to.
+    """
+    written = removed = 0
+    for inode, (path, size, mtime) in after.items():
+        old = before.get(inode)
+        if old is None:
+            written += size
+        elif old[2] != mtime:
+            if old[0] == path and size >= old[1]:
+                written += size - old[1]  # appended (metrics.jsonl)
+            else:  # rewritten, or the inode of a deleted file reused
+                written, removed = written + size, removed + old[1]
+    removed += sum(size for inode, (_, size, _) in before.items() if inode not in after)
+    return written, removed
+
+
+def drive_bytes(trainer, out: Path, steps: int = 2000, every: int = 200) -> dict:
+    """Bytes written and removed in ``out`` by the saves of a ``steps``-step run saving every ``every``.
+
+    The trainer's own ``save`` (latest.pt, the step folder, rotation) runs at every step-count save,
+    ``adapters/best`` is rewritten at each one (worst case) and ``adapters/final`` at the end.
+    """
+    from nbutils.train import history
+
+    trainer.out = out
+    trainer.metrics = history.MetricsLog(out, writer=True)
+    row = trainer.train_step()  # a real metrics line (and AdamW's state), to append 2,000 of
+    written = removed = 0
+    per_save = []
+    for step in range(every, steps + 1, every):
+        before = _files(out) if out.exists() else {}
+        for s in range(step - every + 1, step + 1):
+            trainer.metrics.record({**row, "step": s})
+        trainer.step = step
+        trainer.save()
+        trainer.save_adapter("best")
+        w, r = _churn(before, _files(out))
+        per_save.append((step, w, r))
+        written, removed = written + w, removed + r
+    before = _files(out)
+    trainer.save_adapter("final")
+    w, r = _churn(before, _files(out))
+    written, removed = written + w, removed + r
+    live = sum(size for _, size, _ in _files(out).values())
+    return {"written": written, "removed": removed, "live": live, "per_save": per_save, "saves": len(per_save),
+            "latest": (out / checkpoint.LATEST).stat().st_size,
+            "keep_checkpoints": trainer.cfg.keep_checkpoints}
+
+
+def print_drive_bytes(result: dict) -> None:
+    mb = 2**20
+    print(f"4. Drive bytes:     2,000 steps, save_every 200 ({result['saves']} saves, keep_checkpoints "
+          f"{result['keep_checkpoints']}): written {result['written'] / mb:.1f} MB, replaced or deleted "
+          f"{result['removed'] / mb:.1f} MB (Drive's Trash) -> {(result['written'] + result['removed']) / mb:.1f} MB "
+          f"written + trashed; {result['live'] / mb:.1f} MB left in the run folder; latest.pt "
+          f"{result['latest'] / mb:.1f} MB")
+    print("   per save (written / trashed MB): " + ", ".join(
+        f"{step}: {w / mb:.1f}/{r / mb:.1f}" for step, w, r in result["per_save"]))
+
+
+def drive_only(args, work: Path) -> None:
+    """``--only drive``: the Drive-bytes measurement alone (T5 and EnCodec scaled down)."""
+    model_dir = work / "musicgen-small-decoder"
+    build_model(model_dir, quick=True, small_decoder=True)
+    write_tokens(work / "tokens")
+    cfg = train.TrainConfig(
+        tokens=str(work / "tokens"), out=str(work / "run"), model=str(model_dir), segment_seconds=args.seconds,
+        batch_size=2, grad_accum=2, max_steps=10_000, save_every=200, sample_every=0, wandb="disabled",
+        precision="fp32", grad_checkpointing="off", warmup_steps=10,
+    )
+    trainer = start(cfg)
+    result = drive_bytes(trainer, work / "drive-run")
+    print_drive_bytes(result)
+    print(json.dumps({k: v for k, v in result.items() if k != "per_save"}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=5, help="measured (loop step, bare step) pairs")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (CPU-time ratios need 1)")
     parser.add_argument("--seconds", type=float, default=1.0, help="crop length in seconds")
     parser.add_argument("--workdir", type=Path, default=None, help="keep files here (default: a temp folder)")
+    parser.add_argument("--only", choices=("all", "drive"), default="all",
+                        help="drive: only the Drive-bytes measurement (4)")
     parser.add_argument("--quick", action="store_true",
                         help="a scaled-down model and 2 pairs: checks that the script runs, numbers mean nothing")
     args = parser.parse_args()
@@ -168,6 +276,8 @@ def main() -> None:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-train-"))
     work.mkdir(parents=True, exist_ok=True)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; files in {work}", flush=True)
+    if args.only == "drive":
+        return drive_only(args, work)
 
     model_dir = work / "musicgen-small-random"
     full_bytes = build_model(model_dir, args.quick)
@@ -208,6 +318,7 @@ def main() -> None:
     state, _ = checkpoint.load(cfg.out)
     trainer.restore(state)
     restore_seconds = time.perf_counter() - started
+    drive = drive_bytes(trainer, work / "drive-run")
     del trainer, model, bare_optimizer, state
     gc.collect()
 
@@ -244,6 +355,9 @@ def main() -> None:
     print(f"3. resume:          {resumed[1]:.1f} s CPU / {resumed[0]:.1f} s wall (new process: imports, model, "
           f"latest.pt, one step) vs fresh start {fresh[1]:.1f} s CPU / {fresh[0]:.1f} s wall -> "
           f"x{results['resume_vs_fresh_cpu']} CPU, x{results['resume_vs_fresh_wall']} wall")
+    print_drive_bytes(drive)
+    results.update(drive_written_mb=round(drive["written"] / 2**20, 1),
+                   drive_removed_mb=round(drive["removed"] / 2**20, 1))
     print(json.dumps(results))
 
 

@@ -31,9 +31,9 @@ def test_bench_tokenize_quick_prints_a_b_and_c():
 
 
 @pytest.mark.slow
-def test_bench_train_quick_prints_its_three_results(tmp_path):
+def test_bench_train_quick_prints_its_four_results(tmp_path):
     out = _bench("benchmarks/bench_train.py", "--quick", "--workdir", str(tmp_path))
-    for line in ("1. loop overhead:", "2. latest.pt size:", "3. resume:"):
+    for line in ("1. loop overhead:", "2. latest.pt size:", "3. resume:", "4. Drive bytes:"):
         assert line in out, out
 
 

@@ -152,11 +152,17 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
     out = tmp_path / "killed"
     args = cli_args(data, out, "--max-steps", "8")
     # kill points: mid-step 3 (checkpoint at 2), while writing latest.pt at step 6 (the old one at 4
-    # must survive), while writing the step-6 folder (after latest.pt was replaced)
-    for crash, latest_after in (("micro:3", 2), ("latest-written:6", 4), ("checkpoint-dir:6", 6)):
+    # must survive), between keeping the old latest.pt as previous.pt and placing the new one (the next
+    # run resumes from previous.pt), while writing the step-6 folder (after latest.pt was replaced)
+    for crash, saved_after in (("micro:3", 2), ("latest-written:6", 4), ("latest-kept:6", None),
+                               ("checkpoint-dir:6", 6)):
         proc = _cli(*args, crash=crash)
         assert proc.returncode == -9, f"{crash}: {proc.returncode}\n{proc.stderr[-2000:]}"
-        assert torch.load(out / "latest.pt", weights_only=True)["step"] == latest_after
+        if saved_after is None:
+            assert not (out / "latest.pt").exists()
+            assert torch.load(out / "previous.pt", weights_only=True)["step"] == 4
+        else:
+            assert torch.load(out / "latest.pt", weights_only=True)["step"] == saved_after
     assert any(p.name.startswith(".step-000006") for p in (out / "checkpoints").iterdir()), "a torn folder"
     proc = _cli(*args)
     assert proc.returncode == 0, proc.stderr

@@ -12,11 +12,17 @@ yet written), ``before-ledger`` (shard committed, ledger line not written), ``mi
 a ledger line written).
 
 Training points (``n`` = the optimizer step): ``micro`` (inside a step, between micro-batches),
-``step`` (after a step, before its checkpoint), ``latest-written`` (latest.pt replaced, step
-folder not yet), ``checkpoint-dir`` (step folder half written). Points whose name starts with
+``step`` (after a step, before its checkpoint), ``latest-written`` (the new latest.pt written
+under its temporary name), ``latest-kept`` (the old latest.pt renamed to previous.pt, the new one
+not yet in place), ``checkpoint-dir`` (step folder half written). Points whose name starts with
 ``interrupt`` raise ``KeyboardInterrupt`` instead (Colab's stop button) so the tests can check
 the save-on-stop path. Kills at arbitrary moments need no hook: the tests send SIGKILL from
 outside.
+
+Data faults, for the divergence tests (the caller asks ``armed`` / ``armed_from`` and does the
+damage): ``nan-loss:n`` makes step n's loss NaN (a poisoned batch); ``high-loss:n`` multiplies the
+loss by ``HIGH_LOSS`` from step n on (a run whose loss runs away). Several faults may be armed at
+once, separated by commas (``high-loss:25,interrupt:28``).
 """
 
 from __future__ import annotations
@@ -28,7 +34,14 @@ from collections import Counter
 from typing import BinaryIO
 
 ENV = "NBUTILS_KILL_AT"
+HIGH_LOSS = 100.0  # factor of the ``high-loss`` fault
 _hits: Counter = Counter()
+
+
+def _armed_points() -> list[tuple[str, str]]:
+    """``(name, n)`` of every fault ``NBUTILS_KILL_AT`` names."""
+    spec = os.environ.get(ENV) or ""
+    return [tuple(part.strip().partition(":")[::2]) for part in spec.split(",") if part.strip()]
 
 
 def armed(point: str, step: int | None = None) -> bool:
@@ -39,16 +52,19 @@ def armed(point: str, step: int | None = None) -> bool:
         step: For points counted by training step: this call's step (matched against ``n``).
             Without it, ``n`` counts the calls of ``point`` in this process.
     """
-    spec = os.environ.get(ENV)
-    if not spec:
-        return False
-    name, _, nth = spec.partition(":")
-    if name != point:
-        return False
-    if step is not None:
-        return int(nth or 0) == step
-    _hits[point] += 1
-    return _hits[point] == int(nth or 1)
+    for name, nth in _armed_points():
+        if name != point:
+            continue
+        if step is not None:
+            return int(nth or 0) == step
+        _hits[point] += 1
+        return _hits[point] == int(nth or 1)
+    return False
+
+
+def armed_from(point: str, step: int) -> bool:
+    """True when ``NBUTILS_KILL_AT`` names ``point`` with an ``n`` at or before ``step``."""
+    return any(name == point and step >= int(nth or 0) for name, nth in _armed_points())
 
 
 def kill(torn: BinaryIO | None = None, since: int = 0) -> None:

@@ -82,6 +82,14 @@ def lr_factor(step: int, total: int, warmup: int, kind: str) -> float:
     return 0.5 * (1 + math.cos(math.pi * progress)) if kind == "cosine" else 1.0 - progress
 
 
+def warmup_note(warmup: int, total: int) -> str | None:
+    """A note when the warmup is longer than the run (the learning rate never reaches lr)."""
+    if warmup <= total:
+        return None
+    return (f"Note: warmup_steps ({warmup}) is more than the run's {total} steps, so the learning rate never "
+            "reaches lr; lower warmup_steps for a short run.")
+
+
 def optimizer_and_scheduler(peft, cfg: Any, total_steps: int):
     """AdamW over the trainable (LoRA) weights and the ``lr_factor`` schedule over ``total_steps``."""
     import torch

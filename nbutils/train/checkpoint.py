@@ -1,15 +1,26 @@
-"""Training checkpoints: ``OUT/latest.pt``, rotated step folders, RNG state, resume checks.
+"""Training checkpoints: ``OUT/latest.pt``, its fallback, step folders, RNG state, resume checks.
 
 Layout of a run folder ``OUT``::
 
     latest.pt                          everything needed to continue (``state_of`` / ``restore``)
-    checkpoints/step-000200/           a PEFT adapter folder + state.pt (same content as latest.pt)
-    checkpoints/step-000400/           ... the last ``keep`` of them
+    previous.pt                        the save before: the old latest.pt, renamed (not copied) when
+                                       the next save arrived; the fallback if latest.pt is damaged
+    checkpoints/step-000200/           the PEFT adapter of a step-count save (not the optimizer:
+    checkpoints/step-000400/           latest.pt holds that) ... the newest ``keep`` of them
 
 Every file is written through a temporary name and renamed into place (``nbutils.atomic``):
-a kill at any moment leaves the previous ``latest.pt`` intact. Older step folders are pruned
-only after the new one is complete. Checkpoints hold only tensors, numbers, strings, lists
+a kill at any moment leaves a complete ``latest.pt`` or ``previous.pt``. Older step folders are
+pruned only after the new one is complete. Checkpoints hold only tensors, numbers, strings, lists
 and dicts, so ``torch.load(path, weights_only=True)`` reads them (no pickled code).
+
+Drive counts what is written, and what is replaced or deleted sits in its Trash: a save writes
+the full state once (``latest.pt``) and the adapter once (the step folder), never a second copy of
+the optimizer state. Step folders written by older versions also hold ``state.pt`` (a copy of
+latest.pt); they are read as fallbacks and pruned like the others.
+
+No save writes non-finite LoRA weights or optimizer state (``guard.Diverged`` instead), and a
+``latest.pt`` holding them (an older version's, after training diverged) is refused on resume,
+naming the newest good checkpoint.
 """
 
 from __future__ import annotations
@@ -29,12 +40,14 @@ import numpy as np
 
 from nbutils.core import atomic, config, faults, models
 from nbutils.core.errors import UserError
-from nbutils.train import build, lora
+from nbutils.train import build, guard, lora, saves
 from nbutils.train import dataset as data
 
 LATEST = "latest.pt"
+PREVIOUS = "previous.pt"
 CHECKPOINTS = "checkpoints"
-STATE = "state.pt"
+STATE = "state.pt"  # in step folders written by versions before 0.2: a copy of latest.pt
+ADAPTER_FILE = "adapter_model.safetensors"
 FORMAT = "nbutils-train/1"
 _STEP_DIR = re.compile(r"^step-(\d{6,})$")
 
@@ -122,6 +135,7 @@ def state_of(trainer) -> dict[str, Any]:
         "scheduler": trainer.scheduler.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else None,
         "rng": trainer.rng_after_step,
+        "guard": trainer.guard.state(),
         "wandb_run_id": trainer.wandb_run_id,
         "train_loss": trainer.last_train,
         "val_loss": trainer.last_val,
@@ -159,6 +173,7 @@ def restore(trainer, state: dict[str, Any], meaningful: Iterable[str], harmless:
     trainer.last_val, trainer.last_train = state.get("val_loss"), state.get("train_loss")
     trainer.wandb_run_id = state.get("wandb_run_id")
     trainer.rng_after_step = state["rng"]  # applied by Trainer.start() right before the first step
+    trainer.guard.load(state.get("guard"))  # absent in checkpoints written before the step guard
     return notes
 
 
@@ -183,47 +198,71 @@ def list_steps(out: str | os.PathLike) -> list[int]:
     steps = []
     for entry in folder.iterdir():
         match = _STEP_DIR.match(entry.name)
-        if match and (entry / STATE).exists():
+        if match and ((entry / ADAPTER_FILE).exists() or (entry / STATE).exists()):
             steps.append(int(match.group(1)))
     return sorted(steps)
 
 
-def save(out: str | os.PathLike, state: dict[str, Any], write_adapter: Callable[[Path], None], keep: int) -> Path:
-    """Write ``latest.pt`` and ``checkpoints/step-XXXXXX/``, then prune to the last ``keep`` folders.
+def save(out: str | os.PathLike, state: dict[str, Any], write_adapter: Callable[[Path], None], keep: int, *,
+         folder: bool = True, keep_previous: bool = True) -> tuple[dict[str, int], int]:
+    """Write ``latest.pt`` and, for a step-count save, ``checkpoints/step-XXXXXX/``; prune to ``keep`` folders.
 
     Args:
         out: The run folder.
         state: The checkpoint (must contain an int ``step``).
         write_adapter: Writes the PEFT adapter files into the folder it is given.
-        keep: Step folders to keep (0: only ``latest.pt``).
+        keep: Step folders to keep (0: none).
+        folder: Write a step folder (False: a time-based save, latest.pt only).
+        keep_previous: Rename the current latest.pt to previous.pt first (False when it holds the
+            same step, or is not this run's last good save: the fallback stays as it is).
 
     Returns:
-        The path of ``latest.pt``.
+        ``({name: bytes written}, bytes replaced or deleted)``.
+
+    Raises:
+        guard.Diverged: the LoRA weights or the optimizer state hold NaN or inf; nothing was written.
     """
     import torch
 
+    problems = guard.state_problems(state)
+    if problems:
+        raise guard.Diverged(
+            f"Not saving step {state['step']}: {len(problems)} of {guard.tensor_count(state)} tensors of the LoRA "
+            f"weights and optimizer state are NaN or inf ({', '.join(problems[:3])}, ...): training diverged. "
+            f"The checkpoints in {out} are kept as they were. Lower the learning rate (in a new run) or, with "
+            "fp16, use bf16 or fp32."
+        )
     out = Path(out)
     step = int(state["step"])
-    latest = out / LATEST
+    latest, previous = out / LATEST, out / PREVIOUS
+    rotate = keep_previous and latest.exists()
+    removed = saves.size_of(previous if rotate else latest)
     with atomic.atomic_path(latest) as tmp:
         torch.save(state, tmp)
         faults.point("latest-written", step=step)  # killed here: the previous latest.pt is untouched
-    if keep > 0:
-        with atomic.atomic_dir(step_dir(out, step)) as tmp:
+        if rotate:  # a rename costs no upload; the older previous.pt is what goes to the Trash
+            os.replace(latest, previous)
+            faults.point("latest-kept", step=step)  # killed here: previous.pt is complete, no latest.pt
+    written = {LATEST: latest.stat().st_size}
+    if folder and keep > 0:
+        target = step_dir(out, step)
+        removed += saves.size_of(target)  # the same step saved again replaces its folder
+        with atomic.atomic_dir(target) as tmp:
             write_adapter(tmp)
-            torch.save(state, tmp / STATE)
             faults.point("checkpoint-dir", step=step)  # killed here: a stale temp folder, removed on resume
-    prune(out, keep)  # only now: the new checkpoint is complete
-    return latest
+        written[f"{CHECKPOINTS}/{step_name(step)}"] = saves.size_of(target)
+    removed += prune(out, keep)  # only now: the new checkpoint is complete
+    return written, removed
 
 
-def prune(out: str | os.PathLike, keep: int) -> list[int]:
-    """Delete all but the newest ``keep`` step folders; return the steps removed."""
+def prune(out: str | os.PathLike, keep: int) -> int:
+    """Delete all but the newest ``keep`` step folders; return the bytes deleted."""
     steps = list_steps(out)
-    doomed = steps[:-keep] if keep > 0 else steps
-    for step in doomed:
+    deleted = 0
+    for step in steps[:-keep] if keep > 0 else steps:
+        deleted += saves.size_of(step_dir(out, step))
         shutil.rmtree(step_dir(out, step))
-    return doomed
+    return deleted
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,10 +298,12 @@ def clean(out: str | os.PathLike) -> None:
 
 def load(out: str | os.PathLike, log: Callable[[str], None] = print, *,
          settle: bool = True) -> tuple[dict[str, Any], Path] | None:
-    """The newest readable checkpoint of ``out``: ``latest.pt``, else the newest step folder.
+    """The newest readable checkpoint of ``out``: ``latest.pt``, else ``previous.pt``, else the newest
+    step folder holding a ``state.pt`` (older versions).
 
-    A damaged ``latest.pt`` (e.g. a Drive sync gone wrong) is reported and skipped rather than
-    ending the run: the step folders hold the same content.
+    A damaged file (e.g. a Drive sync gone wrong) is reported and skipped rather than ending the
+    run. A readable one with non-finite weights or optimizer state is refused (``UserError``),
+    naming the newest good checkpoint and how to continue from it.
 
     Args:
         out: The run folder.
@@ -275,16 +316,45 @@ def load(out: str | os.PathLike, log: Callable[[str], None] = print, *,
     out = Path(out)
     if settle:
         clean(out)
-    candidates = [out / LATEST] + [step_dir(out, s) / STATE for s in reversed(list_steps(out))]
+    candidates = [out / LATEST, out / PREVIOUS] + [step_dir(out, s) / STATE for s in reversed(list_steps(out))]
     found = [p for p in candidates if p.exists()]
+    poisoned: list[tuple[Path, dict[str, Any], list[str]]] = []
     for path in found:
         try:
-            return _load(path), path
+            state = _load(path)
         except Exception as err:  # noqa: BLE001 - any unreadable file: say so, try the next copy
             log(f"Warning: cannot read {path} ({type(err).__name__}: {err}); trying an older checkpoint.")
+            continue
+        problems = guard.state_problems(state)
+        if problems:
+            poisoned.append((path, state, problems))
+        elif poisoned:
+            raise UserError(_poisoned_message(out, poisoned, (path, state)))
+        else:
+            return state, path
+    if poisoned:
+        raise UserError(_poisoned_message(out, poisoned, None))
     if found:
         raise UserError(f"No readable checkpoint in {out} ({len(found)} damaged). Delete {out} to start fresh.")
     return None
+
+
+def _poisoned_message(out: Path, poisoned: list, good: tuple[Path, dict[str, Any]] | None) -> str:
+    """Why a non-finite checkpoint is refused, and how to continue from the newest good one."""
+    path, state, problems = poisoned[0]
+    lines = [f"{path} (step {state['step']}) holds non-finite values: {len(problems)} of {guard.tensor_count(state)} "
+             f"tensors of its LoRA weights and optimizer state are NaN or inf ({', '.join(problems[:3])}, ...). An "
+             "older version of this suite saved it after training had diverged; continuing from it would train "
+             "on NaN."]
+    if good is not None:
+        doomed = [str(p.parent if p.name == STATE else p) for p, _, _ in poisoned]
+        lines.append(f"The newest good checkpoint is {good[0]} (step {good[1]['step']}). To continue from it, delete "
+                     f"(or move out of the run folder) {', '.join(doomed)}, then run the same command or cell again; "
+                     "if the loss diverges again, lower the learning rate in a new run.")
+    else:
+        lines.append(f"No checkpoint in {out} holds finite values to continue from.")
+    lines.append(f"To start over instead, use a new run name (RUN_NAME / --out) or delete {out}.")
+    return "\n".join(lines)
 
 
 def check_resume(saved: dict[str, Any], current: dict[str, Any], meaningful: Iterable[str],

@@ -129,6 +129,15 @@ def unlabelled_note(opened: Sequence[shards.Shard]) -> str | None:
             "re-tokenize into a new folder with metadata, sidecar .txt/.json files or --default-description.")
 
 
+def short_segments_note(opened: Sequence[shards.Shard], crop_frames: int, frame_rate: int) -> str | None:
+    """A note when every segment is shorter than a crop (each crop is then a whole segment)."""
+    longest = max((s.frames for shard in opened for s in shard.segments), default=0)
+    if longest >= crop_frames:
+        return None
+    return (f"Note: the token segments are at most {longest / frame_rate:g} s long, shorter than segment_seconds "
+            f"({crop_frames / frame_rate:g} s): each crop is a whole segment.")
+
+
 def sample_prompts(opened: Sequence[shards.Shard], split: dict[str, list[str]]) -> list[str]:
     """Up to 3 descriptions for training samples: the validation tracks', else the training tracks'."""
     found: list[str] = []
@@ -216,6 +225,11 @@ class CropDataset:
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def track(self, index: int) -> str:
+        """The source track of crop ``index``."""
+        si, gi, _ = (int(v) for v in self.rows[index])
+        return track_of(self.shards[si].segments[gi], self.shards[si])
 
     def example(self, index: int, epoch: int = 0) -> Example:
         """Crop ``index`` of epoch ``epoch``; the same arguments always give the same crop."""
@@ -345,6 +359,12 @@ class StepSampler:
     def micro_batches(self, cursor: Cursor) -> list[list[Example]]:
         """The examples of this rank's micro-batches for the step starting at ``cursor``."""
         return [[self.dataset.example(i, cursor.epoch) for i in batch] for batch in self.indices(cursor)]
+
+    def tracks(self, cursor: Cursor) -> list[str]:
+        """Source tracks of the step starting at ``cursor``, every process's items (sorted, unique)."""
+        order = self._order_of(cursor.epoch)
+        return sorted({self.dataset.track(int(order[(cursor.position + i) % len(order)]))
+                       for i in range(self.effective)})
 
     def advance(self, cursor: Cursor) -> Cursor:
         """The cursor after one optimizer step."""

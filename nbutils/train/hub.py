@@ -12,7 +12,29 @@ import os
 from pathlib import Path
 from typing import Any
 
+from nbutils.core import atomic
 from nbutils.core.errors import UserError
+from nbutils.train import guard, lora
+
+
+def write_adapter(trainer, name: str, folder: Path) -> Path:
+    """Write ``trainer``'s LoRA as the PEFT folder ``folder`` (replaced atomically) with
+    ``training.json`` and a model card.
+
+    Raises:
+        guard.Diverged: a LoRA weight is NaN or inf; the folder there is kept as it was.
+    """
+    model = trainer.unwrapped()
+    problems = guard.non_finite(lora.state_dict(model))
+    if problems:
+        raise guard.Diverged(f"Not writing {folder}: {len(problems)} LoRA weights are NaN or inf "
+                             f"({', '.join(problems[:3])}): training diverged; the adapter there is kept.")
+    with atomic.atomic_dir(folder) as tmp:
+        lora.write_adapter(model, tmp, trainer.model_name)
+        info = facts(trainer, name)
+        atomic.write_json(tmp / "training.json", info)
+        atomic.write_text(tmp / "README.md", model_card(info))
+    return folder
 
 
 def facts(trainer, name: str) -> dict[str, Any]:
@@ -107,10 +129,26 @@ def check_token() -> str:
     return value
 
 
+def check_finite(folder: str | os.PathLike) -> None:
+    """Refuse (``guard.Diverged``) an adapter folder whose LoRA weights hold NaN or inf."""
+    from safetensors.torch import load_file
+
+    weights = Path(folder) / "adapter_model.safetensors"
+    problems = guard.non_finite(load_file(str(weights))) if weights.is_file() else []
+    if problems:
+        raise guard.Diverged(f"Not uploading {folder}: {len(problems)} of its LoRA weights are NaN or inf "
+                             f"({', '.join(problems[:3])}); it comes from a diverged training run. Upload an "
+                             "adapter of a run that went well (its adapters/best or final).")
+
+
 def push(folder: str | os.PathLike, repo_id: str, *, private: bool = True, api=None) -> str:
-    """Upload an adapter folder to ``repo_id`` (created if needed); returns the repo URL."""
+    """Upload an adapter folder to ``repo_id`` (created if needed); returns the repo URL.
+
+    An adapter with non-finite weights is refused before anything is sent (``check_finite``).
+    """
     if "/" not in repo_id:
         raise UserError(f"push_to_hub must be 'user/name' (got '{repo_id}').")
+    check_finite(folder)
     if api is None:
         from huggingface_hub import HfApi
 

@@ -87,7 +87,9 @@ def wrap(model, config, base_model: str | None = None):
     for param in model.parameters():
         param.requires_grad_(False)
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=FutureWarning)  # transformers' checkpointing rename
+        # peft asks the model `is_gradient_checkpointing`, which transformers 5.2x renamed with a
+        # FutureWarning on every access: not the user's to fix, and only this one is silenced.
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         peft_model = get_peft_model(model, config)
     if base_model is not None:
         peft_model.peft_config["default"].base_model_name_or_path = str(base_model)

@@ -22,9 +22,9 @@ def curves(out: str | os.PathLike) -> dict[str, list[tuple[int, float]]]:
     train: dict[int, float] = {}
     val: dict[int, float] = {}
     for row in history.read(out):
-        if "train/loss" in row:
+        if row.get("train/loss") is not None:  # null: a skipped step (non-finite loss)
             train[row["step"]] = row["train/loss"]
-        if "val/loss" in row:
+        if row.get("val/loss") is not None:
             val[row["step"]] = row["val/loss"]
     return {"train": sorted(train.items()), "val": sorted(val.items())}
 

@@ -3,7 +3,9 @@
 ``samples/step-000000`` holds the base model's samples (adapter disabled), later step folders the
 LoRA's, with the same prompts and seeds; each folder has one WAV per prompt and ``samples.json``
 (prompts, seeds, length, sampling settings). Generation runs in a forked RNG: making samples never
-changes the training's random streams, so it cannot change the weights.
+changes the training's random streams, so it cannot change the weights. Nor can it end training:
+a failed generation (weights gone bad, a sampling error) is logged and skipped; only running out
+of GPU memory stops the run, with the same advice as a training step.
 """
 
 from __future__ import annotations
@@ -18,6 +20,27 @@ from nbutils.core.prompts import encode as encode_prompts
 from nbutils.core.sampling import SamplingConfig
 
 INFO_FILE = "samples.json"
+
+
+def write_for(trainer, kind: str, folder: Path) -> Path | None:
+    """``write`` with a trainer's model, prompts, seeds and settings; None (logged) if it failed.
+
+    Raises:
+        torch.cuda.OutOfMemoryError: as a training step would (``run`` gives the advice).
+    """
+    import torch
+
+    try:
+        return write(trainer.unwrapped(), trainer.processor, trainer.spec, folder, kind=kind, step=trainer.step,
+                     prompts=trainer.prompts, seeds=[trainer.cfg.seed + i for i in range(len(trainer.prompts))],
+                     seconds=trainer.cfg.sample_seconds, autocast=trainer.autocast,
+                     info={"model": trainer.model_name})
+    except torch.cuda.OutOfMemoryError:
+        raise
+    except Exception as err:  # noqa: BLE001 - samples are a view of training, never a reason to end it
+        trainer.log(f"Warning: the samples of step {trainer.step} failed ({type(err).__name__}: {err}); "
+                    "training continues without them.")
+        return None
 
 
 def write(model, processor, spec: AudioSpec, folder: Path, *, kind: str, step: int, prompts: Sequence[str],

@@ -30,7 +30,7 @@ from nbutils.core import config, diskerrors, tracking
 from nbutils.core.config import option
 from nbutils.core.errors import UserError
 from nbutils.train import dataset as data
-from nbutils.train import history, hub, likelihood, lora
+from nbutils.train import guard, history, hub, likelihood, lora
 from nbutils.train.trainer import ADAPTERS_DIR, Trainer
 
 SCHEDULERS = ("cosine", "linear", "constant")
@@ -68,14 +68,25 @@ class TrainConfig:
     max_grad_norm: float = option(1.0, "Clip the gradient norm to this (0: no clipping).")
     max_steps: int = option(0, "Optimizer steps to train; 0 = use epochs.")
     epochs: int = option(1, "Passes over the training crops (when max_steps is 0).")
-    save_every: int = option(200, "Write latest.pt and a step folder every N steps (also at the end and on stop).")
-    keep_checkpoints: int = option(3, "Step folders to keep in checkpoints/ (older ones are deleted).")
+    save_every: int = option(200, "Write latest.pt and a step folder every N steps (also at the end; latest.pt "
+                                  "also on stop).")
+    save_every_minutes: float | None = option(None, "Also write latest.pt when this many minutes passed since "
+                                              "the last save (whichever of the two comes first); 0 = only by "
+                                              "steps. Empty: 10 in a Colab runtime, 0 elsewhere.")
+    keep_checkpoints: int = option(3, "Step folders (the PEFT adapter of a step-count save) to keep in "
+                                      "checkpoints/; older ones are deleted. 0 = none.")
     eval_every: int = option(0, "Compute the validation loss every N steps; 0 = at every save.")
     sample_every: int = option(1000, "Generate audio samples every N steps (base model at step 0); 0 = never.")
     sample_prompts: list[str] = option([], "Fixed prompts for samples; empty = up to 3 descriptions from the "
                                            "validation tracks.")
     sample_seconds: float = option(8.0, "Length of each sample in seconds.")
     log_every: int = option(10, "Flush metrics.jsonl (the loss curve) every N steps.")
+    max_skipped_steps: int = option(10, "Stop when this many steps in a row were skipped for a NaN/inf loss or "
+                                        "gradient (fp16 overflows included); 0 = never stop for that.")
+    divergence_factor: float = option(2.0, "Stop when the loss stays above this many times its running median "
+                                           "(last 200 steps) for divergence_steps steps in a row; 0 = never.")
+    divergence_steps: int = option(20, "How many steps in a row the loss must stay that high to stop (saves "
+                                       "wait meanwhile, so the last good checkpoint is kept).")
     lora_targets: str = option(lora.DEFAULT_PRESET, "LoRA targets: self-attention (q,k,v,out of the decoder), "
                                                     "attention (+ cross-attention), all-linear (+ fc1, fc2).")
     lora_r: int = option(16, "LoRA rank.")
@@ -105,6 +116,9 @@ class TrainConfig:
             (self.wandb in tracking.MODES, f"wandb must be one of {tracking.MODES}"),
             (self.max_steps >= 0 and self.epochs >= 1, "max_steps must be >= 0 and epochs >= 1"),
             (self.save_every >= 1, "save_every must be >= 1"),
+            (self.save_every_minutes is None or self.save_every_minutes >= 0, "save_every_minutes must be >= 0"),
+            (self.max_skipped_steps >= 0 and self.divergence_factor >= 0 and self.divergence_steps >= 1,
+             "max_skipped_steps and divergence_factor must be >= 0, divergence_steps >= 1"),
             (self.keep_checkpoints >= 0, "keep_checkpoints must be >= 0"),
             (self.lr > 0 and self.warmup_steps >= 0, "lr must be positive and warmup_steps >= 0"),
             (self.val_crops >= 1, "val_crops must be >= 1 (to train without validation, set val_fraction 0)"),
@@ -124,9 +138,10 @@ MEANINGFUL = ("model", "data", "crop_frames", "effective_batch", "lora_targets",
               "lora_dropout", "seed", "cfg_dropout", "val_fraction", "val_crops", "lr", "weight_decay",
               "warmup_steps", "scheduler", "max_grad_norm")
 # Accepted on resume (with a note): how long, how often, where to log, how to fit the GPU.
-HARMLESS = ("max_steps", "epochs", "save_every", "keep_checkpoints", "eval_every", "sample_every",
-            "sample_prompts", "sample_seconds", "log_every", "wandb", "wandb_project", "wandb_name",
-            "batch_size", "grad_accum", "precision", "grad_checkpointing", "push_to_hub", "hub_private", "tokens")
+HARMLESS = ("max_steps", "epochs", "save_every", "save_every_minutes", "keep_checkpoints", "eval_every",
+            "sample_every", "sample_prompts", "sample_seconds", "log_every", "max_skipped_steps", "divergence_factor",
+            "divergence_steps", "wandb", "wandb_project", "wandb_name", "batch_size", "grad_accum", "precision",
+            "grad_checkpointing", "push_to_hub", "hub_private", "tokens")
 
 
 def read_metrics(out: str | os.PathLike) -> list[dict[str, Any]]:
@@ -139,7 +154,8 @@ def run(cfg: TrainConfig, *, log: Callable[[str], None] | None = None) -> dict[s
     """Train (or continue training) and return the summary (step, train_loss, val_loss, ...).
 
     Re-running with the same ``out`` resumes from ``OUT/latest.pt``. A KeyboardInterrupt saves
-    the last completed step before it propagates.
+    the last completed step before it propagates. A run that diverges stops with a
+    ``guard.Diverged`` (a ``UserError``) and saves nothing of the diverging steps.
     """
     import torch
 
@@ -157,24 +173,27 @@ def run(cfg: TrainConfig, *, log: Callable[[str], None] | None = None) -> dict[s
     bar = trainer.progress_bar()
     try:
         while trainer.step < trainer.total_steps:
-            row = trainer.train_step()
+            row = trainer.train_step()  # a step with a NaN/inf loss or gradient is skipped, not applied
             bar.update(1)
+            skipped = {"skipped": trainer.guard.skipped} if trainer.guard.skipped else {}
             bar.set_postfix(loss=f"{row['train/loss']:.3f}", val=f"{trainer.last_val or float('nan'):.3f}",
-                            lr=f"{row['train/lr']:.1e}", refresh=False)
-            trainer.after_step(row)  # evaluation, checkpoint, samples, metrics when due
+                            lr=f"{row['train/lr']:.1e}", **skipped, refresh=False)
+            trainer.after_step(row)  # evaluation, checkpoint, samples, metrics when due; stops a divergence
         bar.close()
         trainer.finish()  # final evaluation and checkpoint, adapters/{best,final}, Hub push
     except KeyboardInterrupt:
-        failure = "stopped"
+        failure, error = "stopped", None
     except torch.cuda.OutOfMemoryError:
-        failure = "out of memory"
+        failure, error = "out of memory", None
+    except guard.Diverged as diverged:
+        failure, error = "diverged", diverged.with_traceback(None)  # not its frames: they hold the model
     else:
-        failure = None
+        failure = error = None
     # Handled here, not in the except blocks: the caught error's frames (the model's forward and its
     # activations) are gone once they end, and IPython keeps only the fresh error raised below.
     if failure is not None:
         bar.close()
-        raise trainer.stop(failure)  # saves the last completed step on a stop; lets go of the model
+        raise trainer.stop(failure, error)  # saves the last completed step on a stop; lets go of the model
     tracking.finish()
     trainer.accelerator.wait_for_everyone()
     return _summary(trainer, started)

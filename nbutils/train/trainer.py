@@ -3,22 +3,23 @@
 ``nbutils.train.stage.run`` drives it (read it for the order), and so do the preset time estimate
 (``estimate``) and the training benchmark, through the same public steps: ``begin`` (resume or
 start fresh), ``complete``, ``start`` (WandB, base samples, the training RNG streams),
-``progress_bar``, ``train_step`` (one optimizer step), ``after_step`` (evaluation, checkpoint,
-samples, metrics when due), ``finish`` (final evaluation, checkpoint, adapters, Hub push) and
-``stop`` (after a stop or out of memory: save, let go of the model, the error to raise).
-``finish`` also measures the held-out likelihood, base vs final adapter (``likelihood``).
+``progress_bar``, ``train_step`` (one optimizer step, or a skipped one: ``guard``), ``after_step``
+(divergence check; evaluation, checkpoint, samples, metrics when due), ``finish`` (final evaluation,
+checkpoint, adapters, held-out likelihood: ``likelihood``, Hub push) and ``stop`` (after a stop, out of
+memory or a divergence: save what may be saved, let go of the model, the error to raise).
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from nbutils.core import atomic, config, faults, models, tracking
 from nbutils.core.errors import UserError
-from nbutils.train import build, checkpoint, history, likelihood, lora, presets
+from nbutils.train import build, checkpoint, guard, history, likelihood, lora, presets, saves
 from nbutils.train import dataset as data
 
 if TYPE_CHECKING:
@@ -80,6 +81,9 @@ class Trainer:
         self.evaluated_at: int | None = None
         self.saved_at: int | None = None
         self.metrics = history.MetricsLog(self.out, writer=self.main)
+        self.guard = guard.StepGuard(cfg.max_skipped_steps, cfg.divergence_factor, cfg.divergence_steps)
+        self.schedule = saves.SaveSchedule(cfg.save_every, saves.minutes(cfg.save_every_minutes))
+        self._latest_good = False  # latest.pt is this run's last save: the next save keeps it as previous.pt
         self._in_train_mode = False
 
     # -- setup -----------------------------------------------------------------------------
@@ -158,6 +162,7 @@ class Trainer:
         else:
             state, path = found
             notes = self.restore(state)
+            self._latest_good = path == self.out / checkpoint.LATEST
             self.metrics.trim(self.step)
             where = path.relative_to(self.out) if path.is_relative_to(self.out) else path
             self.log(f"Resuming from step {self.step} ({where}, epoch {self.cursor.epoch}) of {self.total_steps}.")
@@ -167,6 +172,9 @@ class Trainer:
         self.log(f"Batch {self.batch_size} x accumulation {self.grad_accum} x {self.accelerator.num_processes} "
                  f"process(es), {s['precision']}, gradient checkpointing {'on' if s['grad_checkpointing'] else 'off'}, "
                  f"on {self.device}.")
+        minutes = self.schedule.every_minutes
+        self.log(f"Saving every {self.cfg.save_every} steps" + (f" and every {minutes:g} minutes" if minutes else "")
+                 + f". {saves.start_note(self.out)}")
 
     def _start_fresh(self) -> None:
         if self.main:
@@ -177,13 +185,10 @@ class Trainer:
                  f"crops of {self.cfg.segment_seconds:g} s, {len(self.val_set)} validation crops, "
                  f"{self.total_steps} steps of {self.effective_batch} crops, "
                  f"{self.trainable:,} trainable of {self.total_params:,} parameters.")
-        longest = max((s.frames for shard in self.shards for s in shard.segments), default=0)
-        if longest < self.crop_frames:
-            self.log(f"Note: the token segments are at most {longest / self.spec.frame_rate:g} s long, shorter "
-                     f"than segment_seconds ({self.cfg.segment_seconds:g} s): each crop is a whole segment.")
-        if self.cfg.warmup_steps > self.total_steps:
-            self.log(f"Note: warmup_steps ({self.cfg.warmup_steps}) is more than the run's {self.total_steps} "
-                     "steps, so the learning rate never reaches lr; lower warmup_steps for a short run.")
+        for note in (data.short_segments_note(self.shards, self.crop_frames, self.spec.frame_rate),
+                     build.warmup_note(self.cfg.warmup_steps, self.total_steps)):
+            if note:
+                self.log(note)
 
     def complete(self) -> bool:
         """Is the run at its last step with its final adapter written (a previous session may have
@@ -214,6 +219,7 @@ class Trainer:
             checkpoint.set_rng_state(self.rng_after_step)
         else:
             self.rng_after_step = checkpoint.rng_state()
+        self.schedule.restart()  # minutes to the first time-based save count from here
 
     def progress_bar(self):
         """A tqdm bar over the run's steps, starting at the current one (off when quiet)."""
@@ -225,17 +231,31 @@ class Trainer:
     def train_step(self) -> dict[str, Any]:
         """One optimizer step over ``grad_accum`` micro-batches; returns its metrics.
 
-        A stop during the optimizer update is held until the update is done; the step's metrics are
-        recorded before the KeyboardInterrupt goes on. A stop before it discards the half-done step.
+        A step whose loss or gradient norm is not finite is skipped (``nbutils.train.guard``); its
+        metrics say so and name its batch's source tracks. A stop during the optimizer update is held
+        until the update is done; the step's metrics are recorded before the KeyboardInterrupt goes
+        on. A stop before it discards the half-done step.
         """
         started = time.perf_counter()
         self.train_mode()
+        cursor = self.cursor
         per_codebook, tokens = self._accumulate()
-        grad_norm = self._clip_gradients()
+        grad_norm = float(self._clip_gradients())
+        per_codebook = self.accelerator.reduce(per_codebook, reduction="mean")  # every process decides alike
+        loss = float(per_codebook.mean())
+        scaler = self.accelerator.scaler
+        skip = self.guard.reason_to_skip(loss, grad_norm, scaler is not None and scaler.is_enabled())
         lr = self.scheduler.get_last_lr()[0]
-        interrupted = self._update()
-        row = self._step_row(per_codebook, tokens, grad_norm, lr, started)
-        self.last_train = row["train/loss"]
+        interrupted = self._update(skip=skip is not None)
+        if skip is None and self.accelerator.optimizer_step_was_skipped:
+            skip = guard.SCALER_SKIP  # counted, not handled twice: the scaler already skipped it
+        row = history.step_row(self, per_codebook, tokens, grad_norm, lr, time.perf_counter() - started)
+        tracks = self.sampler.tracks(cursor) if skip else []
+        row.update(self.guard.record(self.step, loss, skip, tracks))
+        if skip:
+            self.log(f"Step {self.step} skipped: {skip}; the weights were not changed. Tracks: {', '.join(tracks)}.")
+        else:
+            self.last_train = loss
         if interrupted:
             self.metrics.record(row)
             raise KeyboardInterrupt
@@ -260,6 +280,10 @@ class Trainer:
                 with self.autocast():
                     logits = self.model(**batch.model_inputs()).logits
                 loss, codebooks = L.mean_loss(*L.codebook_ce(logits, batch.labels, self.pad_id))
+                if faults.armed("nan-loss", step=self.step + 1):  # the tests' poisoned batch
+                    loss, codebooks = loss * float("nan"), codebooks * float("nan")
+                elif faults.armed_from("high-loss", self.step + 1):  # the tests' runaway loss
+                    loss, codebooks = loss * faults.HIGH_LOSS, codebooks * faults.HIGH_LOSS
                 acc.backward(loss / len(micro))
             per_codebook += codebooks.detach() / len(micro)
             faults.point("micro", step=self.step + 1)
@@ -277,17 +301,25 @@ class Trainer:
         acc.unscale_gradients()
         return torch.norm(torch.stack([p.grad.detach().float().norm() for p in params if p.grad is not None]))
 
-    def _update(self) -> bool:
+    def _update(self, skip: bool = False) -> bool:
         """The optimizer update, the cursor and the RNG snapshot, as one uninterruptible block.
+
+        Args:
+            skip: Do not apply this step: no optimizer or schedule step, and the random state goes
+                back to where the step began, so it leaves no trace but the moved data cursor.
 
         Returns:
             Whether a stop arrived during it (the step is done; the caller stops after recording it).
         """
         try:
             with checkpoint.hold_interrupts():
-                self.optimizer.step()
-                if not self.accelerator.optimizer_step_was_skipped:
-                    self.scheduler.step()
+                if skip:
+                    if self.rng_after_step:  # empty only in the time estimate, which never resumes
+                        checkpoint.set_rng_state(self.rng_after_step)
+                else:
+                    self.optimizer.step()
+                    if not self.accelerator.optimizer_step_was_skipped:
+                        self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.cursor = self.sampler.advance(self.cursor)
                 self.step += 1
@@ -296,37 +328,26 @@ class Trainer:
             return True
         return False
 
-    def _step_row(self, per_codebook, tokens: int, grad_norm, lr: float, started: float) -> dict[str, Any]:
-        """The metrics line of the step just taken (losses averaged over the processes)."""
-        import torch
-
-        acc = self.accelerator
-        per_codebook = acc.reduce(per_codebook, reduction="mean")
-        tokens_all = int(acc.reduce(torch.tensor(tokens, device=self.device), reduction="sum"))
-        seconds = time.perf_counter() - started
-        row = {
-            "step": self.step,
-            "epoch": round(self.cursor.epoch + self.cursor.position / max(1, len(self.train_set)), 4),
-            "train/loss": float(per_codebook.mean()),
-            **{f"train/loss_cb{k}": float(v) for k, v in enumerate(per_codebook.tolist())},
-            "train/lr": float(lr),
-            "train/grad_norm": float(grad_norm),
-            "train/tokens_per_s": tokens_all / seconds,
-            "train/step_time": seconds,
-        }
-        if torch.cuda.is_available():
-            row["train/gpu_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30  # peak of this step
-            torch.cuda.reset_peak_memory_stats()
-        return row
-
     def after_step(self, row: dict[str, Any]) -> None:
-        """Record the step's metrics; evaluation, checkpoint, samples and metric flushes when due."""
+        """Record the step's metrics; evaluation, checkpoint, samples and metric flushes when due.
+
+        Raises:
+            guard.Diverged: the run diverged (see ``nbutils.train.guard``); nothing of it was saved.
+        """
         cfg, step = self.cfg, self.step
         self.metrics.record(row)
+        diverged = self.guard.verdict(step=step, lr=cfg.lr, precision=self.settings["precision"],
+                                      saved=self.saved_at, out=str(self.out))
+        if diverged is not None:
+            self.metrics.flush()  # the skipped steps and their tracks, for the user to look at
+            raise diverged
         if step % (cfg.eval_every or cfg.save_every) == 0:
             self.validate()
-        if step % cfg.save_every == 0:
-            self.save()
+        due = self.schedule.due(step)
+        if due and self.guard.troubled:  # the loss is running away: keep the last good checkpoint for now
+            self.schedule.wait(due)
+        elif due:
+            self.save(folder=due == "steps")
         if cfg.sample_every and step % cfg.sample_every == 0:
             self.write_samples("lora")
         if step % max(1, cfg.log_every) == 0:
@@ -361,20 +382,19 @@ class Trainer:
             url = hub.push(final, cfg.push_to_hub, private=cfg.hub_private)
             self.log(f"Adapter uploaded to {url}")
 
-    def stop(self, reason: str) -> BaseException:
-        """After a stop (``"stopped"``: save the last completed step) or ``"out of memory"``: end the
-        WandB run, let go of the model, and return the error to raise.
+    def stop(self, reason: str, error: BaseException | None = None) -> BaseException:
+        """After a stop (``"stopped"``: save the last completed step), ``"out of memory"`` or
+        ``"diverged"`` (``error``: the ``guard.Diverged``; nothing is saved): end the WandB run, let
+        go of the model, and return the error to raise.
 
         Call it outside the ``except`` block that caught the error: the caught error's frames (the
         model's forward and its activations) are gone once it ends.
         """
         if reason == "stopped":
             self.optimizer.zero_grad(set_to_none=True)  # a half-accumulated step is discarded
-            self.save()
-            self.log(f"Stopped. Saved step {self.step} to {self.out / checkpoint.LATEST}; "
-                     "run the same command (or cell) again to continue from there.")
-            error: BaseException = KeyboardInterrupt()
-        else:
+            self.log(saves.on_stop(self, self.out / checkpoint.LATEST))
+            error = KeyboardInterrupt()
+        elif reason == "out of memory":
             error = presets.out_of_memory_error(self.batch_size, self.grad_accum)
         tracking.finish()
         self.release()
@@ -395,47 +415,20 @@ class Trainer:
 
     # -- evaluation ----------------------------------------------------------------------------
 
-    def evaluate(self) -> dict[str, Any] | None:
-        """Validation loss over the held-out tracks (token-weighted per codebook); None without them."""
-        import torch
-
-        from nbutils.train import labels as L
-
-        if len(self.val_set) == 0:
-            return None
-        acc = self.accelerator
-        model = self.unwrapped()
-        model.eval()
-        self._in_train_mode = False
-        sums = torch.zeros(self.spec.num_codebooks, device=self.device)
-        counts = torch.zeros_like(sums)
-        mine = list(range(acc.process_index, len(self.val_set), acc.num_processes))
-        size = max(1, self.batch_size)
-        with torch.no_grad():
-            for first in range(0, len(mine), size):
-                batch = self.collate([self.val_set.example(i) for i in mine[first : first + size]]).to(self.device)
-                with self.autocast():
-                    logits = model(**batch.model_inputs()).logits
-                s, c = L.codebook_ce(logits, batch.labels, self.pad_id)
-                sums += s
-                counts += c
-        sums, counts = acc.reduce(sums, reduction="sum"), acc.reduce(counts, reduction="sum")
-        loss, per_codebook = L.mean_loss(sums, counts)
-        self.last_val = float(loss)
-        return {"step": self.step, "val/loss": self.last_val,
-                **{f"val/loss_cb{k}": float(v) for k, v in enumerate(per_codebook.tolist())}}
-
     def validate(self) -> None:
-        """``evaluate``, record the result and keep adapters/best up to date."""
-        result = self.evaluate()
+        """The validation loss (``validation.evaluate``): record it, keep adapters/best up to date."""
+        from nbutils.train import validation
+
+        result = validation.evaluate(self)
         self.evaluated_at = self.step
         if result is not None:
             self.metrics.record(result)
             self.update_best()
 
     def update_best(self) -> bool:
-        """Save adapters/best when the last validation loss is the lowest so far."""
-        if self.last_val is None or (self.best_val is not None and self.last_val >= self.best_val):
+        """Save adapters/best when the last validation loss is the lowest so far (and finite)."""
+        if self.last_val is None or not math.isfinite(self.last_val) or (
+                self.best_val is not None and self.last_val >= self.best_val):
             return False
         self.best_val, self.best_step = self.last_val, self.step
         if self.main:
@@ -457,43 +450,40 @@ class Trainer:
         meaningful, harmless = self.cfg.resume_rule()
         return checkpoint.restore(self, state, meaningful, harmless)
 
-    def save(self) -> None:
-        """Write latest.pt + a step folder (main process), after flushing the metrics."""
+    def save(self, folder: bool = True) -> None:
+        """Write latest.pt, plus a step folder unless ``folder`` is False (a time-based save), after
+        flushing the metrics (main process); print the bytes written and the free space.
+
+        Raises:
+            guard.Diverged: the weights or optimizer state are not finite (nothing is written).
+        """
+        self.schedule.restart()
         if not self.main:
             return
         self.metrics.flush()
         model = self.unwrapped()
-        checkpoint.save(self.out, self.state(), lambda folder: lora.write_adapter(model, folder, self.model_name),
-                        self.cfg.keep_checkpoints)
-        self.saved_at = self.step
+        written, removed = checkpoint.save(
+            self.out, self.state(), lambda target: lora.write_adapter(model, target, self.model_name),
+            self.cfg.keep_checkpoints, folder=folder, keep_previous=self._latest_good and self.saved_at != self.step)
+        self.saved_at, self._latest_good = self.step, True
+        self.log(saves.save_note(self.step, written, removed, self.out))
 
     def save_adapter(self, name: str) -> Path:
-        """Write ``OUT/adapters/<name>`` as a PEFT folder (plus a model card and training facts)."""
+        """Write ``OUT/adapters/<name>`` (see ``hub.write_adapter``): a PEFT folder, model card, facts.
+
+        Raises:
+            guard.Diverged: a LoRA weight is not finite (the folder there is kept as it was).
+        """
         from nbutils.train import hub
 
-        folder = self.out / ADAPTERS_DIR / name
-        model = self.unwrapped()
-        with atomic.atomic_dir(folder) as tmp:
-            lora.write_adapter(model, tmp, self.model_name)
-            facts = hub.facts(self, name)
-            atomic.write_json(tmp / "training.json", facts)
-            atomic.write_text(tmp / "README.md", hub.model_card(facts))
-        return folder
+        return hub.write_adapter(self, name, self.out / ADAPTERS_DIR / name)
 
     def write_samples(self, kind: str) -> Path | None:
-        """Samples of the fixed prompts and seeds into ``samples/step-XXXXXX`` (main process only).
-
-        ``kind`` is ``base`` (adapter disabled; at step 0) or ``lora``; see ``nbutils.train.samples``.
-        """
+        """Samples of the fixed prompts and seeds into ``samples/step-XXXXXX`` (main process only);
+        a failure other than out of memory is logged and training goes on (``samples.write_for``)."""
         from nbutils.train import samples
 
         if not self.main:
             return None
-        model = self.unwrapped()
-        model.eval()
-        self._in_train_mode = False
-        return samples.write(
-            model, self.processor, self.spec, self.out / SAMPLES_DIR / checkpoint.step_name(self.step), kind=kind,
-            step=self.step, prompts=self.prompts, seeds=[self.cfg.seed + i for i in range(len(self.prompts))],
-            seconds=self.cfg.sample_seconds, autocast=self.autocast, info={"model": self.model_name},
-        )
+        self._in_train_mode = False  # generation puts the model in eval mode
+        return samples.write_for(self, kind, self.out / SAMPLES_DIR / checkpoint.step_name(self.step))
