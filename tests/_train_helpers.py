@@ -174,6 +174,18 @@ def wandb_records(run_dir: Path) -> list:
     return parsed
 
 
+def finished_records(run_dir: Path, timeout: float = 20.0) -> list:
+    """Records of an offline run once wandb's writer has closed the file (it may lag finish())."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        records = wandb_records(run_dir)
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.2)
+
+
 def wandb_history(run_dir: Path) -> list[dict[str, Any]]:
     """The logged history rows of an offline run: ``[{key: value, ...}, ...]`` (values JSON-decoded)."""
     import json

@@ -65,6 +65,70 @@ def test_frechet_of_rotated_isotropic_sets_is_the_mean_shift():
     assert metrics.frechet_distance(x, x @ rotation + mu) == pytest.approx(mu @ mu, abs=1e-9)
 
 
+def test_kad_is_unbiased_near_zero_for_one_distribution_and_grows_with_a_shift():
+    rng = np.random.default_rng(2)
+    same = [metrics.kernel_audio_distance(rng.normal(size=(8, 6)), rng.normal(size=(8, 6))) for _ in range(300)]
+    assert abs(np.mean(same)) < 3 * np.std(same) / np.sqrt(len(same)), "unbiased: averages to 0, even at n = 8"
+    assert min(same) < 0, "an unbiased MMD^2 estimate can come out below zero"
+    fd = [metrics.frechet_distance(rng.normal(size=(8, 6)), rng.normal(size=(8, 6))) for _ in range(50)]
+    assert np.mean(fd) > 1.0, "the Fréchet distance of two samples of one distribution is far from 0 at n = 8"
+    x, y = rng.normal(size=(40, 6)), rng.normal(size=(40, 6))
+    near, far = metrics.kernel_audio_distance(x + 0.5, y), metrics.kernel_audio_distance(x + 2.0, y)
+    assert 0 < near < far
+    # by hand: Gaussian kernel with the reference's median distance, diagonals left out, x 100
+    a, b = np.array([[0.0], [1.0]]), np.array([[0.0], [2.0]])
+    k = lambda d: np.exp(-(d**2) / (2 * 2.0**2))  # noqa: E731 - median distance of b is 2
+    expected = 100 * (k(1) + k(2) - 2 * np.mean([k(0), k(2), k(1), k(1)]))
+    assert metrics.kernel_audio_distance(a, b) == pytest.approx(expected)
+
+
+def test_frechet_via_the_small_svd_equals_the_covariance_formula():
+    rng = np.random.default_rng(5)
+    x, y = rng.normal(size=(7, 12)), rng.normal(size=(30, 12)) * 1.5 + 0.3
+    sx, sy = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
+    values, vectors = np.linalg.eigh(sx)
+    root = (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
+    cross = np.sqrt(np.clip(np.linalg.eigvalsh(root @ sy @ root), 0, None)).sum()
+    expected = np.sum((x.mean(0) - y.mean(0)) ** 2) + np.trace(sx) + np.trace(sy) - 2 * cross
+    assert metrics.frechet_distance(x, y) == pytest.approx(expected, rel=1e-6)  # eigh of a singular matrix: ~1e-8
+
+
+def test_bootstrap_redraws_prompts_then_seeds_and_intervals_narrow_with_more_clips():
+    from nbutils.evaluate import uncertainty
+
+    grid = np.arange(12).reshape(4, 3)  # 4 prompts x 3 seeds
+    draws = uncertainty.hierarchical(grid, 500, uncertainty.rng(0))
+    assert draws.shape == (500, 12)
+    for row in draws[:50]:  # every block of 3 is the seeds of one prompt
+        assert all(len({i // 3 for i in row[j : j + 3]}) == 1 for j in range(0, 12, 3))
+    keys = [(p, s) for p in "abcd" for s in range(3)]
+    assert np.array_equal(uncertainty.grid_of(keys), grid)
+    assert uncertainty.grid_of(keys[:-1]) is None, "prompts with unequal seeds: flat draws"
+    rng = np.random.default_rng(0)
+
+    def width(prompts, seeds):
+        values = rng.normal(size=prompts * seeds)
+        g = np.arange(prompts * seeds).reshape(prompts, seeds)
+        low, high = uncertainty.over(uncertainty.hierarchical(g, 400, uncertainty.rng(1)), lambda i: values[i].mean())
+        assert low <= values.mean() <= high
+        return high - low
+
+    assert width(16, 4) < width(4, 4) / 1.5
+
+
+def test_published_reference_beside_the_base_row_only_for_the_card_models():
+    from nbutils.evaluate import table
+
+    row = {"model": "base", "prompt_set": "style", "samples": 4, "clap_text": 0.31, "ci95": {"clap_text": [0.29, 0.33]}}
+    card = table.published("facebook/musicgen-small")
+    assert (card["fad"], card["kl"], card["clap"]) == (4.88, 1.42, 0.27) and "not MusicCaps" in card["note"]
+    shown = table.markdown([row, {**row, "model": "lora-best"}], card)
+    base_line, lora_line = shown.splitlines()[2:4]
+    assert "card: FAD 4.88, KL 1.42, CLAP 0.27" in base_line and "card" not in lora_line
+    assert "0.310 [0.290, 0.330]" in base_line
+    assert table.published("tiny") is None and "published" not in table.markdown([row])
+
+
 def test_score_rows_on_constructed_embeddings():
     """Clips equal to their prompt's text embedding score 1; the reference centroid decides style."""
     text = {"style a": np.array([1.0, 0, 0]), "generic b": np.array([0, 1.0, 0])}
@@ -202,10 +266,46 @@ def test_tables_and_plot_written_and_deterministic(data, tmp_path):
     assert set(results["forgetting_generic_clap_text"]) == {"lora-best"}
     wavs = sorted((tmp_path / "a" / "samples").rglob("*.wav"))
     assert len(wavs) == 2 * 6 * 2
+    _check_contract(results, tmp_path / "a", data)
 
     second = evaluate.run(eval_config(data, tmp_path / "b"))
     assert Path(second["files"]["summary_csv"]).read_text() == files["summary_csv"].read_text()
     assert Path(second["files"]["per_prompt_csv"]).read_text() == files["per_prompt_csv"].read_text()
+
+
+def _check_contract(results: dict, out: Path, data: dict) -> None:
+    """results.json's contract: held-out likelihood per model row, copies, ci95 + n, kad, listen.html."""
+    for row in results["summary"]:
+        if row["model"] == "held-out":
+            continue
+        assert isinstance(row["heldout_bits_per_second"], float) and row["heldout_bits_per_second"] > 0
+        assert isinstance(row["heldout_nll_per_codebook"], list) and len(row["heldout_nll_per_codebook"]) == 4
+        assert "kad" in row and isinstance(row["kad"], float)
+        for key in ("clap_text", "style_similarity", "frechet", "kad", "clap_text_vs_base", "heldout_bits_per_second"):
+            low, high = row["ci95"][key]
+            assert low <= high and row["n"][key] >= 1, (row["model"], key)
+        assert row["ci95"]["clap_text"][0] <= row["clap_text"] <= row["ci95"]["clap_text"][1]
+        assert row["n"]["clap_text"] == row["samples"] and row["n"]["heldout_bits_per_second"] == 4
+    models = {r["model"]: r["heldout_bits_per_second"] for r in results["summary"] if r["model"] != "held-out"}
+    assert results["heldout_likelihood"]["models"]["base"]["bits_per_second"] == models["base"]
+    assert models["lora-best"] != models["base"], "the adapter changes the likelihood"
+    assert "validation tracks" in results["heldout_likelihood"]["selection"]
+    assert len(results["copies"]) == sum(r["samples"] for r in results["summary"] if r["model"] != "held-out")
+    for copy in results["copies"]:
+        assert {"clip", "nearest_path", "nearest_start", "clap_similarity", "chroma_similarity", "flagged"} <= set(copy)
+        assert copy["nearest_path"] in data["train_tracks"], "only training segments are searched"
+    flags = [c["flagged"] for c in results["copies"]]
+    assert flags == sorted(flags, reverse=True), "flagged first"
+    page = out / "listen.html"
+    assert page.is_file() and results["files"]["listen"] == str(page)
+    html = page.read_text()
+    assert html.count("<audio") == 2 * len(results["listening"]["pairs"]) and "samples/" not in html
+    for pair in results["listening"]["pairs"]:
+        assert all((out / f).is_file() for f in pair["files"])
+    summary_csv = read_csv(out / "summary.csv")
+    assert {"kad", "kad_ci95_low", "kad_ci95_high", "kad_n", "heldout_bits_per_second",
+            "heldout_bits_per_second_ci95_low"} <= set(summary_csv[0])
+    assert read_csv(out / "copies.csv")[0]["nearest_path"] in data["train_tracks"]
 
 
 def test_rerun_resumes_and_other_settings_are_refused(data, tmp_path):
@@ -334,8 +434,11 @@ def test_cli_contract(data, tmp_path):
                    "--out", str(out), "--clap", "tiny", "--tokens", str(data["tokens"]), "--seconds", "0.5",
                    "--samples-per-prompt", "1", "--num-prompts", "1")
     summary = last_json(proc.stdout)
-    for key in ("summary_csv", "per_prompt_csv", "json", "plot"):
+    for key in ("summary_csv", "per_prompt_csv", "json", "plot", "listen", "copies_csv"):
         assert Path(summary[key]).is_file()
+    assert summary["heldout_likelihood"]["models"]["lora-final"]["bits_per_second"] > 0
+    assert len(summary["copies"]) == 2 * 5 and summary["copy_check"]["thresholds"]["chroma"] is not None
+    assert "Held-out likelihood of base" in proc.stderr and "kad" in proc.stderr and "Listen blind" in proc.stderr
     assert {r["model"] for r in summary["summary"]} == {"base", "lora-final", "held-out"}
     missing = run_cli("evaluate", "--model", "tiny", "--out", str(out / "x"), "--clap", "tiny", "--tokens",
                       str(data["tokens"]), check=False)
@@ -360,6 +463,12 @@ def test_notebook_executes(tmp_path):
     assert any("image/png" in o.get("data", {}) for o in outputs), "the plot is shown"
     tables = [o["data"]["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {})]
     assert any("| lora-best | style |" in t for t in tables), "the summary table is shown"
+    order = [t.split("**")[1] for t in tables if t.startswith("**")]
+    assert order[:2] == ["Held-out likelihood", "Copy check"], "the likelihood first, then the copy flags"
+    pages = [o["data"]["text/html"] for o in outputs if "text/html" in o.get("data", {})]
+    pairs = len(results["listening"]["pairs"])
+    assert pairs == 6 and any(p.count("<audio") == 2 * pairs and "data:audio/" in p for p in pages), "listen, inline"
+    assert (folder / "listen.html").is_file()
 
 
 # ---------------------------------------------------------------------------------------------

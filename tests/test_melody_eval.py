@@ -80,17 +80,18 @@ def test_the_whole_melody_path_from_the_command_line(tmp_path):
 def test_published_reference_is_drawn_for_musicgen_melody(tmp_path):
     from matplotlib.image import imread
 
-    from nbutils.evaluate import report
+    from nbutils.evaluate import plot, report
 
     summary = [{"model": "base", "prompt_set": "style", "samples": 1, "clap_text": 0.2, "style_similarity": 0.5,
                 "frechet": None, "clap_text_vs_base": 0.0},
                {"model": "base", "prompt_set": "melody", "samples": 2, "chroma_cosine": 0.41, "chroma_cosine_std": 0.1},
                {"model": "lora", "prompt_set": "melody", "samples": 2, "chroma_cosine": 0.39, "chroma_cosine_std": 0.1}]
-    report.plot(summary, tmp_path / "plot.png", "t", evaluate_melody.PUBLISHED["facebook/musicgen-melody"])
+    plot.plot(summary, tmp_path / "plot.png", "t",
+              melody_published=evaluate_melody.PUBLISHED["facebook/musicgen-melody"])
     with_melody = imread(tmp_path / "plot.png").shape
-    report.plot(summary[:1], tmp_path / "plain.png", "t")
+    plot.plot(summary[:1], tmp_path / "plain.png", "t")
     plain = imread(tmp_path / "plain.png").shape
-    assert with_melody[1] > plain[1] * 1.2, "a fourth panel"
+    assert with_melody[0] > plain[0] * 1.2, "one more panel: a third row of panels"
     assert evaluate_melody.PUBLISHED == {"facebook/musicgen-melody": 0.44}
     report.write_csv(tmp_path / "summary.csv", summary)
     header = (tmp_path / "summary.csv").read_text().splitlines()[0].split(",")

@@ -151,7 +151,7 @@ def test_demo_without_nbclient_says_what_to_install(tmp_path):
 COLAB_PINS = REPO / ".ci" / "colab-pins.txt"
 COLAB_MANIFEST = REPO.parent / "shared" / "colab" / "pip-freeze.gpu.txt"  # beside the clone in CI
 # Declared packages that are not in Colab's runtime, or that CI runs at its own newest versions.
-NOT_ON_COLAB = {"torch", "numpy", "pytest", "pytest-timeout", "pytest-xdist", "ruff", "setuptools"}
+NOT_ON_COLAB = {"torch", "numpy", "pytest", "pytest-timeout", "pytest-xdist", "ruff", "setuptools", "playwright"}
 # Removed from the standard library in Python 3.13 (PEP 594, and lib2to3): Colab runs 3.13.
 REMOVED_IN_313 = {"aifc", "audioop", "cgi", "cgitb", "chunk", "crypt", "imghdr", "mailcap", "msilib", "nis",
                   "nntplib", "ossaudiodev", "pipes", "sndhdr", "spwd", "sunau", "telnetlib", "uu", "xdrlib",

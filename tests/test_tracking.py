@@ -1,28 +1,17 @@
 """WandB: offline files hold what training logged, a resumed run continues the same WandB run,
 disabled mode does nothing, secrets never reach WandB's files."""
 
-import time
 
 import pytest
 import torch
 
-from _train_helpers import offline_runs, small_config, tokens, wandb_history, wandb_records
+from _train_helpers import finished_records, offline_runs, small_config, tokens, wandb_history, wandb_records
 from nbutils.core import faults, tracking
 from nbutils.core.errors import UserError
 from nbutils.train import stage as train
 
 SECRET = "hf_SuperSecretTokenValue1234567890"
 
-
-
-def _finished_records(run_dir, timeout=20.0):
-    """Records of an offline run once wandb's writer has closed the file (it may lag finish())."""
-    deadline = time.monotonic() + timeout
-    while True:
-        records = wandb_records(run_dir)
-        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
-            return records
-        time.sleep(0.2)
 
 
 def test_offline_run_has_the_metrics_samples_artifacts_and_resumes_the_same_run(tmp_path, monkeypatch):
@@ -45,7 +34,7 @@ def test_offline_run_has_the_metrics_samples_artifacts_and_resumes_the_same_run(
 
     rows = []
     for run in runs:
-        _finished_records(run)
+        finished_records(run)
         rows += wandb_history(run)
     keys = set().union(*rows)
     expected = {"train/loss", "train/lr", "train/grad_norm", "train/tokens_per_s", "train/step_time", "val/loss",
@@ -56,7 +45,7 @@ def test_offline_run_has_the_metrics_samples_artifacts_and_resumes_the_same_run(
     written = {r["step"]: r["train/loss"] for r in train.read_metrics(out) if "train/loss" in r}
     assert logged == written and sorted(logged) == [1, 2, 3, 4]
 
-    records = _finished_records(runs[-1])
+    records = finished_records(runs[-1])
     artifacts = [r.artifact for r in records if r.WhichOneof("record_type") == "artifact"]
     assert sorted(a.type for a in artifacts) == ["lora-adapter", "lora-adapter"]
     config = {item.key for r in wandb_records(runs[0]) if r.WhichOneof("record_type") == "run"

@@ -31,11 +31,15 @@ def encode(model, audio) -> Any:
 
 def decode(model, codes) -> Any:
     """Audio ``(channels, samples)`` float32 (CPU) of one item's codes ``(K, frames)``."""
+    return decode_codes(model.audio_encoder, codes, model.config.decoder.audio_channels)
+
+
+def decode_codes(codec, codes, audio_channels: int = 1) -> Any:
+    """``decode`` with an EnCodec alone (``models.load_codec``): stereo codebooks are interleaved left / right."""
     import torch
 
-    codec = model.audio_encoder
     with torch.inference_mode():
-        if model.config.decoder.audio_channels == 1:
+        if audio_channels == 1:
             return codec.decode(codes[None, None], audio_scales=[None]).audio_values[0].float().cpu()
         left = codec.decode(codes[None, None, ::2], audio_scales=[None]).audio_values[0]
         right = codec.decode(codes[None, None, 1::2], audio_scales=[None]).audio_values[0]

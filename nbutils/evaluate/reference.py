@@ -67,22 +67,32 @@ def _track_rank(track: str) -> str:
     return hashlib.sha256(track.encode()).hexdigest()
 
 
+def held_out_tracks(all_shards: list[shards.Shard], run: Path | None) -> tuple[set[str], str]:
+    """The held-out tracks and how they were chosen: the validation tracks of the run's
+    ``split.json`` (those in these shards), else a fixed 20 % of the tracks."""
+    present = {s.track for shard in all_shards for s in shard.segments}
+    if run is not None:
+        val = set(atomic.read_json(run / "split.json").get("val_tracks", [])) & present
+        if val:
+            return val, f"validation tracks of {run / 'split.json'}"
+    # no run, or its validation tracks are not in these shards: a fixed 20% of tracks
+    tracks = sorted(present, key=_track_rank)
+    keep = set(tracks[: max(1, len(tracks) // 5)])
+    return keep, f"fixed sample of {len(keep)} of {len(tracks)} tracks (no usable split.json)"
+
+
 def held_out_segments(all_shards: list[shards.Shard], run: Path | None, limit: int) -> tuple[list, str]:
     """``[(shard, segment index)]`` of held-out segments, evenly spread, and how they were chosen."""
-    everything = [(shard, i) for shard in all_shards for i in range(len(shard.segments))]
-    chosen, how = [], ""
-    if run is not None:
-        val = set(atomic.read_json(run / "split.json").get("val_tracks", []))
-        chosen = [(s, i) for s, i in everything if s.segments[i].track in val]
-        how = f"validation tracks of {run / 'split.json'}"
-    if not chosen:  # no run, or its validation tracks are not in these shards: a fixed 20% of tracks
-        tracks = sorted({s.segments[i].track for s, i in everything}, key=_track_rank)
-        keep = set(tracks[: max(1, len(tracks) // 5)])
-        chosen = [(s, i) for s, i in everything if s.segments[i].track in keep]
-        how = f"fixed sample of {len(keep)} of {len(tracks)} tracks (no usable split.json)"
-    if len(chosen) > limit:
-        chosen = [chosen[int(round(j))] for j in np.linspace(0, len(chosen) - 1, limit)]
-    return chosen, how
+    tracks, how = held_out_tracks(all_shards, run)
+    return spread([(s, i) for s in all_shards for i in range(len(s.segments)) if s.segments[i].track in tracks],
+                  limit), how
+
+
+def spread(items: list, limit: int) -> list:
+    """At most ``limit`` of ``items``, evenly spread (all of them when ``limit`` is 0)."""
+    if limit and len(items) > limit:
+        return [items[int(round(j))] for j in np.linspace(0, len(items) - 1, limit)]
+    return items
 
 
 class SourceAudio:

@@ -1,12 +1,13 @@
-"""Scores and what is written from them: per-prompt and summary tables, the plot, results.json, WandB.
+"""Scores and what is written from them: tables, plot, ``results.json``, the listening page, WandB.
 
-For every model and prompt set: ``clap_text`` (cosine between the prompt's and the clip's CLAP
-embeddings), ``style_similarity`` (cosine between the clip and the centroid of the held-out
-segments), ``frechet`` (Fréchet distance between the model's clip embeddings and the held-out
-ones, with both sample sizes beside it) and ``clap_text_vs_base`` (the change against the base
-model: on the generic set a clear drop means the adapter made the model forget). A melody
-model adds one ``melody`` row per model: ``chroma_cosine``, how closely its clips follow held-out
-melodies (``nbutils.evaluate.melody``), in the tables, ``results.json`` and a fourth plot panel.
+Per clip: ``clap_text`` (cosine between the prompt's and the clip's CLAP embeddings) and
+``style_similarity`` (cosine between the clip and the centroid of the held-out segments). Per
+model and prompt set (``aggregate``): their means, the Fréchet distance and KAD to the held-out
+embeddings, the paired changes against base (on the generic set a clear drop in ``clap_text``
+means the adapter made the model forget), each with ``ci95`` and ``n``. Per model: the held-out
+likelihood (``heldout``). Per clip again: the copy check (``copies``), flagged clips first. A
+melody model adds one ``melody`` row per model: ``chroma_cosine``, how closely its clips follow
+held-out melodies (``nbutils.evaluate.melody``), in the tables, ``results.json`` and its own plot panel.
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ from typing import Any
 import numpy as np
 
 from nbutils.core import atomic, config, tracking
-from nbutils.evaluate import metrics
+from nbutils.evaluate import aggregate, listen, metrics, plot, table, uncertainty
+from nbutils.evaluate.aggregate import BASE, REFERENCE
 
-BASE = "base"
-REFERENCE = "held-out"
+__all__ = ["BASE", "REFERENCE", "score", "write_results", "show", "log_wandb"]
 
 
 def _mean_std(values) -> tuple[float | None, float | None]:
@@ -34,10 +35,11 @@ def _mean_std(values) -> tuple[float | None, float | None]:
 
 
 def score(samples: list[dict], sets: dict[str, list[str]], text_emb: dict[str, np.ndarray],
-          audio_emb: np.ndarray, reference_emb: np.ndarray | None) -> tuple[list[dict], list[dict]]:
-    """Per-prompt and per-(model, prompt set) rows from the embeddings.
+          audio_emb: np.ndarray, reference_emb: np.ndarray | None, *,
+          resamples: int = uncertainty.RESAMPLES, seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """Per-prompt and per-(model, prompt set) rows from the embeddings, with intervals.
 
-    Without reference embeddings (no token shards), style similarity and Fréchet distance are None.
+    Without reference embeddings (no token shards), style similarity, Fréchet distance and KAD are None.
     """
     style = metrics.centroid(reference_emb) if reference_emb is not None and len(reference_emb) else None
     set_of = {p: name for name, prompts in sets.items() for p in prompts}
@@ -46,157 +48,164 @@ def score(samples: list[dict], sets: dict[str, list[str]], text_emb: dict[str, n
         sample["style_similarity"] = float(metrics.cosine(emb, style)) if style is not None else None
         sample["set"] = set_of[sample["prompt"]]
         sample["embedding"] = emb
-    models = list(dict.fromkeys(s["model"] for s in samples))
-    per_prompt, summary = [], []
-    for model in models:
+    per_prompt = []
+    for model in dict.fromkeys(s["model"] for s in samples):
         for name, prompts in sets.items():
-            group = [s for s in samples if s["model"] == model and s["set"] == name]
             for prompt in prompts:
-                mine = [s for s in group if s["prompt"] == prompt]
+                mine = [s for s in samples if s["model"] == model and s["prompt"] == prompt]
                 text, text_sd = _mean_std([s["clap_text"] for s in mine])
                 sim, sim_sd = _mean_std([s["style_similarity"] for s in mine])
                 per_prompt.append({"model": model, "prompt_set": name, "prompt": prompt, "samples": len(mine),
                                    "clap_text": text, "clap_text_std": text_sd,
                                    "style_similarity": sim, "style_similarity_std": sim_sd})
-            summary.append(_summary_row(model, name, group, reference_emb))
-    base = {r["prompt_set"]: r["clap_text"] for r in summary if r["model"] == BASE}
+    reference = reference_emb if style is not None else None
+    return per_prompt, aggregate.summary(samples, sets, reference, resamples=resamples, seed=seed)
+
+
+def add_heldout(summary: list[dict], per_model: dict[str, dict[str, Any]]) -> None:
+    """Put each model's held-out likelihood (and its interval) in its summary rows."""
     for row in summary:
-        row["clap_text_vs_base"] = round(row["clap_text"] - base.get(row["prompt_set"], row["clap_text"]), 6)
-    if style is None:
-        return per_prompt, summary
-    own = metrics.cosine(reference_emb, style)
-    summary.append({"model": REFERENCE, "prompt_set": "reference", "samples": len(reference_emb),
-                    "clap_text": None, "clap_text_std": None, "style_similarity": round(float(own.mean()), 6),
-                    "style_similarity_std": round(float(own.std()), 6), "frechet": 0.0,
-                    "frechet_n_generated": None, "frechet_n_reference": len(reference_emb), "clap_text_vs_base": None})
-    return per_prompt, summary
-
-
-def _summary_row(model: str, name: str, group: list[dict], reference_emb: np.ndarray) -> dict:
-    text, text_sd = _mean_std([s["clap_text"] for s in group])
-    sim, sim_sd = _mean_std([s["style_similarity"] for s in group])
-    emb = np.stack([s["embedding"] for s in group])
-    reference_emb = reference_emb if reference_emb is not None else np.zeros((0, emb.shape[1]))
-    enough = len(emb) >= 2 and len(reference_emb) >= 2
-    fd = round(metrics.frechet_distance(emb, reference_emb), 6) if enough else None
-    return {"model": model, "prompt_set": name, "samples": len(group), "clap_text": text, "clap_text_std": text_sd,
-            "style_similarity": sim, "style_similarity_std": sim_sd, "frechet": fd,
-            "frechet_n_generated": len(emb), "frechet_n_reference": len(reference_emb)}
+        found = per_model.get(row["model"])
+        if row["model"] == REFERENCE:
+            continue
+        if found is None:  # no token shards: nothing to measure it on
+            row.update(heldout_bits_per_second=None, heldout_nll_per_codebook=None)
+            continue
+        row.update(found["values"])
+        row.setdefault("ci95", {}).update(found["ci95"])
+        row.setdefault("n", {}).update(found["n"])
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
+    """``rows`` as CSV; columns are every key in first-seen order (a row without one leaves it empty)."""
+    fields = list(dict.fromkeys(k for r in rows for k in r))
     buffer = io.StringIO()
-    columns = list(dict.fromkeys(k for row in rows for k in row))  # rows of another kind add their columns
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n", restval="")
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     atomic.write_text(path, buffer.getvalue())
 
 
-def plot(summary: list[dict], path: Path, title: str, published: float | None = None) -> None:
-    """Grouped bars per prompt set: CLAP text similarity, style similarity, Fréchet distance (and for a
-    melody model, chroma cosine to the melodies, with the ``published`` reference line)."""
-    # a bare Figure renders with Agg and leaves pyplot (and a notebook's inline backend) alone
-    from matplotlib.figure import Figure
-
-    tuned = [r for r in summary if r.get("chroma_cosine") is not None]
-    rows = [r for r in summary if r["model"] != REFERENCE and r.get("chroma_cosine") is None]
-    models = list(dict.fromkeys(r["model"] for r in rows))
-    sets = list(dict.fromkeys(r["prompt_set"] for r in rows))
-    panels = [("clap_text", "CLAP text–audio similarity ↑"), ("style_similarity", "style similarity to held-out ↑"),
-              ("frechet", "Fréchet distance to held-out ↓")]
-    fig = Figure(figsize=(20 if tuned else 15, 4.5))
-    axes = fig.subplots(1, 4 if tuned else 3)
-    if tuned:
-        _melody_panel(axes[3], tuned, published)
-    width = 0.8 / max(len(models), 1)
-    for ax, (key, label) in zip(axes, panels):
-        missing = 0
-        for m, model in enumerate(models):
-            values = [next((r[key] for r in rows if r["model"] == model and r["prompt_set"] == s), None) for s in sets]
-            missing += sum(v is None for v in values)
-            ax.bar(np.arange(len(sets)) + m * width, [v if v is not None else 0 for v in values], width, label=model)
-        ax.set_xticks(np.arange(len(sets)) + width * (len(models) - 1) / 2, sets)
-        ax.set_title(label)
-        if missing:  # an empty panel would read as "zero"; say why there is no bar
-            ax.text(0.5, 0.5, "n/a: needs at least 2 generated and 2 held-out clips" if key == "frechet"
-                    else "n/a for some bars", transform=ax.transAxes, ha="center", va="center", color="gray")
-    axes[0].legend(fontsize="small")
-    fig.suptitle(title, fontsize="medium")
-    fig.tight_layout()
-    with atomic.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-
-
-def _melody_panel(ax, rows: list[dict], published: float | None) -> None:
-    """Chroma cosine of each model's clips to the melodies they were given, with the published value."""
-    ax.bar(range(len(rows)), [r["chroma_cosine"] for r in rows], 0.6,
-           yerr=[r.get("chroma_cosine_std") or 0 for r in rows], color=[f"C{i}" for i in range(len(rows))])
-    ax.set_xticks(range(len(rows)), [r["model"] for r in rows])
-    if published is not None:
-        ax.axhline(published, color="gray", linestyle="--", label=f"published (MusicCaps): {published}")
-        ax.legend(fontsize="small")
-    ax.set_ylim(0, 1)
-    ax.set_title("melody: chroma cosine to the melody ↑")
-
-
-def log_wandb(samples: list[dict], summary: list[dict], sample_rate: int) -> bool:
+def log_wandb(samples: list[dict], summary: list[dict], sample_rate: int, copies: list[dict] | None = None) -> bool:
     """A table with audio players and the summary numbers, when a wandb run is active."""
     if not tracking.active():
         return False
     import wandb
 
-    table = wandb.Table(columns=["model", "prompt_set", "prompt", "seed", "clap_text", "style_similarity", "audio"])
+    flagged = {c["clip"] for c in copies or [] if c["flagged"]}
+    table_ = wandb.Table(columns=["model", "prompt_set", "prompt", "seed", "clap_text", "style_similarity",
+                                  "copy_flagged", "audio"])
     for s in samples:
-        table.add_data(s["model"], s["set"], s["prompt"], s["seed"], s["clap_text"], s["style_similarity"],
-                       wandb.Audio(s["path"], sample_rate=sample_rate, caption=f"{s['model']}: {s['prompt']}"))
-    numbers = {f"eval/{r['model']}/{r['prompt_set']}/{k}": r[k] for r in summary
-               for k in ("clap_text", "style_similarity", "frechet", "chroma_cosine") if r.get(k) is not None}
-    tracking.log({"eval/samples": table, **numbers})
+        table_.add_data(s["model"], s["set"], s["prompt"], s["seed"], s["clap_text"], s["style_similarity"],
+                        s["path"] in flagged,
+                        wandb.Audio(s["path"], sample_rate=sample_rate, caption=f"{s['model']}: {s['prompt']}"))
+    keys = [m.key for m in table.METRICS] + ["chroma_cosine"]
+    numbers = {f"eval/{r['model']}/{r['prompt_set']}/{k}": r[k] for r in summary for k in keys
+               if isinstance(r.get(k), (int, float))}
+    tracking.log({"eval/samples": table_, "eval/copies_flagged": len(flagged), **numbers})
     return True
 
 
 def write_results(cfg, out: Path, sets: dict[str, list[str]], samples: list[dict], per_prompt: list[dict],
-                  summary: list[dict], reference: dict[str, Any], sample_rate: int,
-                  fingerprints: dict[str, str], melody: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Write the tables, the plot and ``results.json`` (returned) into ``out``; log to WandB when a run is active.
+                  summary: list[dict], extras: dict[str, Any], sample_rate: int) -> dict[str, Any]:
+    """Write the tables, the plot, the listening page and ``results.json`` (returned) into ``out``.
 
-    ``cfg`` is the ``EvalConfig``; ``reference`` describes the held-out reference (``reference.facts``);
-    ``melody`` the melody evaluation of a melody model (``melody.facts``; None for other models).
+    ``cfg`` is the ``EvalConfig``; ``extras`` holds ``reference`` (``reference.facts``),
+    ``fingerprints``, ``heldout`` (``heldout.facts``), ``copies`` and ``copy_check``, ``adapters``
+    (the labels paired with base on the listening page), and ``melody`` (``melody.facts``; None for a
+    model without a melody input).
     """
     files = {"per_prompt_csv": out / "per_prompt.csv", "summary_csv": out / "summary.csv",
-             "json": out / "results.json", "plot": out / "comparison.png"}
+             "copies_csv": out / "copies.csv", "json": out / "results.json", "plot": out / "comparison.png"}
+    reference, copies = extras["reference"], extras.get("copies") or []
     write_csv(files["per_prompt_csv"], per_prompt)
-    write_csv(files["summary_csv"], summary)
+    write_csv(files["summary_csv"], [table.flat(r) for r in summary])
+    write_csv(files["copies_csv"], copies or [{k: None for k in ("clip", "nearest_path", "nearest_start",
+                                                                "clap_similarity", "chroma_similarity", "flagged")}])
+    chosen = listen.pairs(samples, sets, extras["adapters"], BASE, cfg.seed)
+    listening = listen.write(out, chosen, f"Blind A/B: base vs LoRA · {cfg.model}")
+    files["listen"] = Path(listening["page"])
     n_gen = cfg.samples_per_prompt * max(len(v) for v in sets.values())
     title = (f"{cfg.model} · CLAP {cfg.clap} · {cfg.samples_per_prompt} clip(s) per prompt, seeds {cfg.seed}.."
-             f"{cfg.seed + cfg.samples_per_prompt - 1} · reference: {reference['segments'] or 'n/a'} held-out segments")
-    plot(summary, files["plot"], title, (melody or {}).get("published_reference"))
+             f"{cfg.seed + cfg.samples_per_prompt - 1} · reference: {reference['segments'] or 'n/a'} held-out segments"
+             f" · whiskers: 95% bootstrap intervals")
+    footer = f"Listen blind: {files['listen'].name} ({len(chosen)} pairs)."
+    melody = extras.get("melody")
+    plot.plot(summary, files["plot"], title, copies, extras.get("copy_check"), footer,
+              melody_published=(melody or {}).get("published_reference"))
     forgetting = {r["model"]: r["clap_text_vs_base"] for r in summary
                   if r["prompt_set"] == "generic" and r["model"] not in (BASE, REFERENCE)}
     results = {
         "summary": summary, "per_prompt": per_prompt, "prompt_sets": sets, "forgetting_generic_clap_text": forgetting,
-        "reference": reference, "melody": melody,
+        "reference": reference, "melody": melody, "heldout_likelihood": extras.get("heldout"),
+        "copies": copies, "copy_check": extras.get("copy_check"),
+        "listening": listening,
+        "published_reference": table.published(cfg.model),
+        "uncertainty": {"level": uncertainty.LEVEL, "resamples": cfg.bootstrap, "over": "prompts, then seeds within "
+                        "a prompt (clips); held-out segments for the likelihood"},
         "sample_sizes": {"clips_per_model_and_set_max": n_gen, "reference_segments": reference["segments"] or 0},
-        "settings": config.to_dict(cfg), "adapter_fingerprints": fingerprints,
+        "settings": config.to_dict(cfg), "adapter_fingerprints": extras["fingerprints"],
         "files": {k: str(v) for k, v in files.items()},
-        "wandb": log_wandb(samples, summary, sample_rate),
+        "wandb": log_wandb(samples, summary, sample_rate, copies),
     }
     atomic.write_json(files["json"], results)
-    print(f"Wrote {files['summary_csv']}, {files['per_prompt_csv']}, {files['json']} and {files['plot']}")
+    print(text_report(results))
     return results
 
 
+def text_report(results: dict[str, Any]) -> str:
+    """What the CLI prints at the end: the table, the published reference, copy flags, the page."""
+    lines = [table.text(results["summary"], results.get("published_reference")), ""]
+    published = table.published_line(results.get("published_reference"))
+    if published:
+        lines += [published, ""]
+    check = results.get("copy_check")
+    if check:
+        lines.append(f"Copy check: {check['flagged']} of {len(results['copies'])} clips flagged "
+                     f"(searched {check['training_segments_searched']} of {check['training_segments']} training "
+                     f"segments; thresholds CLAP {check['thresholds']['clap']}, chroma {check['thresholds']['chroma']}).")
+        lines += [f"  FLAGGED {c['clip']}: {c['nearest_path']} at {c['nearest_start']} s (CLAP {c['clap_similarity']}, "
+                  f"chroma {c['chroma_similarity']})" for c in results["copies"] if c["flagged"]]
+    lines.append(f"Listen blind: {results['files']['listen']} ({len(results['listening']['pairs'])} pairs).")
+    lines.append(f"Wrote {', '.join(Path(v).name for k, v in results['files'].items())} in "
+                 f"{Path(results['files']['json']).parent}")
+    return "\n".join(lines)
+
+
 def show(results: dict[str, Any]) -> None:
-    """The summary table and the plot, inline."""
+    """In a notebook: the held-out likelihood, flagged copies first, the table with intervals, the plot."""
     from IPython.display import Image, Markdown, display
 
-    keys = ["model", "prompt_set", "samples", "clap_text", "style_similarity", "frechet", "clap_text_vs_base"]
-    if any(r.get("chroma_cosine") is not None for r in results["summary"]):
-        keys.append("chroma_cosine")  # a melody model's melody rows
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join("" if r.get(k) is None else f"{r[k]:.4g}" if isinstance(r[k], float) else str(r[k])
-                                for k in keys) + " |" for r in results["summary"]]
+    held = results.get("heldout_likelihood") or {}
+    if held.get("models"):
+        rows = "\n".join(f"| {m} | {r['bits_per_second']:.1f} | {', '.join(f'{v:.3f}' for v in r['nll_per_codebook'])} |"
+                         for m, r in held["models"].items())
+        display(Markdown(f"**Held-out likelihood** ({held['segments']} segments of {held['selection']}; lower is "
+                         f"better)\n\n| model | bits/s | nats per token, per codebook |\n|---|---|---|\n{rows}"))
+    display(Markdown(copies_markdown(results)))
     ref = results["reference"]
-    display(Markdown("\n".join(lines) + f"\n\nReference: {ref['selection']} ({ref['segments']} segments)."))
+    published = table.published_line(results.get("published_reference"))
+    display(Markdown(table.markdown(results["summary"], results.get("published_reference"))
+                     + f"\n\nValues with [95% bootstrap interval]; n in `summary.csv`. Reference: {ref['selection']} "
+                     f"({ref['segments']} segments)." + (f"\n\n{published}" if published else "")))
     display(Image(filename=results["files"]["plot"]))
+
+
+def copies_markdown(results: dict[str, Any], shown: int = 10) -> str:
+    """The copy check for a notebook: flagged clips first, then the closest others."""
+    check = results.get("copy_check")
+    if not check:
+        return "**Copy check**: not run (no token shards)."
+    head = (f"**Copy check**: {check['flagged']} of {len(results['copies'])} clips flagged as near-copies of a "
+            f"training segment (thresholds: CLAP {check['thresholds']['clap']}, chroma {check['thresholds']['chroma']}, "
+            f"from {check['heldout_segments']} held-out segments).")
+    keys = ("flagged", "clip", "nearest_path", "nearest_start", "clap_similarity", "chroma_similarity")
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(str(Path(c[k]).name if k == "clip" else c[k]) for k in keys) + " |"
+              for c in results["copies"][:shown]]
+    return head + "\n\n" + "\n".join(lines)
+
+
+def show_listening(results: dict[str, Any]) -> None:
+    """The blind A/B listening page inline (audio embedded; ``listen.html`` on Drive is the same page)."""
+    listen.show(results["listening"])

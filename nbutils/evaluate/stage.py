@@ -31,15 +31,16 @@ from typing import Any
 from nbutils.core import atomic, clap, config, devices, diskerrors
 from nbutils.core.config import option
 from nbutils.core.sampling import SamplingConfig
-from nbutils.evaluate import clips, melody, prompts, reference, report
+from nbutils.evaluate import chroma, clips, copycheck, heldout, melody, prompts, reference, report, uncertainty
 from nbutils.evaluate.report import BASE
 from nbutils.generate import adapters, output
 from nbutils.generate import stage as generate
 from nbutils.generate.musicgen import Pipeline
 from nbutils.tokenize import archive, descriptions, shards
+from nbutils.train import likelihood
 
 MIN_REFERENCE_SECONDS = 0.1  # 5 code frames: shorter held-out audio is nothing CLAP can embed
-MUST = config.MUST_MATCH
+MUST, MAY = config.MUST_MATCH, config.MAY_CHANGE
 
 
 @dataclasses.dataclass
@@ -66,9 +67,10 @@ class EvalConfig:
                          resume=MUST)
     zips: str = option("", "Folder with the source ZIPs; reference segments are read from there when present, else "
                            "decoded from the shards.", resume=MUST)
-    num_prompts: int = option(4, "Style prompts taken from the training descriptions (most frequent first) when no "
+    num_prompts: int = option(8, "Style prompts taken from the training descriptions (most frequent first) when no "
                                  "prompt file is given.", resume=MUST)
-    samples_per_prompt: int = option(2, "Clips per prompt and model; clip i is seeded with seed + i.", resume=MUST)
+    samples_per_prompt: int = option(4, "Clips per prompt and model; clip i is seeded with seed + i (more clips: "
+                                        "narrower intervals).", resume=MUST)
     seconds: float = option(10.0, "Seconds per generated clip (CLAP listens in 10 s windows).", resume=MUST)
     seed: int = option(0, "Base seed: the same seed gives the same clips and numbers.", resume=MUST)
     max_reference: int = option(32, "At most this many held-out segments form the style reference (evenly spread).",
@@ -76,7 +78,13 @@ class EvalConfig:
     reference_seconds: float = option(10.0, "Seconds of each held-out segment that are used.", resume=MUST)
     sampling: SamplingConfig = config.nested(SamplingConfig, "How the clips' tokens are drawn: guidance, temperature, "
                                                              "top-k, top-p.", resume=MUST)
-    batch_size: int = option(8, "Prompts generated together.", resume=MUST)
+    batch_size: int = option(8, "Prompts generated together (and held-out segments scored together).", resume=MUST)
+    heldout_segments: int = option(likelihood.MAX_SEGMENTS, "At most this many held-out token segments (evenly "
+                                   "spread) for the held-out likelihood.", resume=MAY)
+    copy_segments: int = option(2000, "Training segments searched for near-copies of the clips (evenly spread; 0: all, "
+                                "about 50 KB of memory each). Their features are computed once and cached beside the "
+                                "shards.", resume=MAY)
+    bootstrap: int = option(uncertainty.RESAMPLES, "Bootstrap resamples for the 95% intervals.", resume=MAY)
     device: str = option("auto", "cuda, cpu, or auto.")
     precision: str = option("auto", "auto (bf16 on GPUs that run it natively, fp16 on other GPUs, fp32 on CPU), "
                                     "bf16, fp16 or fp32.", aliases=("dtype",))
@@ -102,6 +110,9 @@ class EvalConfig:
             (generate.seed_ok(self.seed, self.samples_per_prompt), generate.seed_rule(self.samples_per_prompt)),
             (self.batch_size >= 1, "batch_size must be at least 1"),
             (self.max_member_mb > 0, "max_member_mb must be positive"),
+            (self.heldout_segments >= 1, "heldout_segments must be at least 1"),
+            (self.copy_segments >= 0, "copy_segments must be 0 (all) or more"),
+            (self.bootstrap >= 100, "bootstrap must be at least 100 resamples"),
         ])
 
     @staticmethod
@@ -156,47 +167,74 @@ def _record_settings(cfg: EvalConfig, out: Path) -> None:
     atomic.write_json(out / "eval_config.json", config.to_dict(cfg))
 
 
+def _adapters(pipe: Pipeline, specs: list[str]):
+    """``(label, Adapter)`` for each spec, attached in turn on the one loaded base model."""
+    labels = [BASE]
+    for spec in specs:
+        adapter = pipe.use_adapter(spec)  # replaces the previous adapter; the base stays loaded
+        labels.append(clips.unique_label(clips.adapter_label(adapter.location, adapter.kind, adapter.step), labels))
+        yield labels[-1], adapter
+
+
 def _generate_all(cfg: EvalConfig, specs: list[str], texts: list[str], out: Path, all_shards: list[shards.Shard]):
-    """Every model's clips and the held-out reference, with the base model loaded once.
+    """The held-out likelihood first, then every model's clips and the held-out reference, with the
+    base model loaded once.
 
     Returns:
         ``(clip records, Reference or None, the model's AudioSpec, {label: adapter fingerprint},
-        (melody clip records, Melodies or None))`` -- melody clips only for a melody model (``melody``).
+        heldout.facts, {label: summary fields of the likelihood}, (melody clip records, Melodies or None))``
+        -- melody clips only for a melody model (``melody``).
     """
     store = clips.Samples(out / "samples")
     gen = cfg.generation(texts, out / "samples")
-    labels, fingerprints, ref = [BASE], {}, None
+    fingerprints, ref, likely, how = {}, None, None, ""
+    run_dir = reference.run_folder(adapters.locate(specs[0])[1]) if all_shards else None
     pipe = Pipeline(cfg.model, device=cfg.device, precision=cfg.precision)
     try:
+        if all_shards:  # cheap and needs no generation: measured (and printed) before anything else
+            chosen, how = heldout.segments(cfg, all_shards, run_dir)
+            likely = heldout.Store(out, chosen, cfg.batch_size)
+            likely.measure(pipe, BASE, "base")
+            for label, _ in _adapters(pipe, specs):
+                likely.measure(pipe, label, "lora")
         prepared = pipe.prepare(gen)  # the same request for every model: windows planned once
         with generate.progress(cfg.seconds * len(texts) * cfg.samples_per_prompt * (len(specs) + 1)) as bar:
+            pipe.use_adapter("")
             samples = store.ensure(pipe, gen, prepared, BASE, "base", bar)
             if all_shards:  # the first adapter's training run says which tracks were held out
-                run = reference.run_folder(adapters.locate(specs[0])[1])
-                ref = reference.reference_audio(cfg, pipe, all_shards, run)
+                ref = reference.reference_audio(cfg, pipe, all_shards, run_dir)
             tunes = melody.choose(ref, out, pipe.spec.sample_rate) if pipe.is_melody else None
             tuned = melody.generate(pipe, gen, tunes, BASE, "base", bar)
-            for spec in specs:
-                adapter = pipe.use_adapter(spec)  # replaces the previous adapter; the base stays loaded
-                label = clips.unique_label(clips.adapter_label(adapter.location, adapter.kind, adapter.step), labels)
-                labels.append(label)
+            for label, adapter in _adapters(pipe, specs):
                 fingerprints[label] = adapter.fingerprint
                 samples += store.ensure(pipe, gen, prepared, label, "lora", bar)
                 tuned += melody.generate(pipe, gen, tunes, label, "lora", bar)
     finally:
         pipe.release()  # one model in memory at a time: CLAP loads next
-    return samples, ref, pipe.spec, fingerprints, (tuned, tunes)
+    per_model = heldout.fields(likely.models, BASE, cfg.bootstrap, cfg.seed) if likely else {}
+    return samples, ref, pipe.spec, fingerprints, heldout.facts(likely, how), per_model, (tuned, tunes)
 
 
-def _score(cfg: EvalConfig, samples: list[dict], sets: dict[str, list[str]], ref, sample_rate: int):
-    """Per-prompt and summary rows: CLAP embeddings of every clip, prompt and reference segment."""
+def _score(cfg: EvalConfig, samples: list[dict], sets: dict[str, list[str]], ref, spec, all_shards: list):
+    """Per-prompt and summary rows (CLAP embeddings of every clip, prompt and reference segment) and
+    the copy check (``(records, facts)``, or ``([], None)`` without shards)."""
     print(f"Scoring {len(samples)} clips with CLAP '{cfg.clap}'...")
-    scorer = clap.load(cfg.clap, device=devices.pick_device(cfg.device))
+    device = devices.pick_device(cfg.device)
+    scorer = clap.load(cfg.clap, device=device)
     texts = [p for name in prompts.PROMPT_SETS for p in sets.get(name, [])]
-    audio_emb = clap.audio_embeddings(scorer, [clips.read_wav(s["path"]) for s in samples], sample_rate)
+    waves = [clips.read_wav(s["path"]) for s in samples]
+    audio_emb = clap.audio_embeddings(scorer, waves, spec.sample_rate)
     text_emb = dict(zip(texts, clap.text_embeddings(scorer, texts)))
-    reference_emb = None if ref is None else clap.audio_embeddings(scorer, ref.audio, sample_rate)
-    return report.score(samples, sets, text_emb, audio_emb, reference_emb)
+    reference_emb = None if ref is None else clap.audio_embeddings(scorer, ref.audio, spec.sample_rate)
+    per_prompt, summary = report.score(samples, sets, text_emb, audio_emb, reference_emb, resamples=cfg.bootstrap,
+                                       seed=cfg.seed)
+    if not all_shards:
+        return per_prompt, summary, [], None
+    features = [(chroma.sequence(w, spec.sample_rate), e) for w, e in zip(waves, audio_emb)]
+    del waves
+    run_dir = reference.run_folder(adapters.locate(cfg.adapters[0])[1])
+    records, facts = copycheck.run(cfg, all_shards, run_dir, scorer, samples, features, spec, device)
+    return per_prompt, summary, records, facts
 
 
 @diskerrors.guard("out")  # a read-only or full --out is a message, not a traceback
@@ -212,11 +250,15 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     sets = prompts.prompt_sets(all_shards, cfg.prompts, cfg.num_prompts)
     texts = [p for name in prompts.PROMPT_SETS for p in sets.get(name, [])]
     _record_settings(cfg, out)  # the inputs are valid: the folder now holds this evaluation
-    samples, ref, spec, fingerprints, (tuned, tunes) = _generate_all(cfg, specs, texts, out, all_shards)
-    per_prompt, summary = _score(cfg, samples, sets, ref, spec.sample_rate)
+    samples, ref, spec, fingerprints, held, per_model, (tuned, tunes) = _generate_all(cfg, specs, texts, out,
+                                                                                      all_shards)
+    per_prompt, summary, copies, copy_facts = _score(cfg, samples, sets, ref, spec, all_shards)
+    report.add_heldout(summary, per_model)
     melody_rows = melody.rows(tuned, tunes, spec.sample_rate)
-    return report.write_results(cfg, out, sets, samples, per_prompt, summary + melody_rows, reference.facts(ref),
-                                spec.sample_rate, fingerprints, melody=melody.facts(cfg, tunes, melody_rows))
+    extras = {"reference": reference.facts(ref), "fingerprints": fingerprints, "heldout": held, "copies": copies,
+              "copy_check": copy_facts, "adapters": list(fingerprints)[: len(cfg.adapters)],
+              "melody": melody.facts(cfg, tunes, melody_rows)}
+    return report.write_results(cfg, out, sets, samples, per_prompt, summary + melody_rows, extras, spec.sample_rate)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,5 +283,6 @@ def add_cli(parser: argparse.ArgumentParser) -> None:
 
 def run_cli(args: argparse.Namespace) -> dict[str, Any]:
     results = run(config.build(EvalConfig, args=args))
-    return {**results["files"], "summary": results["summary"], "forgetting_generic_clap_text":
-            results["forgetting_generic_clap_text"], "reference": results["reference"], "melody": results["melody"]}
+    keys = ("summary", "forgetting_generic_clap_text", "reference", "heldout_likelihood", "copies", "copy_check",
+            "published_reference", "melody")
+    return {**results["files"], **{k: results[k] for k in keys}}

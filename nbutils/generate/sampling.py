@@ -19,7 +19,7 @@ import dataclasses
 import math
 from typing import Any, Callable, Iterator
 
-from nbutils.core.codec import decode, encode  # noqa: F401 - the codes <-> audio of one item, used from here
+from nbutils.core.codec import decode, decode_codes, encode  # noqa: F401 - the codes <-> audio of one item, used from here
 from nbutils.core.models import AudioSpec
 from nbutils.core.sampling import SamplingConfig
 

@@ -96,6 +96,12 @@ def codebook_ce(logits: torch.Tensor, labels: torch.Tensor, pad_id: int) -> tupl
         ``(sums, counts)``, each of shape ``(K,)`` (float32): ``sums[k] / counts[k]`` is the
         mean loss of codebook ``k``, which is what the model's own loss averages over ``k``.
     """
+    sums, counts = codebook_ce_rows(logits, labels, pad_id)
+    return sums.sum(dim=0), counts.sum(dim=0)
+
+
+def codebook_ce_rows(logits: torch.Tensor, labels: torch.Tensor, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``codebook_ce`` per batch row: summed cross-entropy and token count, each ``(B, K)``."""
     batch, length, books = labels.shape
     logits = logits.reshape(batch, books, -1, logits.shape[-1])[:, :, -length:]
     targets = labels.masked_fill(labels == pad_id, IGNORE).transpose(1, 2)  # (B, K, L)
@@ -103,7 +109,7 @@ def codebook_ce(logits: torch.Tensor, labels: torch.Tensor, pad_id: int) -> tupl
         logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE, reduction="none"
     ).view(batch, books, length)
     valid = targets != IGNORE
-    return (losses * valid).sum(dim=(0, 2)), valid.sum(dim=(0, 2)).float()
+    return (losses * valid).sum(dim=2), valid.sum(dim=2).float()
 
 
 def mean_loss(sums: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -31,7 +31,7 @@ from typing import Any, Callable
 from nbutils.core import config, diskerrors, tracking
 from nbutils.core.config import option
 from nbutils.core.errors import UserError  # noqa: F401 - tests and users catch train.UserError
-from nbutils.train import guard, history, hub, lora
+from nbutils.train import guard, history, hub, likelihood, lora
 from nbutils.train.trainer import ADAPTERS_DIR, Trainer
 
 SCHEDULERS = ("cosine", "linear", "constant")
@@ -234,6 +234,8 @@ def _summary(trainer: Trainer, started: float) -> dict[str, Any]:
         "adapter_best": str(trainer.out / ADAPTERS_DIR / "best"),
         "wandb_run_id": trainer.wandb_run_id,
         "seconds": round(time.time() - started, 1),
+        # base vs final adapter on the validation tracks, measured at the end (OUT/heldout.json)
+        **likelihood.summary_keys(likelihood.read(trainer.out, trainer.step)),
     }
 
 

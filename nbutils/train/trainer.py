@@ -5,8 +5,8 @@
 start fresh), ``complete``, ``start`` (WandB, base samples, the training RNG streams),
 ``progress_bar``, ``train_step`` (one optimizer step, or a skipped one: ``guard``), ``after_step``
 (divergence check; evaluation, checkpoint, samples, metrics when due), ``finish`` (final evaluation,
-checkpoint, adapters, Hub push) and ``stop`` (after a stop, out of memory or a divergence: save
-what may be saved, let go of the model, the error to raise).
+checkpoint, adapters, held-out likelihood: ``likelihood``, Hub push) and ``stop`` (after a stop, out of
+memory or a divergence: save what may be saved, let go of the model, the error to raise).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from nbutils.core import atomic, config, faults, models, tracking
 from nbutils.core.errors import UserError
-from nbutils.train import build, checkpoint, guard, history, lora, melody, presets, saves, texts
+from nbutils.train import build, checkpoint, guard, history, likelihood, lora, melody, presets, saves, texts
 from nbutils.train import dataset as data
 
 if TYPE_CHECKING:
@@ -378,6 +378,7 @@ class Trainer:
             self.save_adapter("best")
         if cfg.sample_every and not (self.out / SAMPLES_DIR / checkpoint.step_name(self.step)).exists():
             self.write_samples("lora")
+        likelihood.at_finish(self)  # base vs final adapter on the validation tracks: OUT/heldout.json, WandB
         self.metrics.flush()
         tracking.log_artifact(final, f"{self.out.name}-final", aliases=["final", f"step-{self.step}"])
         tracking.log_artifact(best, f"{self.out.name}-best", aliases=["best"])
