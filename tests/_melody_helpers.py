@@ -56,7 +56,7 @@ def _tokenized(model: str) -> tuple[Path, Path]:
     root = Path(tempfile.mkdtemp(prefix=f"nbutils-{model}-tokens-"))
     zips = write_melody_zips(root / "zips")
     tokenize.run(tokenize.TokenizeConfig(zips=str(zips), out=str(root / "tokens"), model=model,
-                                         segment_seconds=SEGMENT_SECONDS, progress=False))
+                                         segment_seconds=SEGMENT_SECONDS, progress=False, describe="none"))
     return zips, root / "tokens"
 
 

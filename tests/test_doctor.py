@@ -202,7 +202,8 @@ def test_encoder_autocast_below_99_percent_makes_tokenization_fp32(tmp_path, mon
                                                                               original(self, *a, **kw))[1])
     small_zip(tmp_path / "zips", "b.zip", n=1, seconds=2.0)
     summary = tokenize.run(tokenize.TokenizeConfig(zips=str(tmp_path / "zips"), out=str(tmp_path / "tokens"),
-                                                   model="tiny", progress=False, scratch=str(tmp_path / "s")))
+                                                   model="tiny", progress=False, scratch=str(tmp_path / "s"),
+                                                   describe="none"))
     assert used == ["bf16"] and summary["files_ok"] == 1
 
 

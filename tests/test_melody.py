@@ -218,7 +218,7 @@ def test_a_foreign_melody_folder_trains_with_no_extra_flags(tmp_path, foreign_me
 
     zips = write_melody_zips(tmp_path / "zips")
     tokenize.run(tokenize.TokenizeConfig(zips=str(zips), out=str(tmp_path / "tokens"), model=str(foreign_melody),
-                                         segment_seconds=4.0, progress=False))
+                                         segment_seconds=4.0, progress=False, describe="none"))
     (shard,) = shards.open_all(tmp_path / "tokens")
     assert shard.chroma_settings.hop_length == 2048 and len(shard.segment_chroma(0)) == 4 * SR // 2048 + 1
     summary = train.run(melody_config(tmp_path / "tokens", tmp_path / "run", model="", max_steps=2))

@@ -49,7 +49,7 @@ def test_the_whole_melody_path_from_the_command_line(tmp_path):
     zips = write_melody_zips(tmp_path / "zips")
     tokens, run, gen, ev = (tmp_path / n for n in ("tokens", "run", "generated", "eval"))
     made = last_json(run_cli("tokenize", "--zips", str(zips), "--out", str(tokens), "--model", "tiny-melody",
-                             "--segment-seconds", "4", "--no-progress").stdout)
+                             "--segment-seconds", "4", "--no-progress", "--describe", "none").stdout)
     assert made["zips_done"] == 1 and made["segments"] == 6
     train = ["train", "--tokens", str(tokens), "--out", str(run), "--segment-seconds", "1", "--batch-size", "2",
              "--grad-accum", "1", "--save-every", "2", "--sample-every", "0", "--wandb", "disabled",

@@ -167,7 +167,7 @@ def test_tokenizing_a_melody_model_into_a_folder_of_another_suggests_add_chroma(
     zips, tokens = melody_tokens(tmp_path, model="tiny")
     with pytest.raises(UserError, match="(?s)model: 'tiny' -> 'tiny-melody'.*--model tiny-melody --add-chroma"):
         tokenize.run(tokenize.TokenizeConfig(zips=str(zips), out=str(tokens), model="tiny-melody", progress=False,
-                                             segment_seconds=SEGMENT_SECONDS))
+                                             segment_seconds=SEGMENT_SECONDS, describe="none"))
 
 
 # ---------------------------------------------------------------------------------------------

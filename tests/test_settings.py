@@ -144,7 +144,8 @@ def test_the_resume_rules_keep_what_each_stage_compared_before():
     melody_dropout (melody checkpoints train since 0.2; a text-only run records None)."""
     assert set(tokenize.stage.CODE_KEYS) == {"model", "segment_seconds", "min_seconds", "min_tail_seconds",
                                              "silence_db", "tokenizer_version"}
-    assert set(tokenize.stage.TEXT_KEYS) == {"default_description", "metadata"}
+    # describe, clap and labels: automatic descriptions (0.2) change the texts only, like the metadata
+    assert set(tokenize.stage.TEXT_KEYS) == {"default_description", "metadata", "describe", "clap", "labels"}
     assert set(evaluate.stage.RESULT_KEYS) == {
         "model", "adapters", "checkpoints", "clap", "prompts", "tokens", "zips", "num_prompts", "samples_per_prompt",
         "seconds", "seed", "max_reference", "reference_seconds", "guidance_scale", "temperature", "top_k", "top_p",

@@ -298,7 +298,7 @@ def test_a_0_1_0_run_with_segment_seconds_resumes_and_the_old_name_still_works(t
     messages = []
     summary = train.run(small_config(data, out, max_steps=3), log=messages.append)
     assert summary["resumed_from"] == 2 and summary["step"] == 3
-    assert not [m for m in messages if "crop" in m or "segment" in m], messages
+    assert not [m for m in messages if "crop_seconds" in m or "segment_seconds" in m], messages
     with pytest.raises(UserError, match="crop_seconds: 0.4 -> 0.6"):  # the old record still guards the crop
         torch.save(state, out / "latest.pt")
         train.run(small_config(data, out, max_steps=3, crop_seconds=0.6))
@@ -449,4 +449,4 @@ def test_unlabelled_segments_are_reported(tmp_path):
     train.Trainer(small_config(data, tmp_path / "run"), log=said.append, quiet=True)
     notes = [line for line in said if "have no description" in line]
     assert len(notes) == 1 and notes[0].startswith(f"Note: {len(index['segments'])} of {total} segments")
-    assert "--default-description" in notes[0]
+    assert "descriptions.jsonl" in notes[0] and "--describe missing" in notes[0], "says how to label them"
