@@ -611,3 +611,12 @@ def test_a_0_1_0_evaluation_folder_resumes_and_keeps_its_name(data, tmp_path):
     assert config.config_hash(cfg, evaluate.RESULT_KEYS) == hashlib.sha256(blob.encode()).hexdigest()[:16]
     with pytest.raises(UserError, match=r"other settings, so it cannot be continued:\n  top_k: 100 -> 250\n"):
         evaluate.run(eval_config(data, out, samples_per_prompt=1, num_prompts=1))
+
+
+def test_a_later_cell_reads_the_saved_results_or_says_what_to_run(tmp_path):
+    """Notebook 04's listening cell works in a new runtime: it reads results.json instead of a variable."""
+    cfg = evaluate.EvalConfig(model="tiny", prompts=str(tmp_path / "p.txt"), out=str(tmp_path / "eval"))
+    with pytest.raises(UserError, match="No evaluation results in .*run the evaluation first"):
+        evaluate.saved_results(cfg)
+    atomic.write_json(tmp_path / "eval" / "results.json", {"listening": {"pairs": []}})
+    assert evaluate.saved_results(cfg) == {"listening": {"pairs": []}}

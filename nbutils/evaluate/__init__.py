@@ -11,6 +11,6 @@ KAD), ``aggregate`` and ``uncertainty`` make the summary rows with bootstrap int
 """
 
 from nbutils.evaluate.report import show, show_listening
-from nbutils.evaluate.stage import EvalConfig, config_for, run
+from nbutils.evaluate.stage import EvalConfig, config_for, run, saved_results
 
-__all__ = ["EvalConfig", "config_for", "run", "show", "show_listening"]
+__all__ = ["EvalConfig", "config_for", "run", "saved_results", "show", "show_listening"]

@@ -30,6 +30,7 @@ from typing import Any
 
 from nbutils.core import atomic, clap, config, devices, diskerrors
 from nbutils.core.config import option
+from nbutils.core.errors import UserError
 from nbutils.core.sampling import SamplingConfig
 from nbutils.evaluate import chroma, clips, copycheck, heldout, melody, prompts, reference, report, uncertainty
 from nbutils.evaluate.report import BASE
@@ -270,6 +271,19 @@ def config_for(project, **settings: Any) -> EvalConfig:
     """An ``EvalConfig`` for notebook 04: model, adapter, tokens, ZIPs and output folder from the project
     (``EvalConfig.project_defaults``), plus ``settings`` (``**SETTINGS``)."""
     return config.build(EvalConfig, settings, project=project)
+
+
+def saved_results(cfg: EvalConfig) -> dict[str, Any]:
+    """The ``results.json`` an earlier ``run(cfg)`` wrote (a later notebook cell, or a new runtime).
+
+    Raises:
+        UserError: nothing evaluated with these settings yet, saying what to run.
+    """
+    path = Path(cfg.out) / "results.json"
+    if not path.is_file():
+        raise UserError(f"No evaluation results in {cfg.out} yet: run the evaluation first (notebook 04: cell 3, "
+                        "with the same parameters; or python -m nbutils evaluate).")
+    return atomic.read_json(path)
 
 
 # ---------------------------------------------------------------------------------------------
