@@ -438,7 +438,8 @@ def test_cli_contract(data, tmp_path):
         assert Path(summary[key]).is_file()
     assert summary["heldout_likelihood"]["models"]["lora-final"]["bits_per_second"] > 0
     assert len(summary["copies"]) == 2 * 5 and summary["copy_check"]["thresholds"]["chroma"] is not None
-    assert "Held-out likelihood of base" in proc.stderr and "kad" in proc.stderr and "Listen blind" in proc.stderr
+    # progress and the report go to stdout (errors and warnings to stderr), before the JSON line
+    assert "Held-out likelihood of base" in proc.stdout and "kad" in proc.stdout and "Listen blind" in proc.stdout
     assert {r["model"] for r in summary["summary"]} == {"base", "lora-final", "held-out"}
     missing = run_cli("evaluate", "--model", "tiny", "--out", str(out / "x"), "--clap", "tiny", "--tokens",
                       str(data["tokens"]), check=False)

@@ -158,7 +158,8 @@ def test_the_resume_rules_keep_what_each_stage_compared_before():
     assert may == {"max_steps", "epochs", "save_every", "save_every_minutes", "keep_checkpoints", "eval_every",
                    "sample_every", "sample_prompts", "sample_seconds", "log_every", "max_skipped_steps",
                    "divergence_factor", "divergence_steps", "wandb", "wandb_project", "wandb_name", "batch_size",
-                   "grad_accum", "precision", "grad_checkpointing", "push_to_hub", "hub_private", "tokens"}
+                   "grad_accum", "precision", "grad_checkpointing", "push_to_hub", "hub_private", "tokens",
+                   "accept_new_descriptions"}  # 0.2: continuing after the descriptions were edited
     assert set(config.field_names(train.TrainConfig)) - must - may == {"out"}, "every other setting is classified"
 
 

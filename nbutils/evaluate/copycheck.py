@@ -9,7 +9,6 @@ the same path. The thresholds and the flag rule are in ``copies``.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -65,7 +64,7 @@ def run(cfg, all_shards: list, run_dir: Path | None, scorer: clap.Clap, samples:
         entries = cache.entries(searched, bar=bar)
     if cache.computed:
         print(f"Copy check: described {cache.computed} training segment(s), kept in "
-              f"{Path(cfg.tokens) / copyindex.FOLDER} for the next evaluation.", file=sys.stderr)
+              f"{Path(cfg.tokens) / copyindex.FOLDER} for the next evaluation.")
     index = copies.Index([copies.Segment(s.segments[i].track, s.segments[i].start) for s, i in searched], entries)
     held, _ = reference.held_out_segments(all_shards, run_dir, cfg.max_reference)
     frames = max(1, int(round(cfg.seconds * spec.frame_rate)))

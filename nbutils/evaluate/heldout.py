@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ import numpy as np
 from nbutils.core import atomic
 from nbutils.core.errors import UserError
 from nbutils.evaluate import reference, uncertainty
+from nbutils.generate import sampling
 from nbutils.train import likelihood
 
 LEDGER = "heldout.jsonl"
@@ -64,12 +64,12 @@ class Store:
                 result = likelihood.measure(
                     pipe.model, pipe.processor.tokenizer, self.chosen, spec=pipe.spec, start_id=int(start),
                     device=pipe.device, batch_size=self.batch_size, bar=bar,
-                    max_frames=int(pipe.model.generation_config.max_length or 1500)).to_dict()
+                    max_frames=sampling.own_window(pipe.model, pipe.spec.frame_rate)).to_dict()
             self.done[key] = result
             atomic.append_line(self.path, json.dumps({"key": key, "result": result}))
         self.models[label] = self.done[key]
         print(f"Held-out likelihood of {label}: {self.done[key]['bits_per_second']:.1f} bits/s "
-              f"({len(self.chosen)} segments)", file=sys.stderr)
+              f"({len(self.chosen)} segments)")
         return self.done[key]
 
 

@@ -16,7 +16,6 @@ conditioning scores about as high as its base on the same melodies.
 from __future__ import annotations
 
 import dataclasses
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +119,7 @@ def facts(cfg, melodies: Melodies | None, summary_rows: list[dict[str, Any]]) ->
     published = PUBLISHED.get(str(cfg.model))
     scores = {r["model"]: r["chroma_cosine"] for r in summary_rows}
     print("Melody (chroma cosine similarity, audiocraft's metric): " + ", ".join(f"{m} {v:.3f}" for m, v in
-          scores.items()) + (f"; published for {cfg.model}: {published}" if published else ""), file=sys.stderr)
+          scores.items()) + (f"; published for {cfg.model}: {published}" if published else ""))
     return {"metric": "chroma cosine similarity (audiocraft ChromaCosineSimilarityMetric, chroma_base: 12 bins, "
                       "radix2_exp 14, argmax)", "melodies": [str(f) for f in melodies.files],
             "tracks": melodies.tracks, "prompts": melodies.prompts, "published_reference": published,
