@@ -11,6 +11,7 @@ guard line in every later cell, a flush cell where long jobs write, and install 
 from __future__ import annotations
 
 import ast
+import json
 import re
 
 import nbformat
@@ -80,6 +81,9 @@ def test_no_outputs_execution_counts_or_widget_state(notebook):
         assert cell.execution_count is None, f"{name}: execution count in '{title}'"
         assert "execution" not in cell.metadata
     assert "widgets" not in nb.metadata
+    raw = json.loads((NOTEBOOK_DIR / f"{name}.ipynb").read_text(encoding="utf-8"))
+    ids = [c.get("id") for c in raw["cells"]]
+    assert all(ids) and len(set(ids)) == len(ids), f"{name}: every cell needs its own id (nbformat 4.5)"
 
 
 def test_colab_metadata_asks_for_the_runtime_the_notebook_needs(notebook):
