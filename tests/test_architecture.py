@@ -161,17 +161,18 @@ def test_user_imports_and_the_old_names_still_work():
     assert any("nbutils.train.presets" in str(w.message) for w in caught)
 
 
-def test_the_module_map_in_docs_lists_every_module_and_no_other():
-    """docs/architecture.md's tables (``### `train/` ...`` then ``| `trainer.py` | ...``) name
-    every module of the package; a module added, moved or deleted without its line fails here."""
+def test_the_module_map_in_the_readme_lists_every_module_and_no_other():
+    """The README's module map (``#### `train/` ...`` then ``| `trainer.py` | ...``, in its Development
+    section) names every module of the package; a module added, moved or deleted without its line fails."""
     import re
 
     listed, section = set(), ""
-    for line in (PACKAGE.parent / "docs" / "architecture.md").read_text().splitlines():
-        heading = re.match(r"### `(\w+)/`", line)
+    readme = (PACKAGE.parent / "README.md").read_text()
+    for line in readme[readme.index("### Module map"):].splitlines():
+        heading = re.match(r"#### `(\w+)/`", line)
         if heading:
             section = heading.group(1) + "/"
-        elif line.startswith("### "):
+        elif line.startswith("#### "):
             section = ""
         row = re.match(r"\| `([\w/]+\.py)` \|", line)
         if row:
@@ -179,5 +180,5 @@ def test_the_module_map_in_docs_lists_every_module_and_no_other():
             listed.add(name.removeprefix("nbutils/") if name.startswith("nbutils/") else section + name)
     present = {str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
                if p.name not in ("__init__.py", "__main__.py") or p.parent == PACKAGE and p.name == "__init__.py"}
-    assert sorted(present - listed) == [], "modules missing from docs/architecture.md"
-    assert sorted(listed - present) == [], "docs/architecture.md lists modules that do not exist"
+    assert sorted(present - listed) == [], "modules missing from the README's module map"
+    assert sorted(listed - present) == [], "the README's module map lists modules that do not exist"
