@@ -77,6 +77,8 @@ def use_tiny_models() -> None:
 
     load_codec, load_clap = models.load_codec, core_clap.load
     models.load_codec = lambda name, **kw: load_codec("tiny" if name == "bench" else name, **kw)
+    is_melody = models.is_melody  # 'bench' stands for musicgen's codec: no melody checkpoint
+    models.is_melody = lambda name: False if name == "bench" else is_melody(name)
     core_clap.load = lambda name, device="cpu": load_clap("tiny" if name == BENCH_CLAP else name, device=device)
 
 

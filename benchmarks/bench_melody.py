@@ -42,7 +42,7 @@ def disk(work: Path, tracks: int, seconds: float) -> dict[str, float]:
                for i in range(tracks)]
     write_zip(work / "zips" / "batch.zip", members)
     summary = tokenize.run(tokenize.TokenizeConfig(zips=str(work / "zips"), out=str(work / "tokens"),
-                                                   model="tiny-melody", progress=False))
+                                                   model="tiny-melody", progress=False, describe="none"))
     (index,) = shards.list_shards(work / "tokens")
     meta = json.loads(index.read_text())
     chroma = shards.chroma_path(index).stat().st_size + len(json.dumps(meta["chroma"]["segment_frames"]))

@@ -70,6 +70,8 @@ def use_real_codec() -> None:
     codec = real_codec()
     original = models.load_codec
     models.load_codec = lambda name, **kw: (codec, SPEC) if name == "bench" else original(name, **kw)
+    melody = models.is_melody  # 'bench' has no config to read: it is musicgen's codec, not a melody checkpoint
+    models.is_melody = lambda name: False if name == "bench" else melody(name)
 
 
 def peak_rss_child(zips: str) -> None:
