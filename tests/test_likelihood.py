@@ -128,3 +128,16 @@ def test_evaluate_refuses_shards_of_another_codebook_count_with_a_message(tmp_pa
     store = heldout.Store(tmp_path, [(opened[0], 0)], batch_size=2)
     with pytest.raises(UserError, match=r"shards hold 4 codebooks per frame, the model tiny-stereo 8"):
         store.measure(Pipeline("tiny-stereo"), "base", "base")
+
+
+def test_an_edited_description_is_measured_again_in_evaluate(tmp_path):
+    """The text is the likelihood's condition: evaluate's cache key changes with a segment's description."""
+    from nbutils.evaluate import heldout
+
+    opened = shards.open_all(H.tokens(tmp_path))
+    chosen = [(opened[0], 0), (opened[0], 1)]
+    before = heldout._key("base", "", chosen)
+    assert heldout._key("base", "", chosen) == before
+    opened[0].segments[1].description = "edited in descriptions.jsonl"
+    assert heldout._key("base", "", chosen) != before
+

@@ -44,6 +44,27 @@ def test_rows_pool_every_frame_of_every_clip(tmp_path):
     assert 0.45 < row["chroma_cosine"] < 0.55 and row["chroma_cosine_std"] > 0.4  # one clip follows, one not
 
 
+def test_clips_made_for_one_melody_are_not_reused_for_another_with_the_same_number(tmp_path):
+    """melody-00.wav is rewritten from the current reference on every run (more tokens, another split):
+    a re-run reuses the clip only while that file is the same melody."""
+    from nbutils.generate import stage as generate
+    from nbutils.generate.musicgen import Pipeline
+
+    pipe = Pipeline("tiny-melody")
+    gen = generate.GenerateConfig(model="tiny-melody", prompts=["x"], seconds=0.5, out=str(tmp_path), seed=0)
+    tunes = evaluate_melody.Melodies(files=[tmp_path / "melody" / "melody-00.wav"], prompts=["a tune"], tracks=["t"])
+    tunes.files[0].parent.mkdir()
+
+    def clip_for(notes: str) -> str:
+        sf.write(tunes.files[0], wave(notes), SR, subtype="FLOAT")
+        (record,) = evaluate_melody.generate(pipe, gen, tunes, "base", "base", None)
+        return record["path"]
+
+    first = clip_for("DEGA")
+    assert clip_for("DEGA") == first, "the same melody: reused"
+    assert clip_for("BFBF") != first, "another melody under the same number: generated again"
+
+
 @pytest.mark.slow
 def test_the_whole_melody_path_from_the_command_line(tmp_path):
     zips = write_melody_zips(tmp_path / "zips")

@@ -165,6 +165,12 @@ def test_add_chroma_refuses_other_codecs_and_reports_a_changed_zip(tmp_path):
 
 def test_tokenizing_a_melody_model_into_a_folder_of_another_suggests_add_chroma(tmp_path):
     zips, tokens = melody_tokens(tmp_path, model="tiny")
+    (tokens / "tokenize_config.json").unlink()  # the settings file lost: the shards' own records refuse too
+    with pytest.raises(UserError, match="(?s)model: 'tiny' -> 'tiny-melody'.*--model tiny-melody --add-chroma"):
+        tokenize.run(tokenize.TokenizeConfig(zips=str(zips), out=str(tokens), model="tiny-melody", progress=False,
+                                             segment_seconds=SEGMENT_SECONDS, describe="none"))
+    tokenize.run(tokenize.TokenizeConfig(zips=str(zips), out=str(tokens), model="tiny", progress=False,
+                                         segment_seconds=SEGMENT_SECONDS, describe="none"))  # writes it again
     with pytest.raises(UserError, match="(?s)model: 'tiny' -> 'tiny-melody'.*--model tiny-melody --add-chroma"):
         tokenize.run(tokenize.TokenizeConfig(zips=str(zips), out=str(tokens), model="tiny-melody", progress=False,
                                              segment_seconds=SEGMENT_SECONDS, describe="none"))

@@ -409,6 +409,16 @@ def test_zips_that_would_share_a_shard_are_refused_before_any_work(tmp_path, oth
     assert not ledger.records(tmp_path / "tokens") and not shards.list_shards(tmp_path / "tokens")
 
 
+def test_a_zip_named_like_a_chroma_file_is_refused_before_any_work(tmp_path):
+    """x.chroma.zip's codes would be shards/x.chroma.npy: the chroma file of x.zip's shard (melody models)."""
+    zips = tmp_path / "zips"
+    h.small_zip(zips, "x.zip", n=1)
+    h.small_zip(zips, "x.Chroma.zip", n=1)
+    with pytest.raises(UserError, match=r"x\.Chroma\.zip .*named like the chroma file of x\.zip's shard.*Rename it"):
+        _run(zips, tmp_path / "tokens", tmp_path / "scratch")
+    assert not shards.list_shards(tmp_path / "tokens")
+
+
 def test_short_segments_scale_the_default_minimums_but_refuse_explicit_ones():
     # notebook 01 exposes SEGMENT_SECONDS but not the minimums: 2 s segments must not fail on a
     # 5 s minimum tail the user never set

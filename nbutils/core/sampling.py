@@ -3,7 +3,8 @@
 The defaults are those of the ``facebook/musicgen-*`` generation configs (and audiocraft's):
 classifier-free guidance 3.0, top-k 250, temperature 1, no nucleus sampling. They are written
 here once; the stages nest this config (``GenerateConfig.sampling``, ``EvalConfig.sampling``)
-and training samples use it as it is.
+and training samples use it as it is. ``own_window`` is how many frames one ``generate`` call (and
+one scored held-out segment) may hold for a model, including checkpoints saved by others.
 """
 
 from __future__ import annotations
@@ -41,3 +42,21 @@ class SamplingConfig:
             "top_k": self.top_k if self.top_k > 0 else None,
             "top_p": self.top_p if 0 < self.top_p < 1 else None,
         }
+
+
+DEFAULT_WINDOW_SECONDS = 30.0  # what MusicGen was trained on: every facebook/musicgen-* window
+
+
+def own_window(model, frame_rate: int) -> int:
+    """Frames one ``generate`` call may hold for ``model``: its window.
+
+    The generation config's limit (``max_new_tokens``, else ``max_length``: 1500 frames, 30 s, in
+    every ``facebook/musicgen-*``), else the decoder's ``max_position_embeddings``, else 30 s. A
+    checkpoint saved by others may set either limit, neither, or an unusual one.
+    """
+    gen = getattr(model, "generation_config", None)
+    for limit in (getattr(gen, "max_new_tokens", None), getattr(gen, "max_length", None),
+                  getattr(model.config.decoder, "max_position_embeddings", None)):
+        if isinstance(limit, int) and limit > 0:
+            return limit
+    return round(DEFAULT_WINDOW_SECONDS * frame_rate)

@@ -32,7 +32,8 @@ def segments(cfg, all_shards: list, run_dir: Path | None) -> tuple[list[tuple], 
 
 
 def _key(label: str, fingerprint: str, chosen: list[tuple]) -> str:
-    names = "\n".join(f"{s.index_path.stem}:{s.meta.get('sha256')}:{i}" for s, i in chosen)
+    # the description is the text condition: an edited descriptions.jsonl is measured again
+    names = "\n".join(f"{s.index_path.stem}:{s.meta.get('sha256')}:{i}:{s.segments[i].description}" for s, i in chosen)
     return f"{label}@{fingerprint}|" + hashlib.sha256(names.encode()).hexdigest()[:16]
 
 

@@ -16,6 +16,7 @@ conditioning scores about as high as its base on the same melodies.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,7 @@ def choose(ref, out: Path, sample_rate: int) -> Melodies | None:
 
 
 def generate(pipe, gen, melodies: Melodies | None, label: str, variant: str, bar) -> list[dict[str, Any]]:
-    """One clip per melody for one model (reused from ``out/melody/mXX`` when already there).
+    """One clip per melody for one model (reused from ``out/melody/mXX-<melody sha256>`` when already there).
 
     Args:
         pipe: The loaded ``Pipeline``, with the adapter of ``label`` attached (or none for the base).
@@ -75,10 +76,18 @@ def generate(pipe, gen, melodies: Melodies | None, label: str, variant: str, bar
         bar.refresh()
     for j, (file, prompt) in enumerate(zip(melodies.files, melodies.prompts)):
         one = dataclasses.replace(gen, prompts=[prompt], melody=str(file), variations=1, out=str(file.parent))
-        store = clips.Samples(file.parent / f"m{j:02d}")
+        # keyed by the melody's content: a re-run whose held-out reference changed (more tokens, another
+        # split) never reuses clips made for another melody under the same number
+        store = clips.Samples(file.parent / f"m{j:02d}-{_digest(file)}")
         for record in store.ensure(pipe, one, pipe.prepare(one), label, variant, bar):
             records.append({**record, "melody": j})
     return records
+
+
+def _digest(path: Path) -> str:
+    """The melody's samples (not the file's bytes: a float WAV's PEAK chunk holds the time it was written)."""
+    wave = clips.read_wav(str(path))
+    return hashlib.sha256(np.ascontiguousarray(wave, dtype=np.float32).tobytes()).hexdigest()[:12]
 
 
 def similarity(reference: np.ndarray, generated: np.ndarray, sample_rate: int) -> tuple[float, int]:

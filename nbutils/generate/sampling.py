@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator
 
 from nbutils.core.codec import decode, decode_codes, encode  # noqa: F401 - the codes <-> audio of one item, used from here
 from nbutils.core.models import AudioSpec
-from nbutils.core.sampling import SamplingConfig
+from nbutils.core.sampling import DEFAULT_WINDOW_SECONDS, SamplingConfig, own_window  # noqa: F401 - used from here
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,24 +47,6 @@ class Windows:
             windows.append((ctx, new))
             have, done = have + new, done + new
         return windows
-
-
-DEFAULT_WINDOW_SECONDS = 30.0  # what MusicGen was trained on: every facebook/musicgen-* window
-
-
-def own_window(model, frame_rate: int) -> int:
-    """Frames one ``generate`` call may hold for ``model``: its window.
-
-    The generation config's limit (``max_new_tokens``, else ``max_length``: 1500 frames, 30 s, in
-    every ``facebook/musicgen-*``), else the decoder's ``max_position_embeddings``, else 30 s. A
-    checkpoint saved by others may set either limit, neither, or an unusual one.
-    """
-    gen = getattr(model, "generation_config", None)
-    for limit in (getattr(gen, "max_new_tokens", None), getattr(gen, "max_length", None),
-                  getattr(model.config.decoder, "max_position_embeddings", None)):
-        if isinstance(limit, int) and limit > 0:
-            return limit
-    return round(DEFAULT_WINDOW_SECONDS * frame_rate)
 
 
 def frames_for(seconds: float, spec: AudioSpec) -> tuple[int, int]:

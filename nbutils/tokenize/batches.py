@@ -40,6 +40,10 @@ def check_shard_names(zips: list[Path]) -> None:
     """
     seen: dict[str, Path] = {}
     for path in zips:
+        if path.stem.casefold().endswith(shards.CHROMA_SUFFIX.removesuffix(".npy").casefold()):
+            raise UserError(f"{path.name} in {path.parent}: its shard's codes file would be named like the chroma file "
+                            f"of {path.stem[:-len('.chroma')]}.zip's shard ({path.stem}.npy). Rename it (e.g. without "
+                            "'.chroma') and run again.")
         key = unicodedata.normalize("NFC", path.stem).casefold()
         if key in seen:
             raise UserError(f"{seen[key].name} and {path.name} in {path.parent} would write the same token shard "

@@ -216,7 +216,8 @@ def check_folder(cfg: TokenizeConfig, *, write: bool) -> list[str]:
             meta = shards.read_index(index)
             if meta.get("config_hash") != config.config_hash(code):
                 old = {k: meta.get(k) for k in CODE_KEYS}
-                raise _refuse(folder, config.resume_differences(TokenizeConfig, old, code, must_match=extra).refused)
+                refused = config.resume_differences(TokenizeConfig, old, code, must_match=extra).refused
+                raise _refuse(folder, refused, cfg)
     if write:  # the ZIP folder too: a melody run refusing chroma-less shards names it in its command
         atomic.write_json(path, {"code": code, "text": text, "config_hash": config.config_hash(code),
                                  "zips": str(Path(cfg.zips).expanduser().absolute())})

@@ -31,6 +31,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from nbutils.core import atomic, tracking
+from nbutils.core.sampling import own_window
 from nbutils.train import dataset as data
 
 RESULT_FILE = "heldout.json"
@@ -147,7 +148,7 @@ def at_finish(trainer) -> dict[str, Any] | None:
     model = trainer.unwrapped()
     kwargs = dict(spec=trainer.spec, start_id=trainer.start_id, device=trainer.device,
                   batch_size=max(1, trainer.batch_size), autocast=trainer.autocast,
-                  max_frames=int(trainer.base.generation_config.max_length or 1500))
+                  max_frames=own_window(trainer.base, trainer.spec.frame_rate))
     with model.disable_adapter():
         base = measure(model, trainer.processor.tokenizer, segments, **kwargs)
     lora = measure(model, trainer.processor.tokenizer, segments, **kwargs)
