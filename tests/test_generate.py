@@ -483,6 +483,23 @@ def test_reuse_plays_the_clips_saved_with_the_same_settings(tmp_path, monkeypatc
         generate.release()
 
 
+def test_reuse_never_plays_clips_made_from_another_recording_at_the_same_path(tmp_path):
+    """An audio prompt (or melody) replaced under the same file name is another request."""
+    prompt_file = tmp_path / "prompt.wav"
+    sf.write(prompt_file, 0.3 * np.sin(np.linspace(0, 300, SR // 2)).astype(np.float32), SR)
+    settings = cfg(tmp_path, audio_prompt=str(prompt_file), seconds=0.3, reuse=True)
+    try:
+        first = generate.run(settings)
+        assert [r["path"] for r in generate.run(settings)] == [r["path"] for r in first], "same file: reused"
+        sf.write(prompt_file, 0.3 * np.sin(np.linspace(0, 900, SR // 2)).astype(np.float32), SR)
+        again = generate.run(settings)
+        assert not {r["path"] for r in again} & {r["path"] for r in first}, "another recording: generated"
+        assert json.loads(Path(again[0]["sidecar"]).read_text())["inputs"]["audio_prompt"] != json.loads(
+            Path(first[0]["sidecar"]).read_text())["inputs"]["audio_prompt"]
+    finally:
+        generate.release()
+
+
 def test_reserve_refuses_a_suffix_twice(tmp_path):
     with pytest.raises(ValueError, match="same suffix twice"):
         output.reserve(tmp_path, "clip", ["_lora.wav", "_lora.wav"])

@@ -168,10 +168,24 @@ def sidecar(clip, cfg, pipe, wav: Path, written: dict, pair: str | None) -> dict
         "generation_seconds": round(clip.generation_seconds, 4),
         "realtime_factor": round(clip.realtime_factor, 4),
         "parameters": config.to_dict(cfg),
+        "inputs": input_digests(cfg),
         "pipeline": pipe.describe(),
         "versions": _versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+def input_digests(cfg) -> dict[str, str]:
+    """sha256 of the files a request reads (``melody``, ``audio_prompt``): the same path may hold
+    another recording later, and ``--reuse`` must not play clips made from the old one."""
+    import hashlib
+
+    digests = {}
+    for key in ("melody", "audio_prompt"):
+        path = getattr(cfg, key, "")
+        if path and Path(path).expanduser().is_file():
+            digests[key] = hashlib.sha256(Path(path).expanduser().read_bytes()).hexdigest()
+    return digests
 
 
 def save(clips: list, cfg, pipe, out: str | Path) -> list[dict[str, Any]]:
@@ -205,7 +219,8 @@ def find_saved(cfg, out: str | Path, variants: Iterable[str], fingerprint: str =
     """The clips of an earlier identical request in ``out``, in the order ``save`` returns them, or None.
 
     A saved clip counts when its sidecar holds exactly ``cfg``'s parameters (``reuse`` aside), the
-    adapter's weights have the ``fingerprint`` they have now, and its WAV is there. Every prompt x
+    melody and audio-prompt files have the contents they have now, the adapter's weights have the
+    ``fingerprint`` they have now, and its WAV is there. Every prompt x
     variation x variant needs one, taken in the order ``save`` named them (the earliest request first;
     a prompt given twice: ``name``, then ``name-2``). None when any is missing.
 
@@ -215,6 +230,7 @@ def find_saved(cfg, out: str | Path, variants: Iterable[str], fingerprint: str =
         fingerprint: The adapter's weights fingerprint ('' without an adapter).
     """
     wanted = {k: v for k, v in config.to_dict(cfg).items() if k != "reuse"}
+    inputs = input_digests(cfg)  # the melody / audio prompt files' contents, not only their paths
     found: dict[tuple, list[dict[str, Any]]] = {}
     for path in sorted(Path(out).expanduser().glob("*.json"), key=_name_order):
         try:
@@ -226,7 +242,7 @@ def find_saved(cfg, out: str | Path, variants: Iterable[str], fingerprint: str =
         loaded = record.get("adapter_loaded") or {}
         wav = path.with_suffix(".wav")
         if ({k: v for k, v in record["parameters"].items() if k != "reuse"} == wanted and wav.is_file()
-                and (loaded.get("fingerprint") or "") == fingerprint):
+                and (loaded.get("fingerprint") or "") == fingerprint and (record.get("inputs") or {}) == inputs):
             key = (record.get("prompt"), record.get("variation"), record.get("variant"))
             found.setdefault(key, []).append({**record, "path": str(wav), "sidecar": str(path)})
     records = []
