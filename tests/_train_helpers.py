@@ -178,9 +178,16 @@ def finished_records(run_dir: Path, timeout: float = 20.0) -> list:
     """Records of an offline run once wandb's writer has closed the file (it may lag finish())."""
     import time
 
+    from google.protobuf.message import DecodeError
+
     deadline = time.monotonic() + timeout
     while True:
-        records = wandb_records(run_dir)
+        try:
+            records = wandb_records(run_dir)
+        except DecodeError:  # the writer is in the middle of a record: read again
+            if time.monotonic() > deadline:
+                raise
+            records = []
         if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
             return records
         time.sleep(0.2)
@@ -191,7 +198,7 @@ def wandb_history(run_dir: Path) -> list[dict[str, Any]]:
     import json
 
     rows = []
-    for record in wandb_records(run_dir):
+    for record in finished_records(run_dir):  # wandb's writer may still be writing after finish()
         if record.WhichOneof("record_type") == "history":
             rows.append({(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in record.history.item})
     return rows
