@@ -621,3 +621,17 @@ def test_a_later_cell_reads_the_saved_results_or_says_what_to_run(tmp_path):
         evaluate.saved_results(cfg)
     atomic.write_json(tmp_path / "eval" / "results.json", {"listening": {"pairs": []}})
     assert evaluate.saved_results(cfg) == {"listening": {"pairs": []}}
+
+
+def test_a_folder_made_before_the_new_defaults_is_refused_with_what_differs(tmp_path):
+    """An evaluation folder of 0.1.0 (4 prompts x 2 clips, no analysis settings recorded): the README's
+    advice holds - refused with the two changed defaults, accepted with them given back."""
+    out = tmp_path / "eval"
+    old = config.to_dict(evaluate.EvalConfig(model="tiny", prompts="p.txt", num_prompts=4, samples_per_prompt=2))
+    for key in ("heldout_segments", "copy_segments", "bootstrap"):
+        old.pop(key)
+    atomic.write_json(out / "eval_config.json", old)
+    with pytest.raises(UserError, match=r"(?s)num_prompts: 4 -> 8.*samples_per_prompt: 2 -> 4"):
+        evaluate._check_resumable(evaluate.EvalConfig(model="tiny", prompts="p.txt"), out)
+    evaluate._check_resumable(evaluate.EvalConfig(model="tiny", prompts="p.txt", num_prompts=4,
+                                                  samples_per_prompt=2, bootstrap=500), out)
