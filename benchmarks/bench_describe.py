@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_tokenize  # noqa: E402 - beside this script: the real-size codec
 from clock import Clock  # noqa: E402
+from nbutils.core import devices  # noqa: E402
 from nbutils.tokenize import speed  # noqa: E402 - the ZIP and the pipeline run, shared with bench_tokenize
 
 BENCH_CLAP = "bench-clap"
@@ -77,8 +78,7 @@ def use_tiny_models() -> None:
 
     load_codec, load_clap = models.load_codec, core_clap.load
     models.load_codec = lambda name, **kw: load_codec("tiny" if name == "bench" else name, **kw)
-    is_melody = models.is_melody  # 'bench' stands for musicgen's codec: no melody checkpoint
-    models.is_melody = lambda name: False if name == "bench" else is_melody(name)
+    bench_tokenize.bench_is_no_melody_model()
     core_clap.load = lambda name, device="cpu": load_clap("tiny" if name == BENCH_CLAP else name, device=device)
 
 
@@ -169,7 +169,7 @@ def measure(args: argparse.Namespace, work: Path) -> None:
     hours = args.files * args.seconds / 3600
     print(f"{args.files} tracks x {args.seconds:g} s (44.1 kHz stereo mp3, no metadata): {hours * 60:.1f} min of "
           f"audio; models: {'tiny' if args.quick else 'real-size EnCodec 32 kHz and CLAP'}; device "
-          f"{speed.default_device()}, torch threads {torch.get_num_threads()}, load {os.getloadavg()[0]:.1f}",
+          f"{devices.pick_device()}, torch threads {torch.get_num_threads()}, load {os.getloadavg()[0]:.1f}",
           flush=True)
     speed.run_pipeline(zips, work, "bench", **METHODS["with CLAP"])  # warm-up: librosa's numba compile, caches
     once = fixed_cost()

@@ -41,7 +41,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from nbutils.core import models  # noqa: E402
+from nbutils.core import devices, models  # noqa: E402
 from nbutils.tokenize import speed  # noqa: E402 - the (a) and (b) measurement, shared with `nbutils doctor`
 
 # facebook/encodec_32khz's config.json (the codec of every facebook/musicgen-* checkpoint)
@@ -70,7 +70,12 @@ def use_real_codec() -> None:
     codec = real_codec()
     original = models.load_codec
     models.load_codec = lambda name, **kw: (codec, SPEC) if name == "bench" else original(name, **kw)
-    melody = models.is_melody  # 'bench' has no config to read: it is musicgen's codec, not a melody checkpoint
+    bench_is_no_melody_model()
+
+
+def bench_is_no_melody_model() -> None:
+    """'bench' has no config to read: it stands for musicgen's codec, not a melody checkpoint (tokenize asks)."""
+    melody = models.is_melody
     models.is_melody = lambda name: False if name == "bench" else melody(name)
 
 
@@ -125,7 +130,7 @@ def measure_speed(args: argparse.Namespace, work: Path) -> None:
     import torch
 
     use_real_codec()
-    print(f"{args.files} tracks x {args.seconds:g} s (44.1 kHz stereo mp3); device {speed.default_device()}, "
+    print(f"{args.files} tracks x {args.seconds:g} s (44.1 kHz stereo mp3); device {devices.pick_device()}, "
           f"torch threads: {torch.get_num_threads()}; load {os.getloadavg()[0]:.1f}", flush=True)
     result = speed.measure("bench", work / "ab", files=args.files, seconds=args.seconds, rounds=args.rounds,
                            codec=real_codec(), spec=SPEC, log=lambda line: print(line, flush=True))

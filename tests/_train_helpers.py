@@ -161,6 +161,13 @@ def _records(path: Path):
             pending = b""
 
 
+def same_weights(a: dict, b: dict) -> bool:
+    """Two state dicts hold the same tensors under the same names, bit for bit."""
+    import torch
+
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def wandb_records(run_dir: Path) -> list:
     """Every record of an offline run folder (``offline-run-*``), parsed."""
     from wandb.proto import wandb_internal_pb2 as pb

@@ -459,6 +459,11 @@ def test_editor_pages_saves_and_the_picture_is_drawn(tmp_path):
     assert (rows["a/clicks_120.wav"]["description"], rows["a/clicks_120.wav"]["edited"]) == ("typed in the table",
                                                                                                True)
     assert rows["a/noise.wav"]["description"] == "noise, edited" and rows["a/described.wav"]["edited"] is False
+    table.boxes[0][1].value = "noise, edited again"
+    table.pending["a.zip/gone.wav"] = "a track the table no longer has"  # a refused save: said under the table
+    assert table.save() == 0 and "Not saved:</b> No track &#x27;a.zip/gone.wav&#x27;" in table.status.value
+    assert table.pending["a.zip/a/noise.wav"] == "noise, edited again", "the typed text stays"
+    assert _by_path(tokens)["a/noise.wav"]["description"] == "noise, edited", "nothing written"
 
     picture = editor.plot(tokens, show=False)
     assert picture == tokens / "descriptions.png" and picture.stat().st_size > 10_000

@@ -162,10 +162,12 @@ def test_disk_measures_the_project_folder_and_cleans_up(tmp_path):
     assert "the project folder:" in result["reason"] and list((tmp_path / "doctor").iterdir()) == []
 
 
-def test_disk_says_a_read_only_folder_is_read_only(tmp_path, monkeypatch):
-    def read_only(path, data):
-        raise OSError(errno.EROFS, "Read-only file system", str(path))
+def read_only(path, *args, **kwargs):
+    """A write to ``path`` on a read-only file system (stands in for atomic.write_bytes / write_json)."""
+    raise OSError(errno.EROFS, "Read-only file system", str(path))
 
+
+def test_disk_says_a_read_only_folder_is_read_only(tmp_path, monkeypatch):
     monkeypatch.setattr(diskspeed.atomic, "write_bytes", read_only)
     result = check("disk", context(tmp_path))
     assert result["status"] == "fail" and "is on a read-only file system (EROFS" in result["reason"]
@@ -227,9 +229,6 @@ def test_encoder_autocast_that_agrees_records_nothing(tmp_path, monkeypatch):
 
 def test_encoder_autocast_fails_when_the_finding_cannot_be_recorded(tmp_path, monkeypatch):
     from nbutils.colab import project
-
-    def read_only(path, obj):
-        raise OSError(errno.EROFS, "Read-only file system", str(path))
 
     monkeypatch.setattr(project.atomic, "write_json", read_only)
     result = check("encoder_autocast", context(tmp_path))
@@ -351,10 +350,7 @@ def test_resume_equals_an_uninterrupted_run_bit_for_bit(trained):
 
 
 def test_resume_fails_when_the_save_fails(trained, monkeypatch):
-    def read_only(out, state, write_adapter, keep, **options):
-        raise OSError(errno.EROFS, "Read-only file system", str(Path(out) / checkpoint.LATEST))
-
-    monkeypatch.setattr(checkpoint, "save", read_only)
+    monkeypatch.setattr(checkpoint, "save", lambda out, *a, **kw: read_only(Path(out) / checkpoint.LATEST))
     before = live_musicgens()
     result = check("resume", trained)
     assert result["status"] == "fail" and "latest.pt is on a read-only file system" in result["reason"]

@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from _train_helpers import lora_weights, losses_by_step, offline_runs, small_config, tokens, wandb_history
+from _train_helpers import lora_weights, losses_by_step, offline_runs, same_weights, small_config, tokens, wandb_history
 from nbutils.core import faults
 from nbutils.core.errors import UserError
 from nbutils.train import checkpoint, guard, hub, samples
@@ -18,10 +18,6 @@ from nbutils.train.trainer import Trainer
 
 def _finite(tree) -> bool:
     return guard.non_finite(tree) == []
-
-
-def _same(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def _safetensors(folder):
@@ -54,10 +50,10 @@ def test_lr_1e6_is_stopped_and_only_the_last_good_weights_are_saved(tmp_path):
 
     latest = torch.load(out / "latest.pt", weights_only=True)
     assert latest["step"] == 10 and _finite(latest["lora"]) and _finite(latest["optimizer"])
-    assert _same(latest["lora"], lora_weights(one_step)), "the weights of step 1, the last good step"
+    assert same_weights(latest["lora"], lora_weights(one_step)), "the weights of step 1, the last good step"
     assert _finite(torch.load(out / "previous.pt", weights_only=True)["lora"])
     for step in (5, 10):  # the adapters: step folders; adapters/best needs a finite validation loss
-        assert _same(_safetensors(checkpoint.step_dir(out, step)), _safetensors(one_step / "adapters" / "final"))
+        assert same_weights(_safetensors(checkpoint.step_dir(out, step)), _safetensors(one_step / "adapters" / "final"))
     assert not (out / "adapters").exists() and latest["best_val_loss"] is None
 
     rows = {r["step"]: r for r in train.read_metrics(out) if "train/lr" in r}
@@ -97,7 +93,7 @@ def test_a_single_nan_batch_is_skipped_and_the_run_equals_one_that_never_saw_it(
         reference.after_step(reference.train_step())
     reference.finish()
 
-    assert _same(lora_weights(out), lora_weights(reference.out))
+    assert same_weights(lora_weights(out), lora_weights(reference.out))
     ours, theirs = (torch.load(o / "latest.pt", weights_only=True)["optimizer"] for o in (out, reference.out))
     assert all(torch.equal(ours["state"][i][k], theirs["state"][i][k]) for i in ours["state"] for k in ours["state"][i])
     losses = losses_by_step(out)
@@ -155,12 +151,12 @@ def test_fp16_overflow_on_a_faked_scaler_is_counted_not_handled_twice(tmp_path):
     assert math.isfinite(row["train/loss"]) and row["train/grad_norm"] == math.inf
     assert trainer.guard.skipped == trainer.guard.scaler_skipped == 1 and trainer.guard.in_a_row == 1
     assert scaler.get_scale() == 2.0**15, "the scaler skipped it and halved its scale, once"
-    assert _same(trainer.state()["lora"], before) and trainer.scheduler.last_epoch == scheduled
+    assert same_weights(trainer.state()["lora"], before) and trainer.scheduler.last_epoch == scheduled
     assert trainer.step == 2, "a skipped step still counts (its data was used)"
 
     row = trainer.train_step()
     assert "train/skipped" not in row and row["train/skipped_steps"] == 1 and trainer.guard.in_a_row == 0
-    assert not _same(trainer.state()["lora"], before) and trainer.scheduler.last_epoch == scheduled + 1
+    assert not same_weights(trainer.state()["lora"], before) and trainer.scheduler.last_epoch == scheduled + 1
     assert scaler.get_scale() == 2.0**15
     trainer.save()
     assert torch.load(tmp_path / "run" / "latest.pt", weights_only=True)["guard"]["scaler_skipped"] == 1
@@ -260,7 +256,7 @@ def test_resume_from_a_poisoned_latest_is_refused_and_the_good_step_continues_ex
     messages = []
     train.run(small_config(data, out, max_steps=6, **constant), log=messages.append)
     assert any("Resuming from step 4 (checkpoints/step-000004/state.pt" in m for m in messages), messages
-    assert _same(lora_weights(out), lora_weights(reference))
+    assert same_weights(lora_weights(out), lora_weights(reference))
 
 
 def test_non_finite_adapters_are_neither_written_nor_uploaded(tmp_path):
@@ -320,7 +316,7 @@ def test_failed_samples_are_logged_and_out_of_memory_keeps_its_handling(tmp_path
     assert "Warning: the samples of step 2 failed (ValueError: a sampling error); training continues without " \
            "them." in messages
     assert sorted(p.name for p in (out / "samples").iterdir()) == ["step-000000", "step-000004"]
-    assert _same(lora_weights(out), lora_weights(reference)), "samples change nothing, failed or not"
+    assert same_weights(lora_weights(out), lora_weights(reference)), "samples change nothing, failed or not"
 
     def out_of_memory(model, processor, spec, folder, *, kind, **kwargs):
         if kind == "lora":  # during training (step 2), where a step's out-of-memory advice applies

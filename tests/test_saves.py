@@ -4,16 +4,11 @@ the bytes each save writes, the free space, and no `is_gradient_checkpointing` w
 import warnings
 
 import pytest
-import torch
 
-from _train_helpers import lora_weights, losses_by_step, small_config, tokens
+from _train_helpers import lora_weights, losses_by_step, same_weights, small_config, tokens
 from nbutils.core import faults
 from nbutils.train import checkpoint, saves
 from nbutils.train import stage as train
-
-
-def _same(a, b):
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 class FakeClock:
@@ -39,7 +34,7 @@ def test_a_time_based_save_changes_nothing_and_resume_from_it_is_exact(tmp_path,
     train.run(small_config(data, timed, save_every_minutes=10, **by_steps), log=messages.append)
     assert [m.split(":")[0] for m in messages if m.startswith("Saved step")] == [
         "Saved step 3", "Saved step 6", "Saved step 8"]  # every 10 minutes (12 by this clock), and the end
-    assert _same(lora_weights(timed), lora_weights(reference)), "saving more often changes no weight"
+    assert same_weights(lora_weights(timed), lora_weights(reference)), "saving more often changes no weight"
     assert losses_by_step(timed) == losses_by_step(reference)
 
     monkeypatch.setattr(saves, "now", FakeClock())
@@ -55,7 +50,7 @@ def test_a_time_based_save_changes_nothing_and_resume_from_it_is_exact(tmp_path,
     monkeypatch.delenv(faults.ENV)
     train.run(small_config(data, out, save_every_minutes=0, **by_steps), log=messages.append)
     assert any(m.startswith("Resuming from step 3 (latest.pt") for m in messages)
-    assert _same(lora_weights(out), lora_weights(reference))
+    assert same_weights(lora_weights(out), lora_weights(reference))
     assert losses_by_step(out) == losses_by_step(reference)
     assert losses_by_step(out, "val/loss") == losses_by_step(reference, "val/loss")
 

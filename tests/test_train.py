@@ -10,7 +10,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from _train_helpers import cli_args, live_musicgens, lora_weights, losses_by_step, small_config, tokens, write_shards
+from _train_helpers import (
+    cli_args,
+    live_musicgens,
+    lora_weights,
+    losses_by_step,
+    same_weights,
+    small_config,
+    tokens,
+    write_shards,
+)
 from nbutils.core import faults
 from nbutils.core.errors import UserError
 from nbutils.tokenize import shards
@@ -33,10 +42,6 @@ def _cli(*args, crash=None, timeout=300):
 
 def _last_json(stdout):
     return json.loads([line for line in stdout.splitlines() if line.strip()][-1])
-
-
-def _same_weights(a, b):
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -139,7 +144,7 @@ def test_stop_button_saves_and_resume_is_exact(tmp_path, monkeypatch):
     monkeypatch.delenv(faults.ENV)
     train.run(small_config(data, out, max_steps=8), log=messages.append)
     assert any("Resuming from step 5" in m for m in messages)
-    assert _same_weights(lora_weights(reference), lora_weights(out))
+    assert same_weights(lora_weights(reference), lora_weights(out))
     assert losses_by_step(reference) == losses_by_step(out)
     assert losses_by_step(reference, "val/loss") == losses_by_step(out, "val/loss")
 
@@ -169,7 +174,7 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
     assert "Resuming from step 6" in proc.stdout and _last_json(proc.stdout)["step"] == 8
     # the torn step-6 folder was cleared; step 6 itself lives on in latest.pt until step 8 replaced it
     assert [p.name for p in sorted((out / "checkpoints").iterdir())] == ["step-000004", "step-000008"]
-    assert _same_weights(lora_weights(reference), lora_weights(out))
+    assert same_weights(lora_weights(reference), lora_weights(out))
     assert losses_by_step(reference) == losses_by_step(out)
     assert losses_by_step(reference, "val/loss") == losses_by_step(out, "val/loss")
 

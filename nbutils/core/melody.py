@@ -145,13 +145,11 @@ def one_hot(classes, num_chroma: int = NUM_CHROMA):
     return torch.nn.functional.one_hot(torch.as_tensor(np.asarray(classes), dtype=torch.long), num_chroma).float()
 
 
-def null_features(frames: int, num_chroma: int = NUM_CHROMA):
-    """transformers' "no melody" condition: ``frames`` frames one-hot on bin 0.
-
-    It is what ``generate()`` feeds without a melody and for the unconditional half of guidance,
-    and what audiocraft's chroma extractor gives for a silent ("nullified") waveform.
-    """
-    return one_hot(np.full(frames, NULL_PITCH_CLASS), num_chroma)
+def null_rows(frames: int) -> np.ndarray:
+    """transformers' "no melody" condition as stored pitch classes: every frame on bin 0 (``one_hot``
+    makes the features). It is what ``generate()`` feeds without a melody and for the unconditional
+    half of guidance, what audiocraft's extractor gives for a silent waveform, and a dropped chroma."""
+    return np.full(frames, NULL_PITCH_CLASS, dtype=np.uint8)
 
 
 def frames_per_second(sample_rate: int = SAMPLE_RATE, hop_length: int = HOP_LENGTH) -> float:

@@ -40,7 +40,7 @@ HUB_MODELS = (
     "facebook/musicgen-stereo-melody-large",
 )
 TINY_MODELS = ("tiny", "tiny-stereo", "tiny-melody")
-MELODY_TYPE = "musicgen_melody"  # config.model_type of the chroma-conditioned checkpoints
+MELODY_TYPE = compat.MELODY_TYPE  # config.model_type of the chroma-conditioned checkpoints
 
 # The tiny model mirrors the real one's shapes where they matter and shrinks everything else.
 TINY_SEED = 1234

@@ -32,6 +32,11 @@ def default_scratch() -> Path:
     return Path(tempfile.gettempdir()) / "nbutils-scratch"
 
 
+def scratch_root(scratch: str | os.PathLike = "") -> Path:
+    """The scratch folder a stage works in: ``scratch`` when given (a --scratch option), else the default."""
+    return Path(scratch).expanduser().absolute() if scratch else default_scratch()
+
+
 @dataclasses.dataclass(frozen=True)
 class Paths:
     """Folders of one project. Build with ``Paths.at(PROJECT_ROOT)``."""

@@ -134,7 +134,8 @@ def _versions() -> dict[str, str]:
             "transformers": transformers.__version__, "peft": peft.__version__}
 
 
-def sidecar(clip, cfg, pipe, wav: Path, written: dict, pair: str | None) -> dict[str, Any]:
+def sidecar(clip, cfg, pipe, wav: Path, written: dict, pair: str | None,
+            inputs: dict[str, str] | None = None) -> dict[str, Any]:
     """The JSON record next to a WAV: enough to know, and redo, exactly what made it.
 
     Args:
@@ -168,7 +169,7 @@ def sidecar(clip, cfg, pipe, wav: Path, written: dict, pair: str | None) -> dict
         "generation_seconds": round(clip.generation_seconds, 4),
         "realtime_factor": round(clip.realtime_factor, 4),
         "parameters": config.to_dict(cfg),
-        "inputs": input_digests(cfg),
+        "inputs": input_digests(cfg) if inputs is None else inputs,
         "pipeline": pipe.describe(),
         "versions": _versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -198,6 +199,7 @@ def save(clips: list, cfg, pipe, out: str | Path) -> list[dict[str, Any]]:
     """
     out = Path(out).expanduser()
     stamp = timestamp()
+    inputs = input_digests(cfg)  # read once per request, not per clip
     groups: dict[tuple, list] = {}
     for clip in clips:  # one name per prompt position: the same text twice is two takes
         groups.setdefault((clip.index, clip.variation), []).append(clip)
@@ -209,7 +211,7 @@ def save(clips: list, cfg, pipe, out: str | Path) -> list[dict[str, Any]]:
             wav = out / f"{name}_{clip.variant}.wav"
             written = write_wav(wav, clip.audio, clip.sample_rate)
             others = [f"{name}_{c.variant}.wav" for c in group if c is not clip]
-            record = sidecar(clip, cfg, pipe, wav, written, others[0] if others else None)
+            record = sidecar(clip, cfg, pipe, wav, written, others[0] if others else None, inputs)
             atomic.write_json(wav.with_suffix(".json"), record)
             records.append({**record, "path": str(wav), "sidecar": str(wav.with_suffix(".json"))})
     return records

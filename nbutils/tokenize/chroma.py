@@ -24,10 +24,9 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from nbutils.core import audio, melody, models
+from nbutils.core import audio, melody, models, paths
 from nbutils.core.errors import UserError
-from nbutils.core.paths import default_scratch
-from nbutils.tokenize import archive, lock, prefetch, shards
+from nbutils.tokenize import archive, descriptions, lock, prefetch, shards
 
 SETTINGS_KEYS = ("segment_seconds", "min_seconds", "min_tail_seconds", "silence_db")  # recorded in every shard
 
@@ -109,7 +108,7 @@ def _rows_for(shard: shards.Shard, found: dict) -> list[Any]:
 
 def _add_one(shard: shards.Shard, cfg, settings: melody.ChromaSettings, scratch: Path) -> int:
     """Give one shard its chroma; returns its chroma frames. ``ValueError``/``OSError`` say why it could not."""
-    zip_name = str(shard.meta.get("zip") or f"{shard.index_path.stem}.zip")
+    zip_name = descriptions.zip_of(shard.meta, shard.index_path.stem)
     zip_path = Path(cfg.zips) / zip_name
     if not zip_path.is_file():
         raise ValueError(f"its ZIP {zip_name} is not in {cfg.zips}")
@@ -170,7 +169,7 @@ def _add_all(todo: list[shards.Shard], cfg, settings: melody.ChromaSettings):
     from tqdm.auto import tqdm
 
     done, failures, frames = [], [], 0
-    root = Path(cfg.scratch).expanduser() if cfg.scratch else default_scratch()
+    root = paths.scratch_root(cfg.scratch)
     root.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="nbutils-chroma-", dir=root))
     try:

@@ -36,11 +36,11 @@ from typing import Any, Iterable
 from nbutils.core import atomic, faults, jsonsafe
 from nbutils.core.errors import UserError
 from nbutils.tokenize import metadata, shards
+from nbutils.tokenize.tags import CATEGORIES
 
 FILE = "descriptions.jsonl"
 FIELDS = ("zip", "path", "description", "source", "bpm", "key", "tags", "edited")
 USER_FIELDS = ("description", "bpm", "key", "tags")  # a line differing from the generated one here is an edit
-CATEGORIES = ("genre", "mood", "instrument")
 MAX_LISTED = 5
 
 

@@ -18,13 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from nbutils.core import pictures
+from nbutils.core.errors import UserError
 from nbutils.tokenize import analysis, descriptions
 
 PICTURE = "descriptions.png"
-
-
-def _where(row: dict[str, Any]) -> str:
-    return f"{row['zip']}/{row['path']}"
 
 
 def _facts(row: dict[str, Any]) -> str:
@@ -47,7 +44,7 @@ def preview(tokens_dir: str | os.PathLike, rows: int = 10) -> str:
     sources = ", ".join(f"{k} {v}" for k, v in sorted(counts["sources"].items()))
     lines = [f"{counts['tracks']} tracks in {descriptions.path_of(tokens_dir)} ({sources}; {counts['edited']} edited)"]
     for row in found[:rows]:
-        lines.append(f"- {_where(row)} [{_facts(row)}]: {row['description'] or '(no description)'}")
+        lines.append(f"- {descriptions.key_of(row)} [{_facts(row)}]: {row['description'] or '(no description)'}")
     if len(found) > rows:
         lines.append(f"... and {len(found) - rows} more: page through them in the editor below, or open the file.")
     return "\n".join(lines)
@@ -96,7 +93,7 @@ class Editor:
         for row in shown:
             key = descriptions.key_of(row)
             box = w.Text(value=self.pending.get(key, row["description"]), layout=w.Layout(width="60%"))
-            label = w.HTML(f"<code>{html.escape(_where(row))}</code> <small>{html.escape(_facts(row))}</small>",
+            label = w.HTML(f"<code>{html.escape(key)}</code> <small>{html.escape(_facts(row))}</small>",
                            layout=w.Layout(width="40%"))
             self.boxes.append((key, box))
             children.append(w.HBox([label, box]))
@@ -112,7 +109,7 @@ class Editor:
         edits = {k: v for k, v in self.pending.items() if v != original.get(k)}
         try:
             changed = descriptions.save_edits(self.tokens_dir, edits) if edits else 0
-        except Exception as err:  # noqa: BLE001 - shown under the table; the edits stay in the boxes
+        except (UserError, OSError) as err:  # shown under the table; the edits stay in the boxes
             self.status.value = f"<b>Not saved:</b> {html.escape(str(err))}"
             return 0
         self.all = descriptions.rows(self.tokens_dir)

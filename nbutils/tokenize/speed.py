@@ -27,20 +27,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-from nbutils.core import audio, synth
+from nbutils.core import audio, devices, synth
 from nbutils.core.clock import Clock
 from nbutils.core.models import AudioSpec
 
 SOURCE_RATE = 44_100  # the tracks are written as 44.1 kHz stereo mp3, as most users' files are
 SEGMENT_SECONDS = 30.0
 METHODS = ("encoder", "pipeline", "naive")
-
-
-def default_device() -> str:
-    """Where all three methods encode: the GPU when there is one (as the pipeline does), else the CPU."""
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def make_zip(path: Path, files: int, seconds: float) -> Path:
@@ -154,7 +147,7 @@ def measure(model: str, work: Path, *, files: int = 4, seconds: float = 30.0, ro
 
     if codec is None:
         codec, spec = models.load_codec(model)
-    device = device or default_device()
+    device = device or devices.pick_device()  # the GPU when there is one, as the pipeline encodes
     zip_path = make_zip(Path(work) / "zips" / "batch_0001.zip", files, seconds)
     segments = decoded_segments(zip_path, Path(work), spec)
     audio_seconds = sum(s.shape[-1] for s in segments) / spec.sample_rate

@@ -28,7 +28,7 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nbutils.core import atomic, audio, devices, faults, melody, models
+from nbutils.core import atomic, audio, devices, faults, melody, models, paths
 from nbutils.core.errors import UserError
 from nbutils.tokenize import archive, chroma, describe, ledger, metadata, notes, prefetch, shards
 
@@ -144,7 +144,7 @@ class Stage:
         self.make_batcher = lambda: Batcher(self.encoder, full_samples=self.full_samples, batch_size=batch)
         self.outside = outside or metadata.Outside.load(cfg.zips, cfg.metadata or None)
         self.limit_left = cfg.limit or None
-        self.work_root = _scratch_root(cfg) / f"tokenize-{os.getpid()}"
+        self.work_root = paths.scratch_root(cfg.scratch) / f"tokenize-{os.getpid()}"
         self.overall = _bar(cfg, total=min(total_files, cfg.limit) if cfg.limit else total_files, desc="all ZIPs",
                             position=0)  # test mode stops after `limit` tracks
 
@@ -178,12 +178,6 @@ class Stage:
     def chroma_of(self, piece: audio.Piece):
         """A segment's chroma as pitch-class indices (melody checkpoints; computed in the decoding thread)."""
         return melody.pitch_classes(piece.audio, self.chroma) if self.chroma is not None else None
-
-
-def _scratch_root(cfg: "TokenizeConfig") -> Path:
-    from nbutils.core.paths import default_scratch
-
-    return Path(cfg.scratch).expanduser().absolute() if cfg.scratch else default_scratch()
 
 
 def _bar(cfg: "TokenizeConfig", **kwargs):

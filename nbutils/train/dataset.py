@@ -30,6 +30,7 @@ import numpy as np
 
 from nbutils.core import atomic
 from nbutils.core.errors import UserError
+from nbutils.core.melody import null_rows
 from nbutils.core.prompts import encode as encode_prompts
 from nbutils.tokenize import shards
 
@@ -268,7 +269,7 @@ class CropDataset:
         if self.chroma is not None:  # drawn after the text's decision: text-only runs keep their streams
             chroma = self.chroma.rows(shard, gi, start, length)
             if rng is not None and (rng.random() < self.chroma.dropout or dropped):
-                chroma = np.zeros_like(chroma)  # the null melody (pitch class 0 in every frame)
+                chroma = null_rows(len(chroma))  # transformers' "no melody"
         return Example(codes=codes, length=length, text=text, track=track_of(segment, shard), chroma=chroma)
 
 

@@ -184,11 +184,6 @@ def features(pitch_classes: Sequence[np.ndarray], chroma_length: int, num_chroma
     return melody.one_hot(tiled, num_chroma)
 
 
-def null_rows(length: int) -> np.ndarray:
-    """A dropped chroma: every frame on the null pitch class (transformers' "no melody")."""
-    return np.full(length, melody.NULL_PITCH_CLASS, dtype=np.uint8)
-
-
 def sample_melodies(val_set, count: int, seconds: float, frame_rate: int) -> list[dict[str, Any]]:
     """Melodies for training samples: the chroma of ``count`` validation crops (evenly spread), ``seconds`` long.
 
