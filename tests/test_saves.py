@@ -67,11 +67,19 @@ def test_save_every_minutes_defaults_to_10_in_colab_and_off_elsewhere(monkeypatc
 
 
 def test_training_prints_the_free_space_and_the_bytes_each_save_writes(tmp_path, monkeypatch):
-    out, messages = tmp_path / "run", []
+    out, messages, measured = tmp_path / "run", [], []
+    real_free_bytes = saves.free_bytes
+
+    def remembered(folder):  # the real measurement; other tests write to this disk meanwhile
+        measured.append(real_free_bytes(folder))
+        return measured[-1]
+    monkeypatch.setattr(saves, "free_bytes", remembered)
     train.run(small_config(tokens(tmp_path), out, max_steps=2, save_every=2, keep_checkpoints=1),
               log=messages.append)
-    free = saves.human_bytes(saves.free_bytes(out))
+    assert len(measured) == 2 and all(m is not None and m > 0 for m in measured)
+    free = saves.human_bytes(measured[0])
     assert any(m.startswith(f"Saving every 2 steps. Free space for the run folder: {free} ") for m in messages)
+    free = saves.human_bytes(measured[1])
     latest, folder = (out / "latest.pt").stat().st_size, saves.size_of(checkpoint.step_dir(out, 2))
     h = saves.human_bytes
     assert f"Saved step 2: {h(latest + folder)} written (latest.pt {h(latest)} + checkpoints/step-000002 " \
