@@ -21,13 +21,17 @@ os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", tempfile.gettempdir())
 os.environ["TMPDIR"] = str(_SANDBOX / "tmp")
 (_SANDBOX / "tmp").mkdir()
 tempfile.tempdir = None  # re-read TMPDIR
+# numba's compiled code (librosa compiles about 40 s of it on first import) is shared by the whole
+# run: the xdist controller's sandbox is handed to its workers, which inherit its environment.
+_SHARED = Path(os.environ.setdefault("NBUTILS_TESTS_SHARED", str(_SANDBOX / "shared")))
+os.environ["NUMBA_CACHE_DIR"] = str(_SHARED / "numba")
+Path(os.environ["NUMBA_CACHE_DIR"]).mkdir(parents=True, exist_ok=True)
 for _name, _sub in {
     "HF_HOME": "hf",
     "IPYTHONDIR": "ipython",
     "JUPYTER_CONFIG_DIR": "jupyter/config",
     "JUPYTER_DATA_DIR": "jupyter/data",
     "JUPYTER_RUNTIME_DIR": "jupyter/runtime",
-    "NUMBA_CACHE_DIR": "numba",
     "WANDB_DIR": "wandb",
     "WANDB_CACHE_DIR": "wandb-cache",
     "WANDB_CONFIG_DIR": "wandb-config",

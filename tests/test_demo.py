@@ -1,7 +1,7 @@
 """``python -m nbutils demo``: the synthetic dataset, and one real run that executes notebooks 00-04.
 
-The demo runs once per test session (``demo_run``); the tests below assert on what it left in
-its folder: the ZIP batches, the executed notebooks, and every stage's outputs.
+The demo runs once (``test_the_demo_from_the_command_line``), and the checks below assert on what
+it left in its folder: the ZIP batches, the executed notebooks, and every stage's outputs.
 """
 
 from __future__ import annotations
@@ -21,15 +21,6 @@ from nbutils.colab import demo, notebooks
 from nbutils.core import synth
 from nbutils.core.errors import UserError
 from nbutils.core.paths import Paths
-
-
-@pytest.fixture(scope="session")
-def demo_run(tmp_path_factory):
-    """Run ``python -m nbutils demo --out DIR`` once: (DIR, completed process, summary)."""
-    out = tmp_path_factory.mktemp("demo") / "demo_out"
-    proc = run_cli("demo", "--out", str(out), timeout=900)
-    return out, proc, last_json(proc.stdout)
-
 
 # ---------------------------------------------------------------------------------------------
 # The synthetic collection (no notebooks needed)
@@ -116,8 +107,21 @@ def test_every_demo_parameter_exists_in_its_notebook(tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_cli_ends_with_where_to_look(demo_run):
-    out, proc, summary = demo_run
+def test_the_demo_from_the_command_line(tmp_path):
+    """One real ``python -m nbutils demo`` run, then each check on what it left.
+
+    One test, not a session fixture shared by several: pytest-xdist would run such a fixture once
+    per worker (its ``xdist_group`` does not take effect under pytest 9.2), doubling CI's longest step."""
+    out = tmp_path / "demo_out"
+    proc = run_cli("demo", "--out", str(out), timeout=900)
+    summary = last_json(proc.stdout)
+    check_the_cli_ends_with_where_to_look(out, proc, summary)
+    check_every_notebook_ran_with_the_tiny_model(out)
+    check_every_stage_left_its_output_in_the_project(out, summary)
+    check_a_rerun_reuses_its_clips(out)  # last: it executes notebook 03 again
+
+
+def check_the_cli_ends_with_where_to_look(out, proc, summary):
     assert summary["out"] == str(out)
     assert list(summary["notebook_seconds"]) == list(notebooks.NOTEBOOKS)
     for kind in ("audio", "plots", "tables", "notebooks", "adapters"):
@@ -129,9 +133,7 @@ def test_demo_cli_ends_with_where_to_look(demo_run):
     assert summary["audio"][0] in where and summary["plots"][0] in where
 
 
-@pytest.mark.slow
-def test_demo_executed_every_notebook_with_the_tiny_model(demo_run):
-    out, _, _ = demo_run
+def check_every_notebook_ran_with_the_tiny_model(out):
     for name in notebooks.NOTEBOOKS:
         nb = nbformat.read(str(out / "notebooks" / f"{name}.ipynb"), as_version=4)
         injected = next(c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", []))
@@ -141,16 +143,16 @@ def test_demo_executed_every_notebook_with_the_tiny_model(demo_run):
                 continue
             assert cell.execution_count is not None, f"{name}: a cell did not run"
             assert not [o for o in cell.outputs if o.output_type == "error"], f"{name}: {cell.source[:60]}"
-        assert "\u274c" not in notebooks.outputs_text(nb), name
+        shown = notebooks.outputs_text(nb)
+        assert "\u274c" not in shown, name
+        assert "is_gradient_checkpointing" not in shown, f"{name}: a library's FutureWarning, shown in red"
 
 
-@pytest.mark.slow
-def test_demo_left_every_stage_output_in_the_project(demo_run):
+def check_every_stage_left_its_output_in_the_project(out, summary):
     import torch
 
     from nbutils.tokenize import shards
 
-    out, _, summary = demo_run
     paths = Paths.at(out)
     settings = json.loads(paths.project_file.read_text())
     assert settings["model"] == "tiny"
@@ -175,10 +177,8 @@ def test_demo_left_every_stage_output_in_the_project(demo_run):
     assert "6 tracks in" in shown and shown.count("[auto") == 3  # the automatic descriptions, in the notebook
 
 
-@pytest.mark.slow
-def test_a_demo_rerun_reuses_its_clips(demo_run):
+def check_a_rerun_reuses_its_clips(out):
     """Re-running continues, as the README says: notebook 03 plays the clips the first run made (REUSE)."""
-    out, _, _ = demo_run
     paths = Paths.at(out)
     before = sorted(p.name for p in paths.generated.iterdir())
     assert demo.STAGE_PARAMETERS["03_generate"]["REUSE"] is True
