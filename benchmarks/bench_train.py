@@ -325,7 +325,7 @@ def main() -> None:
     # -- 3. resume vs fresh start, each a new process ----------------------------------------
     cli_seconds(cfg, work / "resumed", 2, args.threads)  # a run to resume from (at step 2); warms caches
     fresh_runs, resumed_runs = [], []
-    for attempt in range(2):  # alternate, so neither kind always runs on warmer caches
+    for attempt in range(1 if args.quick else 2):  # alternate, so neither kind always runs on warmer caches
         fresh_runs.append(cli_seconds(cfg, work / f"fresh-{attempt}", 1, args.threads))
         resumed_runs.append(cli_seconds(cfg, work / "resumed", 3 + attempt, args.threads))  # +1 step each
     fresh = tuple(statistics.mean(run[i] for run in fresh_runs) for i in (0, 1))
