@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from pathlib import Path
 
 import nbformat
@@ -714,3 +715,14 @@ def test_out_of_memory_while_generating_says_what_to_lower(pipe, tmp_path, monke
     with pytest.raises(UserError, match=r"generating 4 prompt\(s\) at once.*batch_size \(e\.g\. 2\)") as err:
         generate.run(config, pipe)
     assert err.value.__context__ is None
+
+
+def test_loading_an_adapter_emits_no_is_gradient_checkpointing_warning(tmp_path):
+    """peft's question to the model (renamed in transformers 5.2x) is silenced where generation wraps
+    the model too, not only in training: notebooks 03 and 04 showed it in red."""
+    adapter = save_peft(peft_model("tiny", seed=1), tmp_path / "qv1")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pipe = generate.Pipeline("tiny", str(adapter))
+        pipe.generate(["calm piano"], cfg(tmp_path, seconds=0.1), variant="lora", seed=1)
+    assert [str(w.message) for w in caught if "is_gradient_checkpointing" in str(w.message)] == []

@@ -8,13 +8,27 @@ exists, meaning "after the first step". With the cache there from the start the 
 reaches the decoder: every prompt and every melody gives the same audio. Where the installed class
 still has that guard (no ``is_first_iteration`` argument, the fixed versions' marker), the loaded
 model's method keeps the conditioning while the cache is empty, as the fixed versions do.
+
+**peft asks the model ``is_gradient_checkpointing``**, which transformers 5.2x renamed with a
+FutureWarning on every access: not the user's to fix. ``peft_wrapping()`` silences that warning,
+and only it, around the calls that wrap a model (training's and generation's alike).
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import warnings
 
 MELODY_TYPE = "musicgen_melody"
+
+
+@contextlib.contextmanager
+def peft_wrapping():
+    """Around ``peft.get_peft_model``: no ``is_gradient_checkpointing`` FutureWarning (see above)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
 
 
 def drops_melody_conditioning(cls) -> bool:

@@ -36,7 +36,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from nbutils.core import models
+from nbutils.core import compat, models
 from nbutils.core.errors import UserError
 
 PEFT_CONFIG = "adapter_config.json"
@@ -369,7 +369,7 @@ def attach(model, adapter: Adapter, model_name: str):
     _check(model, adapter, model_name)
     config = dataclasses.replace(adapter.config, inference_mode=True, base_model_name_or_path=model_name)
     try:
-        with warnings.catch_warnings():  # peft repeats, less clearly, the base-name warning above
+        with warnings.catch_warnings(), compat.peft_wrapping():  # peft repeats the base-name warning above
             warnings.filterwarnings("ignore", message=".*base_model_name_or_path.*was renamed")
             peft_model = get_peft_model(model, config)
     except ValueError as err:  # peft: "Target modules ... not found in the base model"

@@ -18,11 +18,10 @@ works unchanged::
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
-from nbutils.core import atomic, models
+from nbutils.core import atomic, compat, models
 from nbutils.core.errors import UserError
 
 _SELF = [f"self_attn.{p}_proj" for p in ("q", "k", "v", "out")]
@@ -82,10 +81,7 @@ def wrap(model, config, base_model: str | None = None):
 
     for param in model.parameters():
         param.requires_grad_(False)
-    with warnings.catch_warnings():
-        # peft asks the model `is_gradient_checkpointing`, which transformers 5.2x renamed with a
-        # FutureWarning on every access: not the user's to fix, and only this one is silenced.
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    with compat.peft_wrapping():
         peft_model = get_peft_model(model, config)
     if base_model is not None:
         peft_model.peft_config["default"].base_model_name_or_path = str(base_model)
