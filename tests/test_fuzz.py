@@ -100,5 +100,6 @@ def test_200_mutations_of_a_valid_zip_never_stop_the_run(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.longer  # the 200-mutation run above is its short form
 def test_2000_mutations_of_a_valid_zip_never_stop_the_run(tmp_path):
     _fuzz(tmp_path, 2000)
