@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -58,8 +59,6 @@ def test_batched_is_the_same_as_one_at_a_time(tmp_path):
 
 
 def test_training_reports_base_and_adapter_on_its_validation_tracks(tmp_path):
-    import json
-
     out = tmp_path / "run"
     summary = stage.run(H.small_config(H.tokens(tmp_path), out, wandb="offline"))
     facts = json.loads((out / likelihood.RESULT_FILE).read_text())
@@ -141,3 +140,84 @@ def test_an_edited_description_is_measured_again_in_evaluate(tmp_path):
     opened[0].segments[1].description = "edited in descriptions.jsonl"
     assert heldout._key("base", "", chosen) != before
 
+
+
+# ---------------------------------------------------------------------------------------------
+# Melody models: each segment scored with its own chroma, as training conditions it
+# ---------------------------------------------------------------------------------------------
+
+
+def test_a_melody_segment_is_scored_with_its_own_chroma_as_the_models_loss_with_it(tmp_path):
+    import torch
+
+    from _melody_helpers import melody_tokens
+    from nbutils.core import models
+    from nbutils.train import melody
+    from nbutils.train.dataset import Collator, Example
+
+    _, tokens = melody_tokens(tmp_path)
+    (shard,) = shards.open_all(tokens)
+    pipe = Pipeline("tiny-melody")
+    start = int(pipe.model.config.decoder.decoder_start_token_id)
+    inputs = melody.scoring_inputs(pipe.model.config, pipe.spec, models.chroma_settings("tiny-melody"), [shard])
+    assert inputs is not None
+    kw = dict(spec=pipe.spec, start_id=start, device="cpu")
+    found = likelihood.measure(pipe.model, pipe.processor.tokenizer, [(shard, 1)], chroma=inputs, **kw)
+    codes = np.asarray(shard.segment_codes(1), dtype=np.int64)
+    own = shard.segment_chroma(1)
+    crops, collate = inputs
+    batch = Collator(pipe.processor.tokenizer, pipe.spec.pad_token_id, start, **collate)(
+        [Example(codes=codes, length=len(codes), text=shard.segments[1].description, track="t",
+                 chroma=own[: crops.rows(shard, 1, 0, len(codes)).size])])
+    with torch.no_grad():
+        out = pipe.model(**batch.model_inputs(), labels=batch.labels)
+    assert np.mean(found.nll_per_codebook) == pytest.approx(float(out.loss), rel=1e-4)
+    text_only = likelihood.measure(pipe.model, pipe.processor.tokenizer, [(shard, 1)], **kw)
+    assert text_only.bits_per_second != pytest.approx(found.bits_per_second, rel=1e-4), "the chroma is an input"
+
+
+def test_evaluate_says_how_a_melody_model_was_conditioned_and_keeps_the_two_apart(tmp_path):
+    from _melody_helpers import melody_tokens, strip_chroma
+    from nbutils.evaluate import heldout
+
+    _, tokens = melody_tokens(tmp_path / "a")
+    opened = shards.open_all(tokens)
+    chosen = [(opened[0], 0), (opened[0], 1)]
+    pipe = Pipeline("tiny-melody")
+    store = heldout.Store(tmp_path / "a", chosen, batch_size=2)
+    with_chroma = store.measure(pipe, "base", "base")
+    assert store.condition == "text and chroma" and heldout.facts(store, "x")["condition"] == "text and chroma"
+    (line,) = [json.loads(x) for x in (tmp_path / "a" / heldout.LEDGER).read_text().splitlines()]
+    assert line["key"].endswith("|chroma")
+
+    _, bare = melody_tokens(tmp_path / "b")
+    strip_chroma(bare)
+    opened = shards.open_all(bare)
+    store = heldout.Store(tmp_path / "b", [(opened[0], 0), (opened[0], 1)], batch_size=2)
+    without = store.measure(pipe, "base", "base")
+    assert store.condition.startswith("text only: the shards hold no chroma")
+    assert without["bits_per_second"] != pytest.approx(with_chroma["bits_per_second"], rel=1e-4)
+
+    store = heldout.Store(tmp_path / "c", [(shards.open_all(H.tokens(tmp_path / "c"))[0], 0)], batch_size=2)
+    store.measure(Pipeline("tiny"), "base", "base")
+    assert store.condition == "text"
+
+
+def test_training_and_evaluate_give_a_melody_base_the_same_held_out_figure(tmp_path):
+    from _melody_helpers import melody_config, melody_tokens
+    from nbutils.evaluate import heldout
+
+    _, tokens = melody_tokens(tmp_path)
+    out = tmp_path / "run"
+    stage.run(melody_config(tokens, out, max_steps=2, save_every=2))
+    trained = json.loads((out / likelihood.RESULT_FILE).read_text())
+    val = json.loads((out / "split.json").read_text())["val_tracks"]
+    chosen = likelihood.held_out(shards.open_all(tokens), val)
+    assert len(chosen) == trained["segments"] > 0
+    store = heldout.Store(tmp_path / "eval", chosen, batch_size=2)
+    pipe = Pipeline("tiny-melody")
+    base = store.measure(pipe, "base", "base")
+    assert base["bits_per_second"] == pytest.approx(trained["base"]["bits_per_second"], rel=1e-3)
+    text_only = likelihood.measure(pipe.model, pipe.processor.tokenizer, chosen, spec=pipe.spec, device="cpu",
+                                   start_id=int(pipe.model.config.decoder.decoder_start_token_id))
+    assert text_only.bits_per_second != pytest.approx(base["bits_per_second"], rel=1e-3), "both scored with chroma"

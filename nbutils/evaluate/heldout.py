@@ -2,8 +2,9 @@
 
 The first thing an evaluation measures (no generation, no CLAP): ``train.likelihood`` on the
 segments of the held-out tracks (``reference.held_out_tracks``: the run's validation tracks),
-at most ``heldout_segments`` of them. Each model's result is appended to ``OUT/heldout.jsonl``
-under a key of its weights and the segments, so a re-run reuses it. Intervals come from
+at most ``heldout_segments`` of them, each with its description as the text and, for a melody
+model, its own chroma as the melody (as training scores it). Each model's result is appended to
+``OUT/heldout.jsonl`` under a key of its weights and the segments, so a re-run reuses it. Intervals come from
 resampling the segments (the same draws for every model: the change against base is paired).
 """
 
@@ -20,7 +21,7 @@ from nbutils.core import atomic
 from nbutils.core.errors import UserError
 from nbutils.evaluate import reference, uncertainty
 from nbutils.generate import sampling
-from nbutils.train import likelihood
+from nbutils.train import likelihood, melody
 
 LEDGER = "heldout.jsonl"
 
@@ -31,10 +32,21 @@ def segments(cfg, all_shards: list, run_dir: Path | None) -> tuple[list[tuple], 
     return likelihood.held_out(all_shards, sorted(tracks), cfg.heldout_segments), how
 
 
-def _key(label: str, fingerprint: str, chosen: list[tuple]) -> str:
-    # the description is the text condition: an edited descriptions.jsonl is measured again
+def _key(label: str, fingerprint: str, chosen: list[tuple], chroma: bool = False) -> str:
+    # the description is the text condition: an edited descriptions.jsonl is measured again; a result
+    # scored with each segment's chroma is kept apart from one scored on text only (earlier versions)
     names = "\n".join(f"{s.index_path.stem}:{s.meta.get('sha256')}:{i}:{s.segments[i].description}" for s, i in chosen)
-    return f"{label}@{fingerprint}|" + hashlib.sha256(names.encode()).hexdigest()[:16]
+    return f"{label}@{fingerprint}|" + hashlib.sha256(names.encode()).hexdigest()[:16] + ("|chroma" if chroma else "")
+
+
+def _condition(pipe, chosen: list[tuple]) -> tuple[tuple | None, str]:
+    """How ``pipe``'s model is conditioned when scoring: ``(train.melody.scoring_inputs, in words)``."""
+    settings = pipe.chroma_settings
+    if settings is None:
+        return None, "text"
+    opened = list({id(shard): shard for shard, _ in chosen}.values())
+    inputs = melody.scoring_inputs(pipe.model.config, pipe.spec, settings, opened)
+    return inputs, ("text and chroma" if inputs else "text only: the shards hold no chroma for this model")
 
 
 class Store:
@@ -45,6 +57,8 @@ class Store:
         self.chosen, self.batch_size = chosen, batch_size
         self.done = {r["key"]: r["result"] for r in atomic.read_jsonl(self.path) if "key" in r and "result" in r}
         self.models: dict[str, dict[str, Any]] = {}
+        self.condition = ""
+        """How the models were conditioned: "text", or for a melody model "text and chroma" (each segment's own)."""
 
     def measure(self, pipe, label: str, variant: str) -> dict[str, Any]:
         """The likelihood of ``pipe`` as ``variant`` (``base`` or ``lora``), recorded under ``label``."""
@@ -57,7 +71,8 @@ class Store:
                 f"{pipe.model_name} {pipe.spec.num_codebooks}: they were tokenized for another model (mono vs stereo). "
                 "Pass the tokens of this model (--tokens), or evaluate the model they were made with.")
         weights = pipe.adapter.fingerprint if variant == "lora" and pipe.adapter else ""
-        key = _key(label, weights, self.chosen)
+        chroma, self.condition = _condition(pipe, self.chosen)
+        key = _key(label, weights, self.chosen, chroma is not None)
         if key not in self.done:
             start = pipe.model.config.decoder.decoder_start_token_id
             with tqdm(total=len(self.chosen), desc=f"held-out likelihood: {label}", unit="segment",
@@ -65,7 +80,7 @@ class Store:
                 result = likelihood.measure(
                     pipe.model, pipe.processor.tokenizer, self.chosen, spec=pipe.spec, start_id=int(start),
                     device=pipe.device, batch_size=self.batch_size, bar=bar,
-                    max_frames=sampling.own_window(pipe.model, pipe.spec.frame_rate)).to_dict()
+                    max_frames=sampling.own_window(pipe.model, pipe.spec.frame_rate), chroma=chroma).to_dict()
             self.done[key] = result
             atomic.append_line(self.path, json.dumps({"key": key, "result": result}))
         self.models[label] = self.done[key]
@@ -104,5 +119,5 @@ def facts(store: Store | None, how: str) -> dict[str, Any]:
         return {"selection": "none (no token shards): no held-out likelihood", "segments": 0, "models": {}}
     seconds = next(iter(store.models.values()))["seconds"] if store.models else 0
     trim = {label: {k: v for k, v in r.items() if not k.startswith("segment_")} for label, r in store.models.items()}
-    return {"selection": how, "segments": len(store.chosen), "seconds": seconds,
+    return {"selection": how, "segments": len(store.chosen), "seconds": seconds, "condition": store.condition,
             "unit": "bits per second of audio (all codebooks); nll_per_codebook in nats per token", "models": trim}

@@ -6,8 +6,9 @@ base model and under the adapter. An adapter that learned the style gives those 
 cross-entropy than the base model does; one that only memorised its training crops does not.
 
 Each held-out segment is scored whole (up to the model's 30 s window) in one teacher-forced
-forward pass with its description as the text, batched, with the delay-pattern labels that
-training uses (``labels``), so the numbers are the validation loss on whole segments. Reported:
+forward pass with its description as the text (and, for a melody model, its own chroma as the
+melody, as training conditions it), batched, with the delay-pattern labels that training uses
+(``labels``), so the numbers are the validation loss on whole segments. Reported:
 
 * ``nll_per_codebook``: mean cross-entropy per token of each codebook, in nats (the unit of the
   training loss);
@@ -72,17 +73,20 @@ def held_out(opened: Sequence, tracks: Sequence[str], limit: int = MAX_SEGMENTS)
     return chosen
 
 
-def _examples(segments, max_frames: int) -> list[data.Example]:
+def _examples(segments, max_frames: int, crops=None) -> list[data.Example]:
     examples = []
     for shard, index in segments:
         codes = np.asarray(shard.segment_codes(index)[:max_frames], dtype=np.int64)
         seg = shard.segments[index]
-        examples.append(data.Example(codes=codes, length=len(codes), text=seg.description or "", track=seg.track))
+        chroma = crops.rows(shard, index, 0, len(codes)) if crops is not None else None
+        examples.append(data.Example(codes=codes, length=len(codes), text=seg.description or "", track=seg.track,
+                                     chroma=chroma))
     return examples
 
 
 def measure(model, tokenizer, segments, *, spec, start_id: int, device, batch_size: int = 8,
-            max_frames: int = 1500, autocast: Callable[[], Any] = contextlib.nullcontext, bar=None) -> Likelihood:
+            max_frames: int = 1500, autocast: Callable[[], Any] = contextlib.nullcontext, bar=None,
+            chroma: tuple | None = None) -> Likelihood:
     """Cross-entropy of ``segments`` (``[(shard, index)]``) under ``model``, one forward pass each, batched.
 
     Args:
@@ -92,14 +96,18 @@ def measure(model, tokenizer, segments, *, spec, start_id: int, device, batch_si
         max_frames: Segments longer than this (the model's window) are scored on their first part.
         autocast: Context for the forward pass (the trainer's precision); nothing by default.
         bar: Optional progress bar, advanced by one per segment.
+        chroma: Melody models: ``(CropChroma, Collator arguments)`` (``train.melody.scoring_inputs``), so
+            each segment is scored with its own chroma as the melody, as training conditions it. None:
+            text only.
     """
     import torch
 
     from nbutils.train import labels as L
 
-    examples = _examples(segments, max_frames)
+    crops, collate_args = chroma if chroma is not None else (None, {})
+    examples = _examples(segments, max_frames, crops)
     order = sorted(range(len(examples)), key=lambda i: -examples[i].length)  # similar lengths share a batch
-    collate = data.Collator(tokenizer, spec.pad_token_id, start_id, spec.audio_channels)
+    collate = data.Collator(tokenizer, spec.pad_token_id, start_id, spec.audio_channels, **collate_args)
     rows = np.zeros((len(examples), spec.num_codebooks))
     counts = np.zeros_like(rows)
     was_training = model.training
@@ -148,7 +156,8 @@ def at_finish(trainer) -> dict[str, Any] | None:
     model = trainer.unwrapped()
     kwargs = dict(spec=trainer.spec, start_id=trainer.start_id, device=trainer.device,
                   batch_size=max(1, trainer.batch_size), autocast=trainer.autocast,
-                  max_frames=own_window(trainer.base, trainer.spec.frame_rate))
+                  max_frames=own_window(trainer.base, trainer.spec.frame_rate),
+                  chroma=(trainer.melody.crops, trainer.melody.collate) if trainer.melody.crops else None)
     with model.disable_adapter():
         base = measure(model, trainer.processor.tokenizer, segments, **kwargs)
     lora = measure(model, trainer.processor.tokenizer, segments, **kwargs)

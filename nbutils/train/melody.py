@@ -98,9 +98,25 @@ def plan(cfg, model_name: str, text_default: float) -> Plan:
     if settings is None:
         return Plan(None, drops, None, {}, spec.frame_rate)
     check_crop(cfg.crop_seconds, settings, config)
-    crops = CropChroma(code_hop=spec.hop_length, chroma_hop=settings.hop_length, dropout=float(drops.chroma))
-    collate = {"chroma_length": int(config.chroma_length), "num_chroma": int(config.num_chroma)}
+    crops, collate = chroma_inputs(config, spec, settings, dropout=float(drops.chroma))
     return Plan(settings, drops, crops, collate, spec.frame_rate)
+
+
+def chroma_inputs(config, spec, settings: melody.ChromaSettings, dropout: float = 0.0) -> tuple[CropChroma, dict]:
+    """How a melody model's crops get their chroma (``CropChroma``), and the ``Collator`` arguments for it."""
+    crops = CropChroma(code_hop=spec.hop_length, chroma_hop=settings.hop_length, dropout=dropout)
+    return crops, {"chroma_length": int(config.chroma_length), "num_chroma": int(config.num_chroma)}
+
+
+def scoring_inputs(config, spec, settings: melody.ChromaSettings | None, opened: Sequence) -> tuple | None:
+    """``chroma_inputs`` to score ``opened`` shards' segments with their own chroma, or None.
+
+    None for a model without a melody input, and when any shard holds no chroma made with
+    ``settings`` (tokenized for another model): such segments are scored with their text only.
+    """
+    if settings is None or any(s.chroma_settings != settings for s in opened):
+        return None
+    return chroma_inputs(config, spec, settings)
 
 
 def _zips_of(tokens: str | Path) -> str | None:
