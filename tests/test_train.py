@@ -455,3 +455,17 @@ def test_unlabelled_segments_are_reported(tmp_path):
     notes = [line for line in said if "have no description" in line]
     assert len(notes) == 1 and notes[0].startswith(f"Note: {len(index['segments'])} of {total} segments")
     assert "descriptions.jsonl" in notes[0] and "--describe missing" in notes[0], "says how to label them"
+
+
+def test_the_progress_bar_shows_a_validation_loss_only_once_one_is_measured(tmp_path, monkeypatch):
+    """Before the first validation the bar said val=nan: read as a diverged run."""
+    import tqdm.std
+
+    shown = []
+    original = tqdm.std.tqdm.set_postfix
+    monkeypatch.setattr(tqdm.std.tqdm, "set_postfix",
+                        lambda bar, *a, **kw: shown.append(dict(*a, **kw)) or original(bar, *a, **kw))
+    train.run(small_config(tokens(tmp_path), tmp_path / "run", max_steps=4, save_every=3))
+    assert len(shown) == 4 and all("loss" in s and "lr" in s for s in shown)
+    assert ["val" in s for s in shown] == [False, False, False, True]  # validated at the save of step 3
+    assert all("nan" not in str(v) for s in shown for v in s.values())

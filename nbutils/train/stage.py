@@ -194,9 +194,7 @@ def run(cfg: TrainConfig, *, log: Callable[[str], None] | None = None) -> dict[s
         while trainer.step < trainer.total_steps:
             row = trainer.train_step()  # a step with a NaN/inf loss or gradient is skipped, not applied
             bar.update(1)
-            skipped = {"skipped": trainer.guard.skipped} if trainer.guard.skipped else {}
-            bar.set_postfix(loss=f"{row['train/loss']:.3f}", val=f"{trainer.last_val or float('nan'):.3f}",
-                            lr=f"{row['train/lr']:.1e}", **skipped, refresh=False)
+            bar.set_postfix(_postfix(row, trainer), refresh=False)
             trainer.after_step(row)  # evaluation, checkpoint, samples, metrics when due; stops a divergence
         bar.close()
         trainer.finish()  # final evaluation and checkpoint, adapters/{best,final}, Hub push
@@ -216,6 +214,17 @@ def run(cfg: TrainConfig, *, log: Callable[[str], None] | None = None) -> dict[s
     tracking.finish()
     trainer.accelerator.wait_for_everyone()
     return _summary(trainer, started)
+
+
+def _postfix(row: dict[str, Any], trainer: Trainer) -> dict[str, str | int]:
+    """The progress bar's figures: loss and lr, the validation loss once measured, skipped steps if any."""
+    shown: dict[str, str | int] = {"loss": f"{row['train/loss']:.3f}"}
+    if trainer.last_val is not None:  # none before the first validation: "nan" there read as a diverged run
+        shown["val"] = f"{trainer.last_val:.3f}"
+    shown["lr"] = f"{row['train/lr']:.1e}"
+    if trainer.guard.skipped:
+        shown["skipped"] = trainer.guard.skipped
+    return shown
 
 
 def _summary(trainer: Trainer, started: float) -> dict[str, Any]:
