@@ -96,9 +96,8 @@ def test_cli_runs_every_step_on_a_cpu_with_tiny(tmp_path):
     saved = Path(report["report"])
     assert saved.parent == root / "doctor" and json.loads(saved.read_text()) == report
     assert "check  " in proc.stdout and "Doctor: ok; 6 passed, 0 failed, 2 skipped" in proc.stdout
-    encoder = next(c for c in report["checks"] if c["name"] == "encoder_autocast")["numbers"]
     settings = json.loads((root / "project.json").read_text()) if (root / "project.json").exists() else {}
-    assert (settings.get(encode_precision.PROJECT_KEY) == "fp32") == (encoder["agree_percent"] < 99)
+    assert encode_precision.PROJECT_KEY not in settings, "a CPU's measurement decides nothing for a GPU"
     assert not list((root / "doctor").glob(".nbutils-disk-check-*"))  # the disk check cleans up
 
 
@@ -139,11 +138,7 @@ def test_a_read_only_project_folder_fails_its_checks_and_the_report_goes_elsewhe
     by_name = {c["name"]: c for c in report["checks"]}
     assert report["verdict"] == "problems"
     assert by_name["disk"]["status"] == "fail" and "read-only file system (EROFS" in by_name["disk"]["reason"]
-    encoder = by_name["encoder_autocast"]  # tiny's codes disagree under bf16: recording fp32 failed
-    assert encoder["status"] == "fail" and "is on a read-only file system (EROFS" in encoder["reason"]
-    assert str(root / ".project.json.tmp-") in encoder["reason"]  # the write that failed: project.json's
-    assert {n for n, c in by_name.items() if c["status"] == "pass"} == set(NAMES) - GPU_ONLY - {"disk",
-                                                                                                "encoder_autocast"}
+    assert {n for n, c in by_name.items() if c["status"] == "pass"} == set(NAMES) - GPU_ONLY - {"disk"}
     assert f"Could not write the report to {root / 'doctor'}" in proc.stdout
     assert Path(report["report"]).exists() and not str(report["report"]).startswith(str(root))
     assert "Traceback" not in proc.stderr
@@ -180,11 +175,24 @@ def test_disk_fails_when_the_file_read_back_differs(tmp_path, monkeypatch):
     assert result["status"] == "fail" and "differs from the one written" in result["reason"]
 
 
+def as_if_on_a_gpu(monkeypatch) -> None:
+    """The steps' GPU-only decisions on this CPU (the measurement itself runs on the CPU)."""
+    monkeypatch.setattr(steps.Context, "on_gpu", property(lambda self: True))
+
+
+def test_encoder_autocast_below_99_percent_on_a_cpu_records_nothing(tmp_path):
+    result = check("encoder_autocast", context(tmp_path))
+    assert result["status"] == "pass" and result["numbers"]["agree_percent"] < 99  # tiny's random codec
+    assert "below 99 % on this CPU: nothing recorded (run the doctor on the GPU runtime" in result["reason"]
+    assert not (tmp_path / "project.json").exists() and result["numbers"]["tokenize_precision"] == "fp32"
+
+
 def test_encoder_autocast_below_99_percent_makes_tokenization_fp32(tmp_path, monkeypatch):
     from _tokenize_helpers import small_zip
     from nbutils.tokenize import encoder
     from nbutils.tokenize import stage as tokenize
 
+    as_if_on_a_gpu(monkeypatch)
     ctx = context(tmp_path)
     result = check("encoder_autocast", ctx)
     numbers = result["numbers"]
@@ -231,6 +239,7 @@ def test_encoder_autocast_fails_when_the_finding_cannot_be_recorded(tmp_path, mo
     from nbutils.colab import project
 
     monkeypatch.setattr(project.atomic, "write_json", read_only)
+    as_if_on_a_gpu(monkeypatch)
     result = check("encoder_autocast", context(tmp_path))
     assert result["status"] == "fail" and "project.json is on a read-only file system" in result["reason"]
 
@@ -508,3 +517,30 @@ def test_gpu_cli_with_tiny(tmp_path):
     proc = run_cli("doctor", "--root", str(tmp_path), "--model", "tiny", "--quick")
     report = last_json(proc.stdout)
     assert report["verdict"] == "ok" and all(c["status"] == "pass" for c in report["checks"]), report
+
+
+def test_two_reports_within_one_second_are_both_kept(tmp_path):
+    first, second = ({"started": "2026-12-04T10:00:00Z", "verdict": v} for v in ("ok", "problems"))
+    a, _ = doctor.write_report(first, tmp_path)
+    b, _ = doctor.write_report(second, tmp_path)
+    assert a != b and b.name == "2026-12-04T10-00-00Z-2.json"
+    assert json.loads(a.read_text())["verdict"] == "ok" and json.loads(b.read_text())["verdict"] == "problems"
+
+
+def test_the_notebook_cell_stops_run_all_on_a_failed_check_and_sizes_itself_by_model(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    asked = []
+
+    def fake_run(cfg, verdict):
+        asked.append((cfg.model, cfg.quick))
+        checks = [{"name": "disk", "status": "pass"}, {"name": "resume", "status": "fail" if verdict else "pass"}]
+        return {"verdict": "problems" if verdict else "ok", "checks": checks, "report": str(tmp_path / "r.json")}
+
+    project = SimpleNamespace(model="tiny", paths=SimpleNamespace(root=tmp_path))
+    monkeypatch.setattr(doctor, "run", lambda cfg: fake_run(cfg, False))
+    assert doctor.run_doctor(project)["verdict"] == "ok"
+    monkeypatch.setattr(doctor, "run", lambda cfg: fake_run(cfg, True))
+    with pytest.raises(UserError, match=r"found problems \(resume\).*attach .*r\.json to a bug report"):
+        doctor.run_doctor(SimpleNamespace(model="facebook/musicgen-small", paths=project.paths))
+    assert asked == [("tiny", True), ("facebook/musicgen-small", False)]  # small sizes for the test model only
