@@ -510,3 +510,24 @@ def test_a_resumed_run_lists_changed_descriptions_and_goes_on_only_when_confirme
     seen = {trainer.train_set.example(i).text for i in range(len(trainer.train_set))
             if trainer.train_set.example(i).track == "archive_batch_0001/chords_0.wav"}
     assert seen == {"yet another text"}  # training reads the edited table, nothing re-encoded
+
+
+def test_each_track_is_decoded_once_and_tagged_from_one_window_per_started_minute(tmp_path, monkeypatch):
+    """The analysis listens to the decoding that feeds the encoder: no second pass over the ZIP."""
+    from nbutils.tokenize import zipjob
+
+    sr = 8000
+    lengths = {"a/short.wav": 20, "a/middle.wav": 70, "a/long.wav": 130}  # 1, 2 and 3 windows (at most 3)
+    rng = np.random.default_rng(0)
+    members = [(p, h.encode_audio((0.3 * rng.standard_normal(s * sr)).astype(np.float32), sr, "wav"))
+               for p, s in lengths.items()]
+    h.write_zip(tmp_path / "zips" / "one.zip", members)
+    decoded, windows = [], []
+    iter_segments, tag = zipjob.audio.iter_segments, tags.Tagger.tags
+    monkeypatch.setattr(zipjob.audio, "iter_segments", lambda path, *a, **kw: (
+        decoded.append(path.name), iter_segments(path, *a, **kw))[1])
+    monkeypatch.setattr(tags.Tagger, "tags", lambda self, w, rate: (windows.append(len(w)), tag(self, w, rate))[1])
+    summary = _run(tmp_path / "zips", tmp_path / "tokens", tmp_path / "s", describe="all", clap="tiny")
+    assert summary["files_ok"] == 3 and len(decoded) == 3, decoded  # one decode per track, encoder and analysis
+    assert sorted(windows) == [1, 2, 3]
+    assert all(r["source"] == "auto" for r in _lines(tmp_path / "tokens"))
