@@ -116,13 +116,14 @@ def _command(name: str, inputs, out) -> list[str]:
         "evaluate": ["evaluate", *common, "--adapter", str(inputs / "run" / "adapters" / "final"), "--clap", "tiny",
                      "--tokens", str(inputs / "tokens"), "--seconds", "0.2", "--samples-per-prompt", "1",
                      "--num-prompts", "1"],
+        "demo": ["demo", "--out", str(out)],
     }[name]
 
 
 @pytest.mark.slow
 @needs_mounts
 @pytest.mark.parametrize("kind", ["read-only", "full"])
-@pytest.mark.parametrize("command", ["tokenize", "train", "generate", "evaluate"])
+@pytest.mark.parametrize("command", ["tokenize", "train", "generate", "evaluate", "demo"])
 def test_every_command_says_what_is_wrong_with_out(inputs, tmp_path, command, kind):
     out = tmp_path / "out"
     proc = _run_on(out, kind, *_command(command, inputs, out))

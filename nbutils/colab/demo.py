@@ -27,7 +27,7 @@ import zipfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from nbutils.core import atomic, config, synth
+from nbutils.core import atomic, config, diskerrors, synth
 from nbutils.core.errors import UserError
 from nbutils.core.paths import Paths
 
@@ -317,6 +317,7 @@ def where_to_look(paths: Paths, found: dict[str, list[str]]) -> str:
     return "\n".join(lines)
 
 
+@diskerrors.guard("out")  # a read-only or full --out is a message, not a traceback
 def run(cfg: DemoConfig, names: tuple[str, ...] | None = None) -> dict[str, Any]:
     """Make the dataset, execute the notebooks, and return the summary (paths by kind, timings)."""
     from nbutils.colab.notebooks import NOTEBOOKS, require_runner
