@@ -99,6 +99,9 @@ def build_hostile(zips):
     h.write_encrypted_zip(zips / "a09_encrypted.zip", [("locked.wav", _wav(seed=20))])
     h.write_zip(zips / "a10_nested.zip", [("a.wav", _wav(seed=21)), ("inner/other_batch.zip", b"PK"),
                                           ("x.ZIP", b"PK")])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns about the duplicate name, as it should
+        h.write_zip(zips / "a11_colliding.zip", list(zip(COLLIDING, (_wav(seed=60 + i) for i in range(10)))))
     return h.small_zip(zips, "zz_good.zip", n=2, seconds=1.5, seed=40)
 
 
@@ -136,12 +139,12 @@ def test_the_run_exits_0_records_every_zip_and_tokenizes_the_good_one(hostile):
     assert set(hostile["ledger"]) == {p.name for p in (hostile["root"] / "zips").glob("*.zip")}
     good = hostile["ledger"]["zz_good.zip"]
     assert good["status"] == "done" and good["files_ok"] == 2
-    assert summary["zips_failed"] == 0 and summary["zips_done"] == 11
+    assert summary["zips_failed"] == 0 and summary["zips_done"] == 12
     second = tokenize.run(tokenize.TokenizeConfig(zips=str(hostile["root"] / "zips"), out=str(hostile["out"]),
                                                   model="tiny", segment_seconds=1.0, progress=False, describe="none",
                                                   default_description="trigger \udcff word",
                                                   scratch=str(hostile["root"] / "scratch")))
-    assert second["zips_done"] == 0 and second["zips_skipped"] == 11  # nothing is retried forever
+    assert second["zips_done"] == 0 and second["zips_skipped"] == 12  # nothing is retried forever
 
 
 def test_a_name_flagged_utf8_that_is_not_is_read_as_cp437_with_a_note(hostile):
@@ -282,7 +285,7 @@ def test_an_unexpected_error_in_one_zip_is_recorded_with_its_type_and_the_run_go
 
 
 COLLIDING = ["a.wav", "a.wav", "café.wav", unicodedata.normalize("NFD", "café.wav"), "./x.wav", "x.wav", "a\\b.wav",
-             "a/b.wav"]
+             "a/b.wav", "Beat.wav", "beat.wav"]
 
 
 def _codes(tokens):
@@ -315,8 +318,16 @@ def test_colliding_names_never_share_a_scratch_file(tmp_path):
     for pair in ["'a.wav' and 'a.wav' are the same name twice",
                  f"'café.wav' and {unicodedata.normalize('NFD', 'café.wav')!r} are the same name once normalized",
                  "'./x.wav' and 'x.wav' are the same name once normalized",
-                 "'a\\\\b.wav' and 'a/b.wav' are the same name once normalized"]:
+                 "'a\\\\b.wav' and 'a/b.wav' are the same name once normalized",
+                 "'Beat.wav' and 'beat.wav' are names that differ only in case: both are tokenized as two tracks"]:
         assert any(pair in w for w in warned), (pair, warned)
+
+
+def test_colliding_names_before_a_good_zip_are_all_tokenized_with_warnings(hostile):
+    record = hostile["ledger"]["a11_colliding.zip"]
+    assert record["status"] == "done" and record["files_ok"] == len(COLLIDING), record
+    warned = last_json(hostile["stdout"])["warnings"]
+    assert any("a11_colliding.zip" in w and "are the same name twice" in w for w in warned), warned
 
 
 def test_text_members_are_read_within_one_budget_per_zip(tmp_path, monkeypatch, capsys):

@@ -29,6 +29,16 @@ def _how(first: archive.Entry, second: archive.Entry) -> str:
     return "names that differ only in case"
 
 
+def _collision(first: archive.Entry, second: archive.Entry) -> str:
+    how = _how(first, second)
+    names = f"{first.info.filename!r} and {second.info.filename!r} are {how}"
+    if first.path != second.path:  # two tracks, one file on Windows' and macOS' disks
+        return (f"{names}: both are tokenized as two tracks. If they are the same recording, delete one (it "
+                "would count twice in training); else rename one (they are one file on Windows and macOS disks).")
+    return (f"{names}: both are tokenized, but they share one track id and description. Rename one to keep "
+            "them apart.")
+
+
 def duplicates(entries: Iterable[archive.Entry]) -> list[str]:
     """One warning per pair of members whose names collide (same after NFC and case folding).
 
@@ -45,9 +55,7 @@ def duplicates(entries: Iterable[archive.Entry]) -> list[str]:
             pairs.append((seen[key], entry))
         else:
             seen[key] = entry
-    warnings = [f"{first.info.filename!r} and {second.info.filename!r} are {_how(first, second)}: both are "
-                f"tokenized, but they share one track id and description. Rename one to keep them apart."
-                for first, second in pairs[:LISTED]]
+    warnings = [_collision(first, second) for first, second in pairs[:LISTED]]
     if len(pairs) > LISTED:
         warnings.append(f"... and {len(pairs) - LISTED} more pairs of colliding names.")
     return warnings
