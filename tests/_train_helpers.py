@@ -213,3 +213,14 @@ def wandb_history(run_dir: Path) -> list[dict[str, Any]]:
 
 def offline_runs(out: Path) -> list[Path]:
     return sorted((Path(out) / "wandb").glob("offline-run-*"))
+
+
+def bar_postfixes(monkeypatch) -> list[dict[str, Any]]:
+    """Every ``set_postfix`` of the progress bars from now on (what a notebook shows beside the bar), in order."""
+    import tqdm.std
+
+    shown: list[dict[str, Any]] = []
+    original = tqdm.std.tqdm.set_postfix
+    monkeypatch.setattr(tqdm.std.tqdm, "set_postfix",
+                        lambda bar, *a, **kw: shown.append(dict(*a, **kw)) or original(bar, *a, **kw))
+    return shown

@@ -8,7 +8,16 @@ import time
 import pytest
 import torch
 
-from _train_helpers import lora_weights, losses_by_step, offline_runs, same_weights, small_config, tokens, wandb_history
+from _train_helpers import (
+    bar_postfixes,
+    lora_weights,
+    losses_by_step,
+    offline_runs,
+    same_weights,
+    small_config,
+    tokens,
+    wandb_history,
+)
 from nbutils.core import faults
 from nbutils.core.errors import UserError
 from nbutils.train import checkpoint, guard, hub, samples
@@ -75,7 +84,9 @@ def test_a_single_nan_batch_is_skipped_and_the_run_equals_one_that_never_saw_it(
     data = tokens(tmp_path)
     out, messages = tmp_path / "poisoned", []
     monkeypatch.setenv(faults.ENV, "nan-loss:3")
+    shown = bar_postfixes(monkeypatch)
     summary = train.run(small_config(data, out, max_steps=6, wandb="offline"), log=messages.append)
+    assert [s.get("skipped") for s in shown] == [None, None, 1, 1, 1, 1]  # the bar counts it from step 3 on
     monkeypatch.delenv(faults.ENV)
     assert summary["step"] == 6 and math.isfinite(summary["train_loss"])
 

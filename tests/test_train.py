@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from _train_helpers import (
+    bar_postfixes,
     cli_args,
     live_musicgens,
     lora_weights,
@@ -459,12 +460,7 @@ def test_unlabelled_segments_are_reported(tmp_path):
 
 def test_the_progress_bar_shows_a_validation_loss_only_once_one_is_measured(tmp_path, monkeypatch):
     """Before the first validation the bar said val=nan: read as a diverged run."""
-    import tqdm.std
-
-    shown = []
-    original = tqdm.std.tqdm.set_postfix
-    monkeypatch.setattr(tqdm.std.tqdm, "set_postfix",
-                        lambda bar, *a, **kw: shown.append(dict(*a, **kw)) or original(bar, *a, **kw))
+    shown = bar_postfixes(monkeypatch)
     train.run(small_config(tokens(tmp_path), tmp_path / "run", max_steps=4, save_every=3))
     assert len(shown) == 4 and all("loss" in s and "lr" in s for s in shown)
     assert ["val" in s for s in shown] == [False, False, False, True]  # validated at the save of step 3
