@@ -159,8 +159,9 @@ def test_the_resume_rules_keep_what_each_stage_compared_before():
                    "sample_every", "sample_prompts", "sample_seconds", "log_every", "max_skipped_steps",
                    "divergence_factor", "divergence_steps", "wandb", "wandb_project", "wandb_name", "batch_size",
                    "grad_accum", "precision", "grad_checkpointing", "push_to_hub", "hub_private", "tokens",
-                   "accept_new_descriptions"}  # 0.2: continuing after the descriptions were edited
-    assert set(config.field_names(train.TrainConfig)) - must - may == {"out"}, "every other setting is classified"
+                   "accept_new_descriptions",  # 0.2: continuing after the descriptions were edited
+                   "guidance_scale", "temperature", "top_k", "top_p"}  # 0.2: the samples' SamplingConfig
+    assert set(config.setting_names(train.TrainConfig)) - must - may == {"out"}, "every other setting is classified"
 
 
 def test_resume_differences_read_old_names_and_nested_records():

@@ -23,6 +23,7 @@ from _train_helpers import (
 )
 from nbutils.core import faults
 from nbutils.core.errors import UserError
+from nbutils.core.sampling import SamplingConfig
 from nbutils.tokenize import shards
 from nbutils.train import build, checkpoint
 from nbutils.train import stage as train
@@ -465,3 +466,20 @@ def test_the_progress_bar_shows_a_validation_loss_only_once_one_is_measured(tmp_
     assert len(shown) == 4 and all("loss" in s and "lr" in s for s in shown)
     assert ["val" in s for s in shown] == [False, False, False, True]  # validated at the save of step 3
     assert all("nan" not in str(v) for s in shown for v in s.values())
+
+
+def test_samples_are_drawn_with_the_runs_sampling_settings_which_may_change_on_resume(tmp_path):
+    """Training samples share generate's SamplingConfig (they always used its defaults)."""
+    data, out = tokens(tmp_path), tmp_path / "run"
+    settings = dict(max_steps=2, sample_every=2, sample_seconds=0.2, save_every=2)
+    sampling = SamplingConfig(temperature=0.5, top_k=7, guidance_scale=1.0)
+    train.run(small_config(data, out, sampling=sampling, **settings))
+    first = json.loads((out / "samples" / "step-000002" / "samples.json").read_text())
+    assert (first["temperature"], first["top_k"], first["guidance_scale"], first["top_p"]) == (0.5, 7, 1.0, 0.0)
+    again = train.config.build(train.TrainConfig, {**vars(small_config(data, out, **settings)), "max_steps": 4,
+                                                   "sampling": None, "temperature": 0.9})  # flat, as the CLI sets it
+    train.run(again)  # resumed, not refused
+    later = json.loads((out / "samples" / "step-000004" / "samples.json").read_text())
+    assert (later["temperature"], later["top_k"], later["guidance_scale"]) == (0.9, 250, 3.0)
+    with pytest.raises(UserError, match="temperature must be positive"):
+        train.config.build(train.TrainConfig, {"tokens": str(data), "temperature": 0})

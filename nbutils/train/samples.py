@@ -38,7 +38,7 @@ def write_for(trainer, kind: str, folder: Path) -> Path | None:
         return write(trainer.unwrapped(), trainer.processor, trainer.spec, folder, kind=kind, step=trainer.step,
                      prompts=trainer.prompts, seeds=[trainer.cfg.seed + i for i in range(len(trainer.prompts))],
                      seconds=trainer.cfg.sample_seconds, autocast=trainer.autocast,
-                     info={"model": trainer.model_name},
+                     info={"model": trainer.model_name}, sampling=trainer.cfg.sampling,
                      melodies=trainer.melody.samples(trainer.val_set, len(trainer.prompts), trainer.cfg.sample_seconds))
     except torch.cuda.OutOfMemoryError:
         raise

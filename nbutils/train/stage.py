@@ -31,6 +31,7 @@ from typing import Any, Callable
 from nbutils.core import config, diskerrors, tracking
 from nbutils.core.config import option
 from nbutils.core.errors import UserError  # noqa: F401 - tests and users catch train.UserError
+from nbutils.core.sampling import SamplingConfig
 from nbutils.train import guard, history, hub, likelihood, lora
 from nbutils.train.trainer import ADAPTERS_DIR, Trainer
 
@@ -101,6 +102,8 @@ class TrainConfig:
     sample_prompts: list[str] = option([], "Fixed prompts for samples; empty = up to 3 descriptions from the "
                                            "validation tracks.", resume=MAY)
     sample_seconds: float = option(8.0, "Length of each sample in seconds.", resume=MAY)
+    sampling: SamplingConfig = config.nested(SamplingConfig, "How the samples' tokens are drawn: guidance, "
+                                             "temperature, top-k, top-p (generate's defaults).", resume=MAY)
     log_every: int = option(10, "Flush metrics.jsonl (the loss curve) every N steps.", resume=MAY)
     max_skipped_steps: int = option(10, "Stop when this many steps in a row were skipped for a NaN/inf loss or "
                                         "gradient (fp16 overflows included); 0 = never stop for that.", resume=MAY)
