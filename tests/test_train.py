@@ -426,7 +426,7 @@ def test_notebook_trains_resumes_and_shows_results(tmp_path, monkeypatch):
     root = tmp_path / "project"
     colab.create_project(root, model="tiny")
     write_shards(root / "tokens")
-    parameters = {"PROJECT_ROOT": str(root), "MODEL": "tiny", "SEGMENT_SECONDS": 0.4, "MAX_STEPS": 4,
+    parameters = {"PROJECT_ROOT": str(root), "MODEL": "tiny", "CROP_SECONDS": 0.4, "MAX_STEPS": 4,
                   "SAVE_EVERY": 2, "BATCH_SIZE": 2, "GRAD_ACCUM": 1, "SAMPLE_EVERY": 2, "SAMPLE_SECONDS": 0.2,
                   "WANDB": "disabled", "MORE_SETTINGS": {"warmup_steps": 1}}
     path = notebooks.notebook_path("02_train")

@@ -41,7 +41,7 @@ STAGE_PARAMETERS: dict[str, dict[str, Any]] = {
     "00_setup": {"ASK_FOR_MISSING_SECRETS": False},
     "01_tokenize": {"TEST_TRACKS": 2, "SEGMENT_SECONDS": 2.0,  # 3 segments per track: a held-out set for 04
                     "CLAP": "tiny"},  # tags from the random tiny CLAP: the code path is real, the words are not
-    "02_train": {"SEGMENT_SECONDS": 1.0, "MAX_STEPS": 12, "SAVE_EVERY": 4, "BATCH_SIZE": 2, "GRAD_ACCUM": 1,
+    "02_train": {"CROP_SECONDS": 1.0, "MAX_STEPS": 12, "SAVE_EVERY": 4, "BATCH_SIZE": 2, "GRAD_ACCUM": 1,
                  "SAMPLE_EVERY": 6, "SAMPLE_SECONDS": 1.0, "WANDB": "offline", "MORE_SETTINGS": {"warmup_steps": 3}},
     # REUSE: a re-run plays the clips the first run made, as every other stage continues or skips
     "03_generate": {"PROMPTS": "calm piano chords, slow | dark percussion noise bursts, energetic beat",

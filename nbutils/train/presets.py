@@ -196,7 +196,7 @@ def plan(label: str, shape: Shape, gpu: GPU | None, seconds: float = 30.0) -> Pr
     if batch == 0:
         batch, checkpointing = 1, True
         note = (f"Does not fit in {gpu.vram_gb:g} GB at {seconds:g} s crops: shorten crop_seconds "
-                "(notebook 02: SEGMENT_SECONDS) or use a bigger GPU.")
+                "(notebook 02: CROP_SECONDS) or use a bigger GPU.")
     return Preset(gpu.name, label, batch, EFFECTIVE_BATCH // batch, precision, checkpointing,
                   round(memory_gb(shape, batch, seconds, checkpointing), 1), note)
 
@@ -242,7 +242,7 @@ def out_of_memory_error(batch_size: int, grad_accum: int) -> UserError:
     return UserError(
         f"Out of GPU memory with batch_size {batch_size}. Halve it and double grad_accum (batch_size "
         f"{max(1, batch_size // 2)}, grad_accum {grad_accum * 2}) to keep the same effective batch, turn on "
-        "grad_checkpointing, or shorten crop_seconds (notebook 02: SEGMENT_SECONDS). Re-running resumes from the "
+        "grad_checkpointing, or shorten crop_seconds (notebook 02: CROP_SECONDS). Re-running resumes from the "
         "last checkpoint."
     )
 
