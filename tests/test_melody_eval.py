@@ -121,3 +121,14 @@ def test_published_reference_is_drawn_for_musicgen_melody(tmp_path):
     report.write_csv(tmp_path / "summary.csv", summary)
     header = (tmp_path / "summary.csv").read_text().splitlines()[0].split(",")
     assert "chroma_cosine" in header and "clap_text" in header
+
+
+def test_the_printed_table_has_a_chroma_cosine_column_only_with_melody_rows():
+    from nbutils.evaluate import table
+
+    style = {"model": "base", "prompt_set": "style", "samples": 1, "clap_text": 0.2}
+    melody = {"model": "lora", "prompt_set": "melody", "samples": 2, "chroma_cosine": 0.39, "chroma_cosine_std": 0.1}
+    shown = table.text([style, melody])
+    assert "chroma_cosine" in shown.splitlines()[0] and "0.39" in shown
+    assert "chroma_cosine" not in table.text([style]) and "chroma_cosine" not in table.markdown([style])
+    assert "chroma_cosine" in table.markdown([style, melody])
