@@ -50,7 +50,8 @@ def adapter_specs(cfg) -> list[str]:
     step checkpoint of the run too."""
     specs = list(cfg.adapters)
     if not specs:
-        raise UserError("No adapter to evaluate. Pass --adapter (a run's adapters/best, latest.pt, a PEFT folder or Hub id).")
+        raise UserError("No adapter to evaluate. Pass --adapter (a run's adapters/best, latest.pt, a PEFT folder "
+                        "or Hub id).")
     if cfg.checkpoints:
         run = reference.run_folder(adapters.resolve(specs[0]).location)
         steps = sorted((run / "checkpoints").glob("step-*")) if run else []
@@ -98,7 +99,8 @@ class Samples:
                     clips = sample_batch(pipe, prepared, batch, variant=variant, variation=variation,
                                          seed=gen.seed + variation, bar=bar)
                     saved = output.save(clips, gen, pipe, self.folder / label)
-                    self.done[key] = [{"prompt": r["prompt"], "path": r["path"], "seed": r["variation_seed"]} for r in saved]
+                    self.done[key] = [{"prompt": r["prompt"], "path": r["path"], "seed": r["variation_seed"]}
+                                      for r in saved]
                     atomic.append_line(self.folder / LEDGER, json.dumps({"unit": key, "clips": self.done[key]}))
                 elif bar is not None:
                     bar.update(gen.seconds * len(batch))

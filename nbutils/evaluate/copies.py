@@ -46,7 +46,8 @@ class Index:
         self.bank = chroma.Bank([e.chroma for e in entries])
         dims = [e.clap.shape[1] for e in entries if e.clap.size]
         self.clap = np.concatenate([e.clap for e in entries]) if dims else np.zeros((0, 1), np.float32)
-        self.owner = np.concatenate([np.full(len(e.clap), i) for i, e in enumerate(entries)]) if dims else np.zeros(0, int)
+        self.owner = (np.concatenate([np.full(len(e.clap), i) for i, e in enumerate(entries)]) if dims
+                      else np.zeros(0, int))
         self.window_start = np.concatenate([e.starts for e in entries]) if dims else np.zeros(0)
 
     def __len__(self) -> int:
@@ -88,7 +89,8 @@ def record(index: Index, near: dict[str, Any], limits: dict[str, float | None]) 
     segment = index.segments[top]
     score = scores[by]
     return {"nearest_path": segment.path, "nearest_start": round(segment.start + max(offset, 0.0), 2),
-            "clap_similarity": round(float(near["clap"][top]), 6), "chroma_similarity": round(float(near["chroma"][top]), 6),
+            "clap_similarity": round(float(near["clap"][top]), 6),
+            "chroma_similarity": round(float(near["chroma"][top]), 6),
             "flagged": bool(score is not None and score > FLAG_AT), "nearest_by": by,
             "copy_score": None if score is None else round(score, 4)}
 
@@ -122,7 +124,8 @@ def check(index: Index, clips: list[dict], clip_features: list[tuple[np.ndarray,
                         **record(index, index.nearest(seq, emb), limits)})
     records.sort(key=lambda r: (not r["flagged"], -(r["copy_score"] or 0.0)))
     facts = {"thresholds": {m: None if t is None else round(t, 6) for m, t in limits.items()},
-             "flag_at_copy_score": FLAG_AT, "heldout_nearest": {m: [round(v, 6) for v in vs] for m, vs in nearest.items()},
+             "flag_at_copy_score": FLAG_AT,
+             "heldout_nearest": {m: [round(v, 6) for v in vs] for m, vs in nearest.items()},
              "heldout_segments": len(heldout), "training_segments_searched": len(index),
              "training_segments": searched_of, "flagged": sum(r["flagged"] for r in records),
              "rule": "flagged when CLAP or chroma similarity to a training segment passes (m + 1) / 2, m being the "

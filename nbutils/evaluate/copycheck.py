@@ -39,7 +39,8 @@ def decoder(model_name: str, device: str, num_codebooks: int):
 
 def training_segments(all_shards: list, held_tracks: set[str], limit: int) -> tuple[list[tuple], int]:
     """``([(shard, index)], how many there are in all)``: the searched training segments."""
-    every = [(s, i) for s in all_shards for i, seg in enumerate(s.segments) if seg.frames > 0 and seg.track not in held_tracks]
+    every = [(s, i) for s in all_shards for i, seg in enumerate(s.segments)
+             if seg.frames > 0 and seg.track not in held_tracks]
     return reference.spread(every, limit), len(every)
 
 

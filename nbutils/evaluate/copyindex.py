@@ -90,7 +90,8 @@ def read(path: Path) -> dict[int, Entry]:
                 return {}
             c_off, w_off = npz["chroma_offsets"], npz["clap_offsets"]
             return {int(s): Entry(chroma=npz["chroma"][c_off[i] : c_off[i + 1]].astype(np.float32),
-                                  clap=npz["clap"][w_off[i] : w_off[i + 1]], starts=npz["starts"][w_off[i] : w_off[i + 1]])
+                                  clap=npz["clap"][w_off[i] : w_off[i + 1]],
+                                  starts=npz["starts"][w_off[i] : w_off[i + 1]])
                     for i, s in enumerate(npz["segments"])}
     except (OSError, ValueError, KeyError):
         return {}

@@ -102,7 +102,8 @@ def fields(models: dict[str, dict], base: str, resamples: int, seed: int) -> dic
     draws = uncertainty.flat(n, resamples, uncertainty.rng(seed, 3))
     out = {}
     for label, result in models.items():
-        mine = {"heldout_bits_per_second": result["bits_per_second"], "heldout_nll_per_codebook": result["nll_per_codebook"]}
+        mine = {"heldout_bits_per_second": result["bits_per_second"],
+                "heldout_nll_per_codebook": result["nll_per_codebook"]}
         ci = {"heldout_bits_per_second": uncertainty.over(draws, lambda i, r=result: _rate(r, i))}
         if base in models:
             theirs = models[base]

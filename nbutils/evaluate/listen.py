@@ -112,7 +112,8 @@ def render(chosen: list[dict], title: str, source: Callable[[dict, int], str]) -
         players = "".join(
             f'<div class="side"><b>{"AB"[s]}</b><audio controls preload="metadata" '
             f'src="{html.escape(source(pair, s), quote=True)}"></audio>'
-            f'<button class="pick" data-pair="{pair["pair"]}" data-choice="{"ab"[s]}">{"AB"[s]} is better</button></div>'
+            f'<button class="pick" data-pair="{pair["pair"]}" data-choice="{"ab"[s]}">'
+            f'{"AB"[s]} is better</button></div>'
             for s in (0, 1))
         blocks.append(f'<section class="pair" id="pair-{pair["pair"]}"><h3>Pair {pair["pair"]} '
                       f'<small>({html.escape(pair["set"])} prompt)</small></h3>'
@@ -183,7 +184,8 @@ document.getElementById("reveal").addEventListener("click", function () {
   revealed.pairs.forEach(function (r) {
     const answer = document.querySelector("#pair-" + r.pair + " .answer");
     answer.hidden = false;
-    answer.textContent = "A was " + r.a + ", B was " + r.b + (r.preferred ? "; you preferred " + r.preferred : "; no pick");
+    answer.textContent = "A was " + r.a + ", B was " + r.b +
+      (r.preferred ? "; you preferred " + r.preferred : "; no pick");
   });
   const parts = Object.keys(revealed.totals).map(function (m) { return m + " preferred in " + revealed.totals[m]; });
   document.getElementById("result").textContent = (parts.join(", ") || "No picks yet") +

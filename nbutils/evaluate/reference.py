@@ -212,7 +212,8 @@ def reference_audio(cfg, pipe, all_shards: list[shards.Shard], run: Path | None)
             seconds = min(cfg.reference_seconds, segment.frames / spec.frame_rate)
             # the shard index names its ZIP; segment tracks are "<zip>/<path inside it>"
             zip_name = shard.meta.get("zip") or segment.track.split("/", 1)[0]
-            wave = source.segment(zip_name, segment, seconds, spec.sample_rate, spec.audio_channels) if source else NO_ZIPS
+            wave = (source.segment(zip_name, segment, seconds, spec.sample_rate, spec.audio_channels) if source
+                    else NO_ZIPS)
             origin = "source"
             if isinstance(wave, str):
                 why[wave] += 1

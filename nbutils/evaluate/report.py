@@ -163,7 +163,8 @@ def text_report(results: dict[str, Any]) -> str:
     if check:
         lines.append(f"Copy check: {check['flagged']} of {len(results['copies'])} clips flagged "
                      f"(searched {check['training_segments_searched']} of {check['training_segments']} training "
-                     f"segments; thresholds CLAP {check['thresholds']['clap']}, chroma {check['thresholds']['chroma']}).")
+                     f"segments; thresholds CLAP {check['thresholds']['clap']}, "
+                     f"chroma {check['thresholds']['chroma']}).")
         lines += [f"  FLAGGED {c['clip']}: {c['nearest_path']} at {c['nearest_start']} s (CLAP {c['clap_similarity']}, "
                   f"chroma {c['chroma_similarity']})" for c in results["copies"] if c["flagged"]]
     lines.append(f"Listen blind: {results['files']['listen']} ({len(results['listening']['pairs'])} pairs).")
@@ -178,7 +179,8 @@ def show(results: dict[str, Any]) -> None:
 
     held = results.get("heldout_likelihood") or {}
     if held.get("models"):
-        rows = "\n".join(f"| {m} | {r['bits_per_second']:.1f} | {', '.join(f'{v:.3f}' for v in r['nll_per_codebook'])} |"
+        rows = "\n".join(f"| {m} | {r['bits_per_second']:.1f} | "
+                         f"{', '.join(f'{v:.3f}' for v in r['nll_per_codebook'])} |"
                          for m, r in held["models"].items())
         display(Markdown(f"**Held-out likelihood** ({held['segments']} segments of {held['selection']}; lower is "
                          f"better)\n\n| model | bits/s | nats per token, per codebook |\n|---|---|---|\n{rows}"))
@@ -197,7 +199,8 @@ def copies_markdown(results: dict[str, Any], shown: int = 10) -> str:
     if not check:
         return "**Copy check**: not run (no token shards)."
     head = (f"**Copy check**: {check['flagged']} of {len(results['copies'])} clips flagged as near-copies of a "
-            f"training segment (thresholds: CLAP {check['thresholds']['clap']}, chroma {check['thresholds']['chroma']}, "
+            f"training segment (thresholds: CLAP {check['thresholds']['clap']}, "
+            f"chroma {check['thresholds']['chroma']}, "
             f"from {check['heldout_segments']} held-out segments).")
     keys = ("flagged", "clip", "nearest_path", "nearest_start", "clap_similarity", "chroma_similarity")
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]

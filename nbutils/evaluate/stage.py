@@ -99,7 +99,8 @@ class EvalConfig:
         self.precision = devices.precision_name(self.precision)
         config.require(self.WHAT, [
             (bool(self.model), "model is needed (--model; notebooks: MODEL, or the project's). Example: python -m "
-                               "nbutils evaluate --model tiny --adapter runs/lora --tokens tokens --out eval --clap tiny"),
+                               "nbutils evaluate --model tiny --adapter runs/lora --tokens tokens --out eval "
+                               "--clap tiny"),
             (bool(self.tokens or self.prompts), "pass tokens (the training shards: reference audio and prompts) or "
                                                 "prompts (a prompt file), or both"),
             (self.samples_per_prompt >= 1, "samples_per_prompt must be at least 1"),

@@ -291,7 +291,8 @@ def mismatches(model, adapter: Adapter) -> list[str]:
     return problems
 
 
-def _wrong_base(adapter: Adapter, model_name: str, problems: list[str], what: str = "LoRA weights do not fit") -> UserError:
+def _wrong_base(adapter: Adapter, model_name: str, problems: list[str],
+                what: str = "LoRA weights do not fit") -> UserError:
     shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
     return UserError(
         f"The adapter '{adapter.source}' was made for base model '{adapter.base_model or 'unknown'}', "
@@ -320,7 +321,8 @@ def _check_base(model, adapter: Adapter, model_name: str) -> None:
     if _is_hub_id(recorded) and _is_hub_id(model_name) and str(recorded).lower() != str(model_name).lower():
         raise UserError(
             f"The adapter '{adapter.source}' was trained on '{recorded}', but the model given is '{model_name}'. "
-            f"Pass --model / MODEL = '{recorded}' (the base it was trained on), or an adapter trained on '{model_name}'."
+            f"Pass --model / MODEL = '{recorded}' (the base it was trained on), "
+            f"or an adapter trained on '{model_name}'."
         )
     problems = _fact_problems(adapter.base_facts, model)
     if problems:

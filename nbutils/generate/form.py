@@ -49,7 +49,8 @@ def takes_melody(model: str) -> bool:
 
 
 class Form:
-    """Prompt, duration, guidance, temperature, top-k, seed, melody (melody models) and base/LoRA/both, plus a button."""
+    """Prompt, duration, guidance, temperature, top-k, seed, melody (melody models) and base/LoRA/both,
+    plus a button."""
 
     def __init__(self, defaults: generate.GenerateConfig):
         import ipywidgets as w
@@ -72,7 +73,9 @@ class Form:
             if takes_melody(defaults.model) else None
         choices = ["base", "lora", "both"] if has_adapter else ["base"]
         self.compare = w.ToggleButtons(options=choices, value=self._start_model(defaults, has_adapter),
-                                       description="Model", tooltips=["base MusicGen", "with your LoRA", "A/B: same prompt and seed"][: len(choices)])
+                                       description="Model",
+                                       tooltips=["base MusicGen", "with your LoRA",
+                                                 "A/B: same prompt and seed"][: len(choices)])
         self.button = w.Button(description="Generate", button_style="primary", icon="music")
         self.output = w.Output()
         self.records: list[dict[str, Any]] = []
@@ -89,7 +92,8 @@ class Form:
     def _start_model(self, defaults: generate.GenerateConfig, has_adapter: bool) -> str:
         """The Model button to start on; without an adapter only base exists (noted, not an error)."""
         if not has_adapter and defaults.compare in ("lora", "both"):
-            self.issues.append(f"compare={defaults.compare} needs a LoRA adapter and none is loaded: the form uses base.")
+            self.issues.append(f"compare={defaults.compare} needs a LoRA adapter and none is loaded: "
+                               "the form uses base.")
             return "base"
         wanted = defaults.variants(has_adapter)
         return "both" if len(wanted) == 2 else wanted[0]

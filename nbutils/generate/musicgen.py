@@ -90,7 +90,8 @@ def read_input(path: str, sample_rate: int, channels: int) -> np.ndarray:
     """
     file = Path(path).expanduser()
     if not file.is_file():
-        raise UserError(f"Audio file {file} does not exist. Check the path (on Colab: under /content/drive/MyDrive/...).")
+        raise UserError(f"Audio file {file} does not exist. "
+                        "Check the path (on Colab: under /content/drive/MyDrive/...).")
     try:
         wave = audio.load(file, sample_rate=sample_rate, channels=channels)
     except audio.AudioError as err:
@@ -195,7 +196,8 @@ class Pipeline:
             with self._peft.disable_adapter():
                 yield
         elif self.merged:
-            raise UserError("The adapter was merged into the weights, so there is no base model to compare; load without merge.")
+            raise UserError("The adapter was merged into the weights, so there is no base model to compare; "
+                            "load without merge.")
         else:
             yield
 
@@ -252,7 +254,8 @@ class Pipeline:
         frames, context = int(round(window * rate)), int(round(context_seconds * rate))
         if frames < 1:
             raise UserError(
-                f"window_seconds {window:g} is less than one code frame: use at least {1 / rate:g} s (or 0 for {own:g} s)."
+                f"window_seconds {window:g} is less than one code frame: "
+                f"use at least {1 / rate:g} s (or 0 for {own:g} s)."
             )
         if context >= frames:  # both round to whole code frames (1/rate s): a window must add at least one
             raise UserError(

@@ -36,7 +36,8 @@ class Windows:
     def __post_init__(self):
         # every window then adds at least one frame, so ``plan`` always ends
         if not 0 <= self.context < self.window:
-            raise ValueError(f"Windows of {self.window} frames cannot hold {self.context} frames of context and new ones.")
+            raise ValueError(f"Windows of {self.window} frames cannot hold {self.context} frames "
+                             "of context and new ones.")
 
     def plan(self, existing: int, total_new: int) -> list[tuple[int, int]]:
         """``(context frames, new frames)`` per window, to add ``total_new`` frames after ``existing``."""
@@ -159,7 +160,8 @@ def sample_window(model, inputs: dict, context, new_frames: int, sampling: Sampl
         model.generate(**kwargs)
     codes = collected[-1]
     if codes.shape != (batch, num_codebooks, ctx + frames):
-        raise RuntimeError(f"generate() returned codes {tuple(codes.shape)}, expected {(batch, num_codebooks, ctx + frames)}")
+        raise RuntimeError(f"generate() returned codes {tuple(codes.shape)}, "
+                           f"expected {(batch, num_codebooks, ctx + frames)}")
     return codes[:, :, ctx : ctx + new_frames]
 
 

@@ -57,17 +57,24 @@ class GenerateConfig:
 
     WHAT: typing.ClassVar[str] = "generation"
 
-    model: str = option("", "MusicGen: a Hub id (facebook/musicgen-small...), a local save_pretrained folder, or 'tiny'.")
-    adapter: str = option("", "LoRA adapter: a PEFT folder, a Hub repo id, a training latest.pt, step checkpoint or run folder; empty = base model only.")
-    prompts: list[str] = option([], "Text prompt; repeat --prompt for several (they are generated as a batch).", flag="--prompt")
-    seconds: float = option(10.0, "Length of each clip in seconds; beyond the model's 30 s window, windows continue each other.")
+    model: str = option("", "MusicGen: a Hub id (facebook/musicgen-small...), a local save_pretrained folder, "
+                            "or 'tiny'.")
+    adapter: str = option("", "LoRA adapter: a PEFT folder, a Hub repo id, a training latest.pt, step checkpoint "
+                              "or run folder; empty = base model only.")
+    prompts: list[str] = option([], "Text prompt; repeat --prompt for several (they are generated as a batch).",
+                                flag="--prompt")
+    seconds: float = option(10.0, "Length of each clip in seconds; beyond the model's 30 s window, "
+                                  "windows continue each other.")
     out: str = option("generated", "Folder for the WAV files and their JSON sidecars (never overwritten).")
     seed: int = option(0, "Random seed: the same seed, prompts and settings give the same audio.")
     variations: int = option(1, "Clips per prompt; variation i is seeded with seed + i.")
-    sampling: SamplingConfig = config.nested(SamplingConfig, "How tokens are drawn: guidance, temperature, top-k, top-p.")
-    compare: str = option("auto", "Which model generates: base, lora, both (A/B, same prompt and seed), or auto (lora when an adapter is given).")
+    sampling: SamplingConfig = config.nested(SamplingConfig,
+                                             "How tokens are drawn: guidance, temperature, top-k, top-p.")
+    compare: str = option("auto", "Which model generates: base, lora, both (A/B, same prompt and seed), "
+                                  "or auto (lora when an adapter is given).")
     melody: str = option("", "Audio file whose melody (chroma) conditions a musicgen-melody model.")
-    audio_prompt: str = option("", "Audio file to continue: the WAV holds it (re-coded) and then `seconds` of new music.")
+    audio_prompt: str = option("", "Audio file to continue: the WAV holds it (re-coded) and then `seconds` "
+                                   "of new music.")
     window_seconds: float = option(0.0, "Seconds per generation window; 0 = the model's own window (30 s).")
     context_seconds: float = option(10.0, "Seconds of already generated codes that prompt each next window.")
     batch_size: int = option(8, "Prompts sampled together; lower it if the GPU runs out of memory.")
@@ -96,7 +103,8 @@ class GenerateConfig:
             (self.context_seconds >= 0 and window >= 0, "window and context seconds must be >= 0"),
             (not window or self.context_seconds < window,
              f"context_seconds ({self.context_seconds}) must be shorter than the window ({window:g} s)"),
-            (not (self.merge and self.compare == "both"), "merge cannot be combined with compare=both (A/B needs the unmerged adapter)"),
+            (not (self.merge and self.compare == "both"),
+             "merge cannot be combined with compare=both (A/B needs the unmerged adapter)"),
         ])
 
     @staticmethod
