@@ -179,6 +179,17 @@ def test_fp16_overflow_on_a_faked_scaler_is_counted_not_handled_twice(tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 
+def test_with_its_defaults_a_runaway_loss_stops_after_20_steps_above_twice_the_median(tmp_path, monkeypatch):
+    """The README's defaults (2 x the running median, 20 steps in a row, a verdict after 20 losses)."""
+    defaults = train.TrainConfig(tokens="x")
+    assert (defaults.divergence_factor, defaults.divergence_steps, guard.MIN_HISTORY) == (2.0, 20, 20)
+    monkeypatch.setenv(faults.ENV, "high-loss:25")  # x100 from step 25 on
+    with pytest.raises(guard.Diverged) as stopped:
+        train.run(small_config(tokens(tmp_path), tmp_path / "run", max_steps=80, save_every=100, eval_every=100,
+                               warmup_steps=0))
+    assert "from step 25 to 44 the loss stayed above 2 x its running median" in str(stopped.value)
+
+
 def test_a_runaway_loss_stops_the_run_and_the_last_good_checkpoint_stays(tmp_path, monkeypatch):
     monkeypatch.setattr(guard, "MIN_HISTORY", 4)  # a verdict after 4 losses (20 in real runs)
     data = tokens(tmp_path)
