@@ -552,7 +552,10 @@ def test_notebook_01_runs_headlessly(small, tmp_path, monkeypatch):
     rows = [json.loads(line) for line in (root / "tokens" / "descriptions.jsonl").read_text().splitlines()]
     assert (rows[0]["description"], rows[0]["edited"]) == ("edited in the notebook", True)
     assert (root / "tokens" / "descriptions.png").stat().st_size > 10_000
-    bars = [o["data"]["text/plain"] for c in nbformat.read(str(executed), as_version=4).cells
+    cells = nbformat.read(str(executed), as_version=4).cells
+    (picture,) = [c for c in cells if c.cell_type == "code" and c.source.startswith("#@title 7. Tempo, key")]
+    assert any("image/png" in o.get("data", {}) for o in picture.outputs), "the cell shows the picture"
+    bars = [o["data"]["text/plain"] for c in cells
             for o in c.get("outputs", []) if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
     assert any(b.startswith("all ZIPs:") for b in bars) and any(b.startswith("batch_0002.zip:") for b in bars)
     rerun = notebooks.execute(path, tmp_path / "run2.ipynb", params, cwd=tmp_path)  # after a disconnect
