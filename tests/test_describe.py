@@ -517,7 +517,7 @@ def test_each_track_is_decoded_once_and_tagged_from_one_window_per_started_minut
     from nbutils.tokenize import zipjob
 
     sr = 8000
-    lengths = {"a/short.wav": 20, "a/middle.wav": 70, "a/long.wav": 130}  # 1, 2 and 3 windows (at most 3)
+    lengths = {"a/short.wav": 20, "a/middle.wav": 70, "a/long.wav": 190}  # 1, 2 and 3 windows (4 minutes: capped)
     rng = np.random.default_rng(0)
     members = [(p, h.encode_audio((0.3 * rng.standard_normal(s * sr)).astype(np.float32), sr, "wav"))
                for p, s in lengths.items()]

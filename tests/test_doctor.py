@@ -183,8 +183,23 @@ def as_if_on_a_gpu(monkeypatch) -> None:
 def test_encoder_autocast_below_99_percent_on_a_cpu_records_nothing(tmp_path):
     result = check("encoder_autocast", context(tmp_path))
     assert result["status"] == "pass" and result["numbers"]["agree_percent"] < 99  # tiny's random codec
-    assert "below 99 % on this CPU: nothing recorded (run the doctor on the GPU runtime" in result["reason"]
+    assert ", below 99 %; on this CPU nothing is recorded: tokenizing on a CPU is fp32 anyway" in result["reason"]
     assert not (tmp_path / "project.json").exists() and result["numbers"]["tokenize_precision"] == "fp32"
+    # a key an earlier version recorded from a CPU figure is named, with no advice drawn from this CPU either
+    (tmp_path / "project.json").write_text(json.dumps({encode_precision.PROJECT_KEY: "fp32",
+                                                       encode_precision.NOTE_KEY: "measured on cpu"}))
+    again = check("encoder_autocast", context(tmp_path))["reason"]
+    assert "project.json keeps tokenize_precision: fp32 from before (measured on cpu)" in again
+    assert "delete that key" not in again
+
+
+def test_encoder_autocast_that_agrees_on_a_gpu_names_a_key_recorded_before(tmp_path, monkeypatch):
+    as_if_on_a_gpu(monkeypatch)
+    monkeypatch.setattr(encode_precision, "autocast_precision", lambda device: "fp32")  # the same path twice
+    (tmp_path / "project.json").write_text(json.dumps({encode_precision.PROJECT_KEY: "fp32",
+                                                       encode_precision.NOTE_KEY: "measured"}))
+    reason = check("encoder_autocast", context(tmp_path))["reason"]
+    assert "project.json keeps tokenize_precision: fp32 from before (measured): delete that key" in reason
 
 
 def test_encoder_autocast_below_99_percent_makes_tokenization_fp32(tmp_path, monkeypatch):

@@ -366,3 +366,16 @@ def test_an_unexpected_error_decoding_one_file_fails_that_file_only(tmp_path, mo
     assert summary["zips_done"] == 1 and summary["files_ok"] == 2
     assert summary["failures"] == [{"zip": "a.zip", "path": "a/track_01.wav", "reason": "unexpected error while "
                                     "decoding (TypeError: 'NoneType' object is not subscriptable)"}]
+
+
+def test_text_members_differing_only_in_case_are_not_called_tracks(tmp_path):
+    from nbutils.tokenize import archive, notes
+
+    path = h.write_zip(tmp_path / "t.zip", [("Notes.txt", b"a"), ("notes.txt", b"b"), ("A.wav", _wav()),
+                                            ("a.wav", _wav(seed=1))])
+    with archive.open_zip(path) as zf:
+        warned = notes.duplicates(archive.scan(zf))
+    assert len(warned) == 2, warned
+    assert "'Notes.txt' and 'notes.txt' are names that differ only in case: both are read for descriptions" \
+        in warned[0] and "tracks" not in warned[0]
+    assert "'A.wav' and 'a.wav' are names that differ only in case: both are tokenized as two tracks" in warned[1]

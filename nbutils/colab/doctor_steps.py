@@ -153,28 +153,39 @@ def encoder_autocast(ctx: Context) -> Outcome:
                "fp32_repeat_agree_percent": 100 * result["fp32_repeat_agree"]}
     about = (f"{100 * result['agree']:.2f} % of the codes of {ctx.sizes.encode_seconds:g} s agree between {autocast} "
              f"autocast and fp32 (first codebook {100 * result['agree_per_codebook'][0]:.2f} %)")
-    if result["agree"] < encode_precision.MIN_AGREEMENT and not ctx.on_gpu:
-        # a CPU's bf16 says nothing about the GPU's fp16/bf16, and a CPU encodes in fp32 anyway
-        about += (f", below {100 * encode_precision.MIN_AGREEMENT:g} % on this CPU: nothing recorded (run the doctor "
-                  "on the GPU runtime that will tokenize to decide its precision)")
-    elif result["agree"] < encode_precision.MIN_AGREEMENT:
-        note = (f"nbutils doctor found {100 * result['agree']:.2f} % of codes agreeing under {autocast} autocast on "
-                f"{ctx.device} (below {100 * encode_precision.MIN_AGREEMENT:g} %)")
-        values = {encode_precision.PROJECT_KEY: "fp32", encode_precision.NOTE_KEY: note}
-        if not (ctx.root / "project.json").exists():
-            values["model"] = ctx.model  # a project.json names its model (notebooks read it)
-        path = project.record_settings(ctx.root, **values)
-        about += (f", below {100 * encode_precision.MIN_AGREEMENT:g} %: tokenization encodes in fp32 from now on "
-                  f"({encode_precision.PROJECT_KEY}: fp32 in {path}; slower, same codes as float32)")
+    about += _autocast_finding(ctx, result["agree"], autocast)
     recorded = encode_precision.project_default(ctx.root / "tokens")
     chosen = recorded[0] if recorded else devices.pick_precision("auto", ctx.device)
-    if recorded and result["agree"] >= encode_precision.MIN_AGREEMENT:
-        about += (f"; project.json keeps {encode_precision.PROJECT_KEY}: {recorded[0]} from before ({recorded[1]}): "
-                  "delete that key to let tokenization use autocast again")
     ctx.state["tokenize_precision"] = numbers["tokenize_precision"] = chosen
-    if not ctx.on_gpu:
-        about += "; on a CPU tokenization encodes in fp32 anyway"
     return PASS, about, numbers
+
+
+def _autocast_finding(ctx: Context, agree: float, autocast: str) -> str:
+    """What the agreement means for tokenization, recorded in ``project.json`` when measured on a GPU.
+
+    A CPU measures bf16 (the one autocast a CPU runs): it says nothing about a GPU's fp16 or bf16, and a
+    CPU tokenizes in fp32 anyway, so nothing is recorded or advised there (00 runs without a GPU).
+    """
+    from nbutils.tokenize import precision as encode_precision
+
+    limit = f"{100 * encode_precision.MIN_AGREEMENT:g} %"
+    recorded = encode_precision.project_default(ctx.root / "tokens")
+    kept = f"project.json keeps {encode_precision.PROJECT_KEY}: {recorded[0]} from before ({recorded[1]})" \
+        if recorded else ""
+    if not ctx.on_gpu:
+        return ((f", below {limit}" if agree < encode_precision.MIN_AGREEMENT else "") +
+                "; on this CPU nothing is recorded: tokenizing on a CPU is fp32 anyway, and a GPU's precision is "
+                "decided by the doctor on a GPU runtime (00's or 02's doctor cell)" + (f"; {kept}" if kept else ""))
+    if agree >= encode_precision.MIN_AGREEMENT:
+        return f"; {kept}: delete that key to let tokenization use autocast again" if kept else ""
+    note = f"nbutils doctor found {100 * agree:.2f} % of codes agreeing under {autocast} autocast on {ctx.device} " \
+           f"(below {limit})"
+    values = {encode_precision.PROJECT_KEY: "fp32", encode_precision.NOTE_KEY: note}
+    if not (ctx.root / "project.json").exists():
+        values["model"] = ctx.model  # a project.json names its model (notebooks read it)
+    path = project.record_settings(ctx.root, **values)
+    return (f", below {limit}: tokenization encodes in fp32 from now on ({encode_precision.PROJECT_KEY}: fp32 in "
+            f"{path}; slower, same codes as float32)")
 
 
 def tokenize_batching(ctx: Context) -> Outcome:

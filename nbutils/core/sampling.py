@@ -2,8 +2,8 @@
 
 The defaults are those of the ``facebook/musicgen-*`` generation configs (and audiocraft's):
 classifier-free guidance 3.0, top-k 250, temperature 1, no nucleus sampling. They are written
-here once; the stages nest this config (``GenerateConfig.sampling``, ``EvalConfig.sampling``)
-and training samples use it as it is. ``own_window`` is how many frames one ``generate`` call (and
+here once; the stages nest this config (``GenerateConfig.sampling``, ``EvalConfig.sampling``,
+``TrainConfig.sampling`` for training samples). ``own_window`` is how many frames one ``generate`` call (and
 one scored held-out segment) may hold for a model, including checkpoints saved by others.
 """
 

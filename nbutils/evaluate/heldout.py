@@ -46,7 +46,7 @@ def _condition(pipe, chosen: list[tuple]) -> tuple[tuple | None, str]:
         return None, "text"
     opened = list({id(shard): shard for shard, _ in chosen}.values())
     inputs = melody.scoring_inputs(pipe.model.config, pipe.spec, settings, opened)
-    return inputs, ("text and chroma" if inputs else "text only: the shards hold no chroma for this model")
+    return inputs, ("text and chroma" if inputs else "text only: some of the shards hold no chroma for this model")
 
 
 class Store:
@@ -58,7 +58,9 @@ class Store:
         self.done = {r["key"]: r["result"] for r in atomic.read_jsonl(self.path) if "key" in r and "result" in r}
         self.models: dict[str, dict[str, Any]] = {}
         self.condition = ""
-        """How the models were conditioned: "text", or for a melody model "text and chroma" (each segment's own)."""
+        """How the models were conditioned: "text"; for a melody model "text and chroma" (each segment's own),
+        or "text only: ..." when some shards hold no chroma for it. One evaluation has one base model, so
+        every model it measures shares the condition."""
 
     def measure(self, pipe, label: str, variant: str) -> dict[str, Any]:
         """The likelihood of ``pipe`` as ``variant`` (``base`` or ``lora``), recorded under ``label``."""

@@ -32,9 +32,12 @@ def _how(first: archive.Entry, second: archive.Entry) -> str:
 def _collision(first: archive.Entry, second: archive.Entry) -> str:
     how = _how(first, second)
     names = f"{first.info.filename!r} and {second.info.filename!r} are {how}"
-    if first.path != second.path:  # two tracks, one file on Windows' and macOS' disks
+    if first.path != second.path and first.kind == archive.AUDIO:  # two tracks, one file on Windows/macOS disks
         return (f"{names}: both are tokenized as two tracks. If they are the same recording, delete one (it "
                 "would count twice in training); else rename one (they are one file on Windows and macOS disks).")
+    if first.path != second.path:
+        return (f"{names}: both are read for descriptions, and on Windows and macOS disks they are one file. "
+                "Keep one.")
     return (f"{names}: both are tokenized, but they share one track id and description. Rename one to keep "
             "them apart.")
 

@@ -162,7 +162,8 @@ def at_finish(trainer) -> dict[str, Any] | None:
         base = measure(model, trainer.processor.tokenizer, segments, **kwargs)
     lora = measure(model, trainer.processor.tokenizer, segments, **kwargs)
     trainer._in_train_mode = False
-    result = {"step": trainer.step, "segments": len(segments), "base": base.to_dict(), "lora": lora.to_dict()}
+    result = {"step": trainer.step, "segments": len(segments), "base": base.to_dict(), "lora": lora.to_dict(),
+              "condition": "text and chroma" if trainer.melody.crops else "text"}
     atomic.write_json(Path(trainer.out) / RESULT_FILE, result)
     facts = summary_keys(result)
     tracking.summary({f"heldout/{k}": v for k, v in facts.items()})

@@ -111,8 +111,9 @@ def chroma_inputs(config, spec, settings: melody.ChromaSettings, dropout: float 
 def scoring_inputs(config, spec, settings: melody.ChromaSettings | None, opened: Sequence) -> tuple | None:
     """``chroma_inputs`` to score ``opened`` shards' segments with their own chroma, or None.
 
-    None for a model without a melody input, and when any shard holds no chroma made with
-    ``settings`` (tokenized for another model): such segments are scored with their text only.
+    None for a model without a melody input, and when any of the shards holds no chroma made with
+    ``settings`` (tokenized for another model): then every segment is scored with its text only, so one
+    figure never mixes two conditions.
     """
     if settings is None or any(s.chroma_settings != settings for s in opened):
         return None
