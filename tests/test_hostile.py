@@ -99,9 +99,7 @@ def build_hostile(zips):
     h.write_encrypted_zip(zips / "a09_encrypted.zip", [("locked.wav", _wav(seed=20))])
     h.write_zip(zips / "a10_nested.zip", [("a.wav", _wav(seed=21)), ("inner/other_batch.zip", b"PK"),
                                           ("x.ZIP", b"PK")])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # zipfile warns about the duplicate name, as it should
-        h.write_zip(zips / "a11_colliding.zip", list(zip(COLLIDING, (_wav(seed=60 + i) for i in range(10)))))
+    _write_colliding(zips / "a11_colliding.zip", [_wav(seed=60 + i) for i in range(len(COLLIDING))])
     return h.small_zip(zips, "zz_good.zip", n=2, seconds=1.5, seed=40)
 
 
@@ -288,6 +286,13 @@ COLLIDING = ["a.wav", "a.wav", "café.wav", unicodedata.normalize("NFD", "café.
              "a/b.wav", "Beat.wav", "beat.wav"]
 
 
+def _write_colliding(path, audio: list[bytes]) -> None:
+    """A ZIP holding ``COLLIDING``'s names, in order, with ``audio``."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns about the duplicate name, as it should
+        h.write_zip(path, list(zip(COLLIDING, audio)))
+
+
 def _codes(tokens):
     (index,) = shards.list_shards(tokens)
     shard = shards.open_shard(index)
@@ -296,9 +301,7 @@ def _codes(tokens):
 
 def test_colliding_names_never_share_a_scratch_file(tmp_path):
     audio = [_wav(1.5 + 0.25 * i, seed=50 + i) for i in range(len(COLLIDING))]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # zipfile warns about the duplicate name, as it should
-        h.write_zip(tmp_path / "collide" / "collide.zip", list(zip(COLLIDING, audio)))
+    _write_colliding(tmp_path / "collide" / "collide.zip", audio)
     h.write_zip(tmp_path / "reference" / "reference.zip", [(f"r{i}.wav", a) for i, a in enumerate(audio)])
     runs = []
     for n, folder in enumerate(["collide", "collide", "reference"]):

@@ -41,12 +41,9 @@ def _key(label: str, fingerprint: str, chosen: list[tuple], chroma: bool = False
 
 def _condition(pipe, chosen: list[tuple]) -> tuple[tuple | None, str]:
     """How ``pipe``'s model is conditioned when scoring: ``(train.melody.scoring_inputs, in words)``."""
-    settings = pipe.chroma_settings
-    if settings is None:
-        return None, "text"
     opened = list({id(shard): shard for shard, _ in chosen}.values())
-    inputs = melody.scoring_inputs(pipe.model.config, pipe.spec, settings, opened)
-    return inputs, ("text and chroma" if inputs else "text only: some of the shards hold no chroma for this model")
+    inputs = melody.scoring_inputs(pipe.model.config, pipe.spec, pipe.chroma_settings, opened)
+    return inputs, likelihood.condition(inputs, pipe.chroma_settings is not None)
 
 
 class Store:

@@ -21,25 +21,20 @@ CONSTANT_SHARE = 0.9  # one code on >= 90% of the frames (measured, tiny codec: 
 CONSTANT_MIN_FRAMES = 50  # 1 s at 50 Hz: shorter tracks are too short to judge
 
 
-def _how(first: archive.Entry, second: archive.Entry) -> str:
-    if first.info.filename == second.info.filename:
-        return "the same name twice"
-    if first.path == second.path:
-        return "the same name once normalized (Unicode NFC, '/' separators, no './')"
-    return "names that differ only in case"
-
-
 def _collision(first: archive.Entry, second: archive.Entry) -> str:
-    how = _how(first, second)
-    names = f"{first.info.filename!r} and {second.info.filename!r} are {how}"
-    if first.path != second.path and first.kind == archive.AUDIO:  # two tracks, one file on Windows/macOS disks
-        return (f"{names}: both are tokenized as two tracks. If they are the same recording, delete one (it "
-                "would count twice in training); else rename one (they are one file on Windows and macOS disks).")
-    if first.path != second.path:
-        return (f"{names}: both are read for descriptions, and on Windows and macOS disks they are one file. "
-                "Keep one.")
-    return (f"{names}: both are tokenized, but they share one track id and description. Rename one to keep "
-            "them apart.")
+    """The warning for one colliding pair: how the names collide, and what that means for the run."""
+    names = f"{first.info.filename!r} and {second.info.filename!r} are"
+    shared = "both are tokenized, but they share one track id and description. Rename one to keep them apart."
+    if first.info.filename == second.info.filename:
+        return f"{names} the same name twice: {shared}"
+    if first.path == second.path:
+        return f"{names} the same name once normalized (Unicode NFC, '/' separators, no './'): {shared}"
+    if first.kind == archive.AUDIO:  # two tracks here, one file on Windows' and macOS' disks
+        return (f"{names} names that differ only in case: both are tokenized as two tracks. If they are the same "
+                "recording, delete one (it would count twice in training); else rename one (they are one file on "
+                "Windows and macOS disks).")
+    return (f"{names} names that differ only in case: both are read for descriptions, and on Windows and macOS "
+            "disks they are one file. Keep one.")
 
 
 def duplicates(entries: Iterable[archive.Entry]) -> list[str]:

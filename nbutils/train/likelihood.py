@@ -84,6 +84,13 @@ def _examples(segments, max_frames: int, crops=None) -> list[data.Example]:
     return examples
 
 
+def condition(chroma: tuple | None, melody_model: bool) -> str:
+    """How the segments are conditioned, in words (``heldout.json``, ``results.json``)."""
+    if chroma is not None:
+        return "text and chroma"
+    return "text only: some of the shards hold no chroma for this model" if melody_model else "text"
+
+
 def measure(model, tokenizer, segments, *, spec, start_id: int, device, batch_size: int = 8,
             max_frames: int = 1500, autocast: Callable[[], Any] = contextlib.nullcontext, bar=None,
             chroma: tuple | None = None) -> Likelihood:
@@ -154,16 +161,16 @@ def at_finish(trainer) -> dict[str, Any] | None:
     if not segments:
         return None
     model = trainer.unwrapped()
+    chroma = (trainer.melody.crops, trainer.melody.collate) if trainer.melody.crops else None
     kwargs = dict(spec=trainer.spec, start_id=trainer.start_id, device=trainer.device,
                   batch_size=max(1, trainer.batch_size), autocast=trainer.autocast,
-                  max_frames=own_window(trainer.base, trainer.spec.frame_rate),
-                  chroma=(trainer.melody.crops, trainer.melody.collate) if trainer.melody.crops else None)
+                  max_frames=own_window(trainer.base, trainer.spec.frame_rate), chroma=chroma)
     with model.disable_adapter():
         base = measure(model, trainer.processor.tokenizer, segments, **kwargs)
     lora = measure(model, trainer.processor.tokenizer, segments, **kwargs)
     trainer._in_train_mode = False
     result = {"step": trainer.step, "segments": len(segments), "base": base.to_dict(), "lora": lora.to_dict(),
-              "condition": "text and chroma" if trainer.melody.crops else "text"}
+              "condition": condition(chroma, trainer.melody.settings is not None)}
     atomic.write_json(Path(trainer.out) / RESULT_FILE, result)
     facts = summary_keys(result)
     tracking.summary({f"heldout/{k}": v for k, v in facts.items()})
